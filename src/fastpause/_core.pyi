@@ -1,0 +1,102 @@
+"""Type stub for the Cython data plane ``fastpause._core``.
+
+This is the boundary between the two planes (see DESIGN.md): the control plane
+builds ``Upstream``/``Route``/``RoutingTable`` objects from the config and hands
+the table to the ``Engine`` by assigning ``engine.table``. The engine never
+reads files or parses config.
+"""
+
+import asyncio
+from collections.abc import Callable
+
+class HeadError(Exception):
+    """A request head was rejected; ``status`` is the HTTP status to answer."""
+
+    status: int
+    reason: str
+
+def parse_request_head(
+    data: bytes,
+    max_head_size: int = 32768,
+    max_headers: int = 100,
+    max_uri_size: int = 8192,
+) -> tuple[bytes, bytes, tuple[int, int], list[tuple[bytes, bytes]]]:
+    """Parse one complete request head (ending in CRLF CRLF) with the proxy's parser.
+
+    Returns ``(method, target, (major, minor), [(name, value), ...])`` or raises
+    ``HeadError``. Diagnostic/test entry point; the hot path never builds these
+    Python objects.
+    """
+
+class Upstream:
+    """One backend address with its idle keep-alive connection pool."""
+
+    address: str
+    host: str
+    port: int
+    def __init__(
+        self,
+        address: str,
+        host: str,
+        port: int,
+        *,
+        keepalive: int = 64,
+        keepalive_timeout: float = 60.0,
+    ) -> None: ...
+    def stats(self) -> dict[str, int | str]: ...
+    def close_idle(self) -> None: ...
+
+class Route:
+    name: str
+    upstreams: list[Upstream]
+    def __init__(
+        self,
+        name: str,
+        upstreams: list[Upstream],
+        *,
+        max_body_size: int = 1 << 30,
+        host_header: str | None = None,
+        request_id: bool = False,
+        connect_timeout: float = 5.0,
+        response_header_timeout: float = 60.0,
+        upstream_body_timeout: float = 60.0,
+    ) -> None: ...
+
+class RoutingTable:
+    """An immutable snapshot: routes plus the listener-wide limits and timeouts."""
+
+    routes: list[Route]
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        max_head_size: int = 32768,
+        max_headers: int = 100,
+        max_uri_size: int = 8192,
+        client_head_timeout: float = 15.0,
+        client_body_timeout: float = 60.0,
+        keepalive_timeout: float = 60.0,
+        send_timeout: float = 60.0,
+    ) -> None: ...
+
+AccessRecord = tuple[str, str, str, str, int, int, float, str]
+"""(client_ip, method, target, http_version, status, response_bytes, seconds, upstream)"""
+
+class Engine:
+    table: RoutingTable
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        table: RoutingTable,
+        access_log: Callable[[AccessRecord], None] | None = None,
+    ) -> None: ...
+    def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...
+    def shutdown(self) -> None:
+        """Graceful: close idle connections now, busy ones after their current response."""
+    def close_all(self) -> None:
+        """Cut every client and upstream connection."""
+    def wait_drained(self) -> asyncio.Future[None]:
+        """Resolves when no client connection is left."""
+    def connections(self) -> int: ...
+    def in_flight(self) -> int: ...
+    def stats(self) -> dict[str, int]: ...
