@@ -1,0 +1,384 @@
+"""The configuration file: TOML in, validated frozen dataclasses out.
+
+Every mistake a user can make becomes a ``ConfigError`` naming the file, the
+key path and the problem (``config.toml: routes[0].upstreams[1]: invalid
+address 'foo': expected HOST:PORT``), because a proxy that starts with a
+half-understood config fails later, under traffic, far from the typo.
+"""
+
+import difflib
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Any, Literal
+
+from fastpause.units import describe, parse_duration, parse_size
+
+AccessLogFormat = Literal["common", "json"]
+# Turns one TOML value into a config value, or raises ValueError saying what is wrong.
+Parser = Callable[[Any], Any]
+
+
+class ConfigError(Exception):
+    """A config the proxy refuses to run with, located as precisely as possible."""
+
+    def __init__(self, source: str | None, path: str, problem: str) -> None:
+        super().__init__(source, path, problem)
+        self.source = source
+        self.path = path
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.source, self.path, self.problem) if part)
+
+
+@dataclass(frozen=True)
+class Address:
+    """A TCP endpoint as written in the config; ``host`` is a name or an IP literal."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[routes]]`` table: where requests go and the limits on the way."""
+
+    name: str
+    upstreams: tuple[Address, ...]
+    max_body_size: int = 1 << 30
+    host_header: str | None = None
+    request_id: bool = False
+    connect_timeout: float = 5.0
+    response_header_timeout: float = 60.0
+    upstream_body_timeout: float = 60.0
+    upstream_keepalive: int = 64
+    upstream_keepalive_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole proxy configuration; ``source`` names where it came from for errors."""
+
+    routes: tuple[RouteConfig, ...]
+    listen: tuple[Address, ...] = (Address("127.0.0.1", 8080),)
+    max_head_size: int = 32 * 1024
+    max_headers: int = 100
+    max_uri_size: int = 8 * 1024
+    client_head_timeout: float = 15.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 60.0
+    send_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    access_log: str | None = None
+    access_log_format: AccessLogFormat = "common"
+    source: str | None = field(default=None, compare=False)
+
+
+DEFAULT_UPSTREAM = "127.0.0.1:8003"
+DEFAULT_LISTEN = "127.0.0.1:8080"
+SINGLE_ROUTE_ONLY = "host/path routing is not available yet: define exactly one route"
+
+_NO_ROUTE = "at least one route is required: add a [[routes]] table"
+_ADDRESS_HELP = "expected HOST:PORT (IPv6 in brackets, e.g. '[::1]:8080')"
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# What may follow "Host:" on the wire: a uri-host with an optional port, nothing
+# that could end the header line or smuggle a second one.
+_HOST_HEADER = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
+
+
+def load(path: str | PathLike[str]) -> Config:
+    """Read and validate a TOML config file; every failure is a ``ConfigError``."""
+    source = str(path)
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except OSError as error:
+        raise ConfigError(source, "", f"cannot read file: {error.strerror or error}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(source, "", f"not UTF-8 text (byte {error.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "", f"invalid TOML: {error}") from None
+    return parse(data, source)
+
+
+def parse(data: Mapping[str, Any], source: str | None) -> Config:
+    """Validate an already-decoded TOML document."""
+    try:
+        values = _read_table(data, _TOP_LEVEL)
+        if "routes" not in values:
+            raise _Invalid("routes", _NO_ROUTE)
+    except _Invalid as error:
+        raise ConfigError(source, error.where, error.problem) from None
+    return Config(**values, source=source)
+
+
+def default_config() -> Config:
+    """The embedded config ``fastpause run`` uses without arguments."""
+    return quick_config([], [])
+
+
+def quick_config(listen: Sequence[str], to: Sequence[str]) -> Config:
+    """A one-route config from ``--listen ADDR`` and repeated ``--to HOST:PORT`` options."""
+    source = "command line"
+    try:
+        with _at("--listen"):
+            listeners = _addresses(listen=True)(list(listen) or [DEFAULT_LISTEN])
+        with _at("--to"):
+            upstreams = _addresses(listen=False)(list(to) or [DEFAULT_UPSTREAM])
+    except _Invalid as error:
+        option = error.where.partition("[")[0]  # "--to[1]" -> "--to": the value is in the text
+        raise ConfigError(source, option, error.problem) from None
+    route = RouteConfig(name="default", upstreams=upstreams)
+    return Config(listen=listeners, routes=(route,), source=source)
+
+
+def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
+    """Parse ``HOST:PORT``; port 0 ("any free port") only makes sense for listeners."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host or not port_text:
+        raise ValueError(f"invalid address {text!r}: {_ADDRESS_HELP}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid address {text!r}: '{host}' is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"invalid address {text!r}: {_ADDRESS_HELP}")
+    elif not _is_hostname(host):
+        raise ValueError(f"invalid address {text!r}: '{host}' is not a host name or IP address")
+    lowest = 0 if allow_port_zero else 1
+    if not port_text.isascii() or not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+        raise ValueError(f"invalid address {text!r}: port must be a number from {lowest} to 65535")
+    return Address(host, int(port_text))
+
+
+def _is_hostname(host: str) -> bool:
+    """DNS names and IPv4 literals; underscores allowed (Docker service names use them)."""
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
+# ---- locating errors: parsers raise ValueError about the value in hand; each
+# level that descends into a table or array adds its step to the key path.
+
+
+class _Invalid(ValueError):
+    """A problem at ``where``, a key path relative to the value being parsed."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(problem)
+        self.where = where
+        self.problem = problem
+
+
+@contextmanager
+def _at(step: str) -> Iterator[None]:
+    """Prefix the path of any error raised inside with ``step`` (a key or ``[index]``)."""
+    try:
+        yield
+    except _Invalid as error:
+        raise _Invalid(_join(step, error.where), error.problem) from None
+    except ValueError as error:
+        raise _Invalid(step, str(error)) from None
+
+
+def _join(step: str, where: str) -> str:
+    """``routes`` + ``[0]`` -> ``routes[0]``; ``[0]`` + ``name`` -> ``[0].name``."""
+    if not step or not where or where.startswith("["):
+        return step + where
+    return f"{step}.{where}"
+
+
+def _read_table(table: Mapping[str, Any], parsers: Mapping[str, Parser]) -> dict[str, Any]:
+    """Apply ``parsers`` to the keys present; unknown keys are errors with a suggestion."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        parser = parsers.get(key)
+        if parser is None:
+            close = difflib.get_close_matches(key, list(parsers), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise _Invalid("", f"unknown key '{key}'{hint}")
+        with _at(key):
+            values[key] = parser(value)
+    return values
+
+
+# ---- field parsers: each turns one TOML value into a Config value or raises
+# ValueError saying what is wrong with it (the key path is added by the caller).
+
+
+def _duration(*, allow_zero: bool) -> Parser:
+    """A duration parser; most timeouts must be positive because 0 would fail every request."""
+
+    def parse(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds == 0 and not allow_zero:
+            raise ValueError(f"invalid duration {value!r}: must be greater than 0")
+        return seconds
+
+    return parse
+
+
+def _size(*, allow_zero: bool) -> Parser:
+    """A size parser; 0 is allowed only where it means "unlimited"."""
+
+    def parse(value: Any) -> int:
+        size = parse_size(value)
+        if size == 0 and not allow_zero:
+            raise ValueError(f"invalid size {value!r}: must be greater than 0")
+        return size
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Parser:
+    """An integer parser with an inclusive range; TOML booleans are not integers here."""
+
+    def parse(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {describe(value)}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range: expected {low} to {high}")
+        return value
+
+    return parse
+
+
+def _boolean(value: Any) -> bool:
+    """A TOML boolean; strings like "yes" are refused rather than guessed at."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {describe(value)}")
+    return value
+
+
+def _string(value: Any) -> str:
+    """A non-empty TOML string."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _route_name(value: Any) -> str:
+    """Route names appear in logs and, later, in admin commands: keep them plain."""
+    name = _string(value)
+    if not _ROUTE_NAME.fullmatch(name):
+        raise ValueError(f"invalid name {name!r}: use only letters, digits, '_', '.' and '-'")
+    return name
+
+
+def _host_header(value: Any) -> str:
+    """The Host value sent upstream; refuse anything that is not a valid authority."""
+    host = _string(value)
+    if not _HOST_HEADER.fullmatch(host):
+        raise ValueError(f"invalid host_header {host!r}: expected a host name with optional :port")
+    return host
+
+
+def _access_log(value: Any) -> str | None:
+    """``"off"`` disables the log; ``"stdout"`` and file paths are kept as given."""
+    target = _string(value)
+    return None if target == "off" else target
+
+
+def _access_log_format(value: Any) -> AccessLogFormat:
+    """Common Log Format for existing tooling, JSON lines for log pipelines."""
+    if value not in ("common", "json"):
+        raise ValueError(f"expected 'common' or 'json', got {describe(value)}")
+    return value
+
+
+def _addresses(*, listen: bool) -> Parser:
+    """A parser for a non-empty array of distinct ``HOST:PORT`` strings."""
+
+    def parse(value: Any) -> tuple[Address, ...]:
+        if not isinstance(value, list):
+            example = '["127.0.0.1:8080"]'
+            raise ValueError(
+                f"expected an array of HOST:PORT strings like {example}, got {describe(value)}"
+            )
+        if not value:
+            raise ValueError("must list at least one address")
+        addresses: list[Address] = []
+        for index, item in enumerate(value):
+            with _at(f"[{index}]"):
+                if not isinstance(item, str):
+                    raise ValueError(f"expected a HOST:PORT string, got {describe(item)}")
+                address = parse_address(item, allow_port_zero=listen)
+                if address in addresses:
+                    raise ValueError(f"duplicate address '{item}'")
+                addresses.append(address)
+        return tuple(addresses)
+
+    return parse
+
+
+def _routes(value: Any) -> tuple[RouteConfig, ...]:
+    """The ``[[routes]]`` array: distinct names and, for now, exactly one route."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"expected an array of tables ([[routes]]), got {describe(value)}")
+    if not value:
+        raise ValueError(_NO_ROUTE)
+    routes: list[RouteConfig] = []
+    for index, table in enumerate(value):
+        with _at(f"[{index}]"):
+            route = _route(table)
+            if any(route.name == seen.name for seen in routes):
+                raise _Invalid("name", f"duplicate route name '{route.name}'")
+            routes.append(route)
+    if len(routes) > 1:
+        raise ValueError(SINGLE_ROUTE_ONLY)
+    return tuple(routes)
+
+
+def _route(table: Mapping[str, Any]) -> RouteConfig:
+    """One route table; ``name`` and ``upstreams`` are required."""
+    values = _read_table(table, _ROUTE)
+    for required in ("name", "upstreams"):
+        if required not in values:
+            raise _Invalid("", f"missing required key '{required}'")
+    return RouteConfig(**values)
+
+
+_TOP_LEVEL: dict[str, Parser] = {
+    "listen": _addresses(listen=True),
+    "routes": _routes,
+    "max_head_size": _size(allow_zero=False),
+    "max_headers": _integer(1, 10_000),
+    "max_uri_size": _size(allow_zero=False),
+    "client_head_timeout": _duration(allow_zero=False),
+    "client_body_timeout": _duration(allow_zero=False),
+    "keepalive_timeout": _duration(allow_zero=False),
+    "send_timeout": _duration(allow_zero=False),
+    "shutdown_timeout": _duration(allow_zero=True),
+    "access_log": _access_log,
+    "access_log_format": _access_log_format,
+}
+
+_ROUTE: dict[str, Parser] = {
+    "name": _route_name,
+    "upstreams": _addresses(listen=False),
+    "max_body_size": _size(allow_zero=True),
+    "host_header": _host_header,
+    "request_id": _boolean,
+    "connect_timeout": _duration(allow_zero=False),
+    "response_header_timeout": _duration(allow_zero=False),
+    "upstream_body_timeout": _duration(allow_zero=False),
+    "upstream_keepalive": _integer(0, 65_535),
+    "upstream_keepalive_timeout": _duration(allow_zero=False),
+}
