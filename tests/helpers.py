@@ -1,0 +1,401 @@
+"""Support for the end-to-end proxy tests: a raw HTTP/1.1 client and response reader,
+deterministic payloads, and small socket utilities.
+
+The response reader is deliberately strict about what the proxy sends back (CRLF line
+endings, well-formed status line and header fields, exactly one framing), because the
+proxy's output is what these tests are checking. It understands Content-Length,
+chunked (with extensions and trailers), close-delimited bodies and 1xx interim responses.
+
+This module is also imported by ``backend.py`` (for the payload generator), so it must
+stay free of pytest and fastpause imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+# --------------------------------------------------------------------------- payloads
+
+BLOCK = 65536
+
+
+def payload_block(k: int) -> bytes:
+    """Block number ``k`` of the deterministic test payload (64 KiB of seeded random bytes)."""
+    return random.Random(k).randbytes(BLOCK)
+
+
+def payload_chunks(size: int) -> Iterator[bytes]:
+    """The first ``size`` bytes of the deterministic payload, in blocks of at most 64 KiB."""
+    k = 0
+    remaining = size
+    while remaining > 0:
+        block = payload_block(k)
+        if remaining < BLOCK:
+            block = block[:remaining]
+        yield block
+        remaining -= len(block)
+        k += 1
+
+
+def payload(size: int) -> bytes:
+    return b"".join(payload_chunks(size))
+
+
+def payload_sha256(size: int) -> str:
+    h = hashlib.sha256()
+    for chunk in payload_chunks(size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class ProtocolViolation(AssertionError):
+    """The peer sent something that is not valid HTTP/1.1."""
+
+
+class IncompleteResponse(Exception):
+    """The connection ended (EOF or reset) before a complete response arrived."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: bytes = b""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Response:
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    interim: list[Response] = field(default_factory=list)
+    framing: str = "none"  # "length" | "chunked" | "close" | "none"
+    chunk_extensions: list[bytes] = field(default_factory=list)
+
+    def get(self, name: str) -> str | None:
+        """The value of the only ``name`` field (None if absent; error if repeated)."""
+        values = self.get_all(name)
+        if not values:
+            return None
+        assert len(values) == 1, f"{name} appears {len(values)} times: {values}"
+        return values[0]
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [v for n, v in self.headers if n.lower() == lname]
+
+    def has(self, name: str) -> bool:
+        return bool(self.get_all(name))
+
+    @property
+    def connection_tokens(self) -> set[str]:
+        tokens: set[str] = set()
+        for value in self.get_all("connection"):
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+        return tokens
+
+    @property
+    def closes(self) -> bool:
+        return "close" in self.connection_tokens
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:  # short, so assertion failures stay readable
+        body = self.body if len(self.body) <= 200 else self.body[:200] + b"..."
+        return (
+            f"<Response {self.version} {self.status} {self.reason!r} headers={self.headers!r} "
+            f"framing={self.framing} body={body!r}>"
+        )
+
+
+_STATUS_LINE = re.compile(rb"^HTTP/(\d)\.(\d) (\d{3}) ([\t \x21-\x7e\x80-\xff]*)$")
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_FIELD_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CHUNK_LINE = re.compile(rb"^([0-9A-Fa-f]{1,16})((?:[ \t]*;[^\r\n]*)?)$")
+
+
+class RawConn:
+    """A client TCP connection that sends raw bytes and reads raw HTTP responses."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.eof = False
+        self.reset = False
+
+    # -- plumbing
+    def __enter__(self) -> RawConn:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def settimeout(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _recv(self) -> bool:
+        """Read more into the buffer; False at EOF (or reset)."""
+        if self.eof:
+            return False
+        try:
+            data = self.sock.recv(262144)
+        except ConnectionResetError:
+            self.reset = True
+            data = b""
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _read_line(self, what: str, partial: dict) -> bytes:
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self.buf[: i + 1])
+                del self.buf[: i + 1]
+                if not line.endswith(b"\r\n"):
+                    raise ProtocolViolation(f"{what} ends in a bare LF: {line!r}")
+                line = line[:-2]
+                if b"\r" in line:
+                    raise ProtocolViolation(f"{what} contains a bare CR: {line!r}")
+                return line
+            if len(self.buf) > 1 << 20:
+                raise ProtocolViolation(f"{what} longer than 1 MiB")
+            if not self._recv():
+                raise IncompleteResponse(
+                    f"connection ended while reading {what} (got {bytes(self.buf[:200])!r})",
+                    **partial,
+                )
+
+    def _read_exact(self, n: int, partial: dict, sink: bytearray) -> None:
+        while n > 0:
+            if not self.buf and not self._recv():
+                raise IncompleteResponse(
+                    f"connection ended with {n} body bytes missing",
+                    status=partial.get("status"),
+                    body=bytes(sink),
+                )
+            take = min(n, len(self.buf))
+            sink += self.buf[:take]
+            del self.buf[:take]
+            n -= take
+
+    def _read_fields(self, what: str, partial: dict) -> list[tuple[str, str]]:
+        fields: list[tuple[str, str]] = []
+        while True:
+            line = self._read_line(what, partial)
+            if not line:
+                return fields
+            if line[:1] in (b" ", b"\t"):
+                raise ProtocolViolation(f"obs-fold in {what}: {line!r}")
+            name, sep, value = line.partition(b":")
+            if not sep or not _TOKEN.match(name):
+                raise ProtocolViolation(f"malformed {what}: {line!r}")
+            value = value.strip(b" \t")
+            if _FIELD_VALUE_BAD.search(value):
+                raise ProtocolViolation(f"control character in {what}: {line!r}")
+            fields.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _read_head(self) -> Response:
+        partial: dict = {}
+        line = self._read_line("status line", partial)
+        m = _STATUS_LINE.match(line)
+        if not m:
+            raise ProtocolViolation(f"malformed status line: {line!r}")
+        status = int(m.group(3))
+        partial["status"] = status
+        headers = self._read_fields("header field", partial)
+        return Response(
+            version=f"HTTP/{m.group(1).decode()}.{m.group(2).decode()}",
+            status=status,
+            reason=m.group(4).decode("latin-1"),
+            headers=headers,
+        )
+
+    def read_response(self, method: str = "GET") -> Response:
+        """Read one complete response (after any 1xx interim responses)."""
+        interim: list[Response] = []
+        while True:
+            resp = self._read_head()
+            if 100 <= resp.status < 200 and resp.status != 101:
+                interim.append(resp)
+                continue
+            break
+        resp.interim = interim
+        partial = {"status": resp.status}
+        body = bytearray()
+        te = resp.get_all("transfer-encoding")
+        cl = resp.get_all("content-length")
+        if method.upper() == "HEAD" or resp.status in (204, 304) or resp.status < 200:
+            resp.framing = "none"
+            if resp.status == 204 and (te or cl):
+                raise ProtocolViolation(f"204 response with framing headers: {resp!r}")
+        elif te:
+            if cl:
+                raise ProtocolViolation(f"response has both Transfer-Encoding and Content-Length: {resp!r}")
+            codings = [c.strip().lower() for v in te for c in v.split(",")]
+            if codings[-1] != "chunked":
+                raise ProtocolViolation(f"response Transfer-Encoding not ending in chunked: {te}")
+            resp.framing = "chunked"
+            self._read_chunked(resp, body, partial)
+        elif cl:
+            if len(set(cl)) != 1 or not cl[0].isdigit():
+                raise ProtocolViolation(f"bad response Content-Length: {cl}")
+            resp.framing = "length"
+            self._read_exact(int(cl[0]), partial, body)
+        else:
+            resp.framing = "close"
+            while self._recv():
+                pass
+            body += self.buf
+            self.buf.clear()
+        resp.body = bytes(body)
+        return resp
+
+    def _read_chunked(self, resp: Response, body: bytearray, partial: dict) -> None:
+        while True:
+            try:
+                line = self._read_line("chunk size line", partial)
+            except IncompleteResponse as e:
+                raise IncompleteResponse(str(e), status=resp.status, body=bytes(body)) from None
+            m = _CHUNK_LINE.match(line)
+            if not m:
+                raise ProtocolViolation(f"malformed chunk size line: {line!r}")
+            size = int(m.group(1), 16)
+            if m.group(2):
+                resp.chunk_extensions.append(m.group(2))
+            if size == 0:
+                try:
+                    resp.trailers = self._read_fields("trailer field", partial)
+                except IncompleteResponse as e:
+                    raise IncompleteResponse(str(e), status=resp.status, body=bytes(body)) from None
+                return
+            self._read_exact(size, partial, body)
+            end = bytearray()
+            self._read_exact(2, {"status": resp.status}, end)
+            if bytes(end) != b"\r\n":
+                raise ProtocolViolation(f"chunk data not followed by CRLF: {bytes(end)!r}")
+
+    def read_interim(self) -> Response:
+        """Read exactly one response head that must be a 1xx (e.g. 100 Continue)."""
+        resp = self._read_head()
+        assert 100 <= resp.status < 200, f"expected an interim response, got {resp!r}"
+        return resp
+
+    def read_until_close(self, timeout: float = 30.0) -> bytes:
+        """Everything the peer sends until it closes; raises TimeoutError if it does not."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._recv():
+                pass
+        except TimeoutError:
+            raise TimeoutError(f"peer did not close within {timeout}s") from None
+        data = bytes(self.buf)
+        self.buf.clear()
+        return data
+
+    def is_closed_by_peer(self, timeout: float = 30.0) -> bool:
+        """True if the peer closes (FIN or RST) without sending anything more."""
+        extra = self.read_until_close(timeout)
+        assert extra == b"", f"peer sent unexpected bytes before closing: {extra[:300]!r}"
+        return True
+
+
+def build_request(
+    method: str = "GET",
+    target: str = "/",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+    host: str | None = "example.test",
+    content_length: bool | None = None,
+) -> bytes:
+    """A well-formed request. Adds Host (unless None) and Content-Length for a body."""
+    lines = [f"{method} {target} {version}"]
+    if host is not None:
+        lines.append(f"Host: {host}")
+    for name, value in headers or []:
+        lines.append(f"{name}: {value}")
+    if content_length or (content_length is None and body):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def chunked(*pieces: bytes, trailers: list[tuple[str, str]] | None = None, ext: str = "") -> bytes:
+    """A chunked body: one chunk per piece (empty pieces are skipped), then trailers."""
+    out = bytearray()
+    for piece in pieces:
+        if piece:
+            out += f"{len(piece):x}{ext}\r\n".encode() + piece + b"\r\n"
+    out += b"0\r\n"
+    for name, value in trailers or []:
+        out += f"{name}: {value}\r\n".encode("latin-1")
+    out += b"\r\n"
+    return bytes(out)
+
+
+def request(port: int, raw: bytes, method: str | None = None, timeout: float = 30.0) -> Response:
+    """Send ``raw`` on a fresh connection and read one response."""
+    if method is None:
+        method = raw.split(b" ", 1)[0].decode("latin-1")
+    with RawConn(port, timeout=timeout) as conn:
+        conn.send(raw)
+        return conn.read_response(method)
+
+
+def get_json(port: int, target: str, timeout: float = 30.0):
+    resp = request(port, build_request("GET", target), timeout=timeout)
+    assert resp.status == 200, resp
+    return resp.json()
