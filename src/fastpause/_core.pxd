@@ -1,0 +1,310 @@
+# Declarations for the fastpause data plane. The implementation is split into
+# .pxi pieces included by _core.pyx; everything the hot path touches is typed here.
+
+from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.stdlib cimport malloc, realloc, free
+from libc.stdint cimport uint64_t
+
+
+cdef enum:
+    MAX_FIELDS_CAP = 1024
+    MAX_CHUNK_LINE = 4096
+    MAX_TRAILER_BYTES = 16384
+
+
+cdef enum HeaderKind:
+    H_OTHER = 0
+    H_HOST
+    H_CONTENT_LENGTH
+    H_TRANSFER_ENCODING
+    H_CONNECTION
+    H_KEEP_ALIVE
+    H_PROXY_CONNECTION
+    H_TE
+    H_UPGRADE
+    H_EXPECT
+    H_TRAILER
+    H_X_FORWARDED_FOR
+    H_X_FORWARDED_PROTO
+    H_X_FORWARDED_HOST
+    H_X_REQUEST_ID
+
+
+cdef enum TargetForm:
+    FORM_ORIGIN
+    FORM_ABSOLUTE
+    FORM_ASTERISK
+    FORM_AUTHORITY
+
+
+cdef enum BodyKind:
+    BODY_NONE
+    BODY_LENGTH
+    BODY_CHUNKED
+    BODY_CLOSE
+
+
+cdef enum ConnectionHeader:
+    CONN_NONE
+    CONN_CLOSE
+    CONN_KEEP_ALIVE
+
+
+cdef enum ChunkResult:
+    CH_DATA
+    CH_MORE
+    CH_DONE
+    CH_ERROR
+
+
+cdef struct Field:
+    Py_ssize_t line_start      # the name starts the line
+    Py_ssize_t name_len
+    Py_ssize_t value_start
+    Py_ssize_t value_len
+    Py_ssize_t line_end        # just past the CRLF
+    int kind
+    int drop
+
+
+cdef struct RequestHead:
+    Field* fields
+    int nfields
+    Py_ssize_t head_len
+    Py_ssize_t method_len      # the method starts the head
+    Py_ssize_t target_start
+    Py_ssize_t target_len
+    Py_ssize_t path_start      # origin-form path (the target itself unless absolute-form)
+    Py_ssize_t path_len
+    Py_ssize_t authority_start
+    Py_ssize_t authority_len   # > 0 only for absolute-form
+    int target_form
+    int version                # 10 or 11
+    int body_kind
+    long long content_length
+    int host_count
+    int host_index
+    int has_content_length
+    int has_transfer_encoding
+    int chunked
+    int te_other
+    int conn_close
+    int conn_keep_alive
+    int conn_other
+    int keep_alive
+    int expect_continue
+    int te_trailers
+    int has_request_id
+    const char* error
+
+
+cdef struct ResponseHead:
+    Field* fields
+    int nfields
+    Py_ssize_t head_len
+    Py_ssize_t status_line_len
+    int version
+    int status
+    long long content_length
+    int has_content_length
+    int has_transfer_encoding
+    int chunked
+    int conn_close
+    int conn_keep_alive
+    int conn_other
+    const char* error
+
+
+cdef class ChunkedDecoder:
+    cdef int state
+    cdef long long remaining
+    cdef int line_bytes
+    cdef Py_ssize_t trailer_line
+    cdef bytearray trailers
+    cdef const char* error
+    cdef void reset(self)
+    cdef int _fail(self, const char* why)
+    cdef int next(self, const unsigned char* p, Py_ssize_t n, Py_ssize_t pos,
+                  Py_ssize_t* data_start, Py_ssize_t* data_len, Py_ssize_t* new_pos)
+    cdef int _check_trailer_line(self)
+
+
+cdef class Deadline:
+    cdef object loop
+    cdef object handle
+    cdef double when
+    cdef double armed_at
+    cdef object callback
+    cdef void set(self, double when)
+    cdef void clear(self)
+
+
+cdef class Upstream:
+    cdef readonly str address
+    cdef readonly str host
+    cdef readonly int port
+    cdef readonly int keepalive
+    cdef readonly double keepalive_timeout
+    cdef list idle
+    cdef set busy
+    cdef long long n_requests
+    cdef long long n_connects
+    cdef long long n_connect_failures
+    cdef UpstreamProtocol pop_idle(self)
+    cdef void release(self, UpstreamProtocol conn)
+    cdef void forget(self, UpstreamProtocol conn)
+
+
+cdef class Route:
+    cdef readonly str name
+    cdef readonly list upstreams
+    cdef readonly long long max_body_size
+    cdef bytes host_header
+    cdef readonly bint request_id
+    cdef readonly double connect_timeout
+    cdef readonly double response_header_timeout
+    cdef readonly double upstream_body_timeout
+    cdef Py_ssize_t rr
+    cdef Upstream pick(self)
+
+
+cdef class RoutingTable:
+    cdef readonly list routes
+    cdef readonly Py_ssize_t max_head_size
+    cdef readonly int max_headers
+    cdef readonly Py_ssize_t max_uri_size
+    cdef readonly double client_head_timeout
+    cdef readonly double client_body_timeout
+    cdef readonly double keepalive_timeout
+    cdef readonly double send_timeout
+    cdef Route match(self, const unsigned char* p, RequestHead* h)
+
+
+cdef class Engine:
+    cdef object loop
+    cdef public RoutingTable table
+    cdef object access_log
+    cdef set clients
+    cdef bint shutting_down
+    cdef object drained
+    cdef object time
+    cdef uint64_t rng_state0
+    cdef uint64_t rng_state1
+    cdef long long n_connections_total
+    cdef long long n_requests
+    cdef long long n_in_flight
+    cdef long long n_responses[6]
+    cdef long long n_bytes_in
+    cdef long long n_bytes_out
+    cdef long long n_upstream_errors
+    cdef void count_response(self, int status)
+    cdef void client_closed(self, ClientProtocol c)
+    cdef void fill_request_id(self, char* out)
+
+
+cdef class UpstreamProtocol:
+    cdef Upstream upstream
+    cdef Engine engine
+    cdef object transport
+    cdef ClientProtocol client
+    cdef object connect_task
+    cdef int state
+    cdef Deadline deadline
+    cdef object rbuf
+    cdef Py_ssize_t scan_pos
+    cdef bint reused
+    cdef bint got_response_bytes
+    cdef bint head_done
+    cdef bint request_done
+    cdef bint reusable
+    cdef bint reading_paused
+    cdef int body_kind
+    cdef long long body_left
+    cdef ChunkedDecoder chunks
+    cdef bint client_chunked
+    cdef int status
+    cdef void start_connect(self, double timeout)
+    cdef void make_idle(self)
+    cdef void attach(self, ClientProtocol client)
+    cdef void send(self, object data)
+    cdef void request_complete(self)
+    cdef void detach_abort(self)
+    cdef void close(self)
+    cdef void pause_upstream_reading(self)
+    cdef void resume_upstream_reading(self)
+    cdef void _on_data(self, object data)
+    cdef int _parse_head(self)
+    cdef void _forward_body(self, object data, Py_ssize_t pos)
+    cdef void _finish(self)
+    cdef void _fail(self, int status, str why)
+    cdef void _on_deadline(self)
+
+
+cdef class ClientProtocol:
+    cdef Engine engine
+    cdef RoutingTable table
+    cdef object transport
+    cdef str client_ip
+    cdef bytes client_ip_b
+    cdef bint https
+    cdef int state
+    cdef object rbuf
+    cdef Py_ssize_t rpos
+    cdef Py_ssize_t scan_pos
+    cdef Deadline deadline
+    cdef int pause_reasons
+    cdef bint write_paused
+    cdef bint eof
+    # the request being served
+    cdef Route route
+    cdef Upstream last_upstream
+    cdef UpstreamProtocol upstream
+    cdef object upstream_head
+    cdef list pending
+    cdef Py_ssize_t pending_bytes
+    cdef int version
+    cdef int attempts
+    cdef bint keep_alive
+    cdef bint is_head
+    cdef bint idempotent
+    cdef bint expect_continue
+    cdef int body_kind
+    cdef long long body_left
+    cdef long long body_seen
+    cdef ChunkedDecoder chunks
+    cdef bint req_done
+    cdef bint resp_started
+    cdef int status
+    cdef long long resp_bytes
+    cdef double started
+    cdef object log_method
+    cdef object log_target
+    cdef void _append(self, object data)
+    cdef void _advance(self)
+    cdef int _read_head(self)
+    cdef void _start_request(self, const unsigned char* p, RequestHead* h)
+    cdef void _dispatch(self, Upstream up)
+    cdef void _consume_body(self)
+    cdef void _forward_body(self, object piece, Py_ssize_t n)
+    cdef void _forward_pieces(self, list pieces, Py_ssize_t n)
+    cdef void _hold_pending(self, Py_ssize_t n)
+    cdef void _body_complete(self)
+    cdef void _request_broken(self, int status, str why)
+    cdef void upstream_ready(self, UpstreamProtocol up)
+    cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable)
+    cdef void interim_response(self, bytes head)
+    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind)
+    cdef void write_body(self, object piece, Py_ssize_t n)
+    cdef void write_body_pieces(self, list pieces, Py_ssize_t n)
+    cdef void response_done(self, bint upstream_reusable)
+    cdef void response_broken(self, str why)
+    cdef void _send_error(self, int status, str why, bint close)
+    cdef void _end_request(self)
+    cdef void _log(self)
+    cdef void _next_request(self)
+    cdef void _close(self)
+    cdef void _abort(self)
+    cdef void _pause(self, int reason)
+    cdef void _resume(self, int reason)
+    cdef void _rearm(self)
+    cdef void _on_deadline(self)

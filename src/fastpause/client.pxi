@@ -1,0 +1,526 @@
+# The client side: one protocol object per client connection, driving the
+# request lifecycle (READING_HEAD -> ROUTED -> DISPATCH -> SENT -> RESPONDING ->
+# DONE -> READING_HEAD) with protocol callbacks only: no Task, no coroutine.
+#
+# Requests on one connection are served one at a time, so pipelined requests
+# are answered in order: bytes of the next request wait in ``rbuf`` (bounded:
+# reading pauses) until the current response is complete.
+
+cdef enum ClientState:
+    C_IDLE    # between requests; nothing of the next one received
+    C_HEAD    # part of a request head received
+    C_BODY    # request dispatched, body still arriving
+    C_WAIT    # request complete, response under way
+    C_CLOSED
+
+cdef enum PauseReason:
+    P_UPSTREAM = 1     # the upstream's write buffer is full
+    P_CONNECTING = 2   # body bytes are waiting for an upstream connection
+    P_PIPELINE = 4     # the next request is buffered while this response is served
+
+cdef enum:
+    PENDING_LIMIT = 256 * 1024
+
+
+cdef class ClientProtocol:
+    """asyncio protocol for one client connection."""
+
+    def __cinit__(self, Engine engine, bint https):
+        self.engine = engine
+        self.https = https
+        self.deadline = Deadline(engine.loop, self._on_deadline_cb)
+        self.chunks = ChunkedDecoder()
+        self.state = C_IDLE
+
+    # -- asyncio protocol callbacks ------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
+        self.client_ip_b = self.client_ip.encode("ascii", "replace")
+        self.table = self.engine.table
+        self.engine.clients.add(self)
+        self.engine.n_connections_total += 1
+        self.deadline.set(self.engine.time() + self.table.client_head_timeout)
+
+    def data_received(self, data):
+        if self.state == C_CLOSED:
+            return
+        self.engine.n_bytes_in += len(data)
+        if self.rbuf is None:
+            self.rbuf = data
+            self.rpos = 0
+        else:
+            self._append(data)
+        self._advance()
+
+    def eof_received(self):
+        self.eof = True
+        if self.state == C_WAIT:
+            return True  # half-closed: still deliver the response, then close
+        self._close()
+        return False
+
+    def connection_lost(self, exc):
+        cdef UpstreamProtocol up = self.upstream
+        self.state = C_CLOSED
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        if self.route is not None:
+            if not self.resp_started:
+                self.status = 499  # NGINX's "client closed request"
+            self._end_request()
+        self.deadline.dispose()
+        self.rbuf = None
+        self.pending = None
+        self.engine.client_closed(self)
+
+    def pause_writing(self):
+        self.write_paused = True
+        if self.upstream is not None:
+            self.upstream.pause_upstream_reading()
+        self._rearm()
+
+    def resume_writing(self):
+        self.write_paused = False
+        if self.upstream is not None:
+            self.upstream.resume_upstream_reading()
+        self._rearm()
+
+    # -- reading requests ----------------------------------------------------------
+
+    cdef void _append(self, object data):
+        """Keep unconsumed bytes plus ``data`` in one growable buffer."""
+        if type(self.rbuf) is bytes or self.rpos > 0:
+            self.rbuf = bytearray(memoryview(self.rbuf)[self.rpos:])
+            self.scan_pos -= self.rpos
+            self.rpos = 0
+        self.rbuf += data
+
+    cdef void _advance(self):
+        if self.state == C_IDLE or self.state == C_HEAD:
+            if self._read_head() <= 0:
+                return
+        if self.state == C_BODY:
+            self._consume_body()
+        if self.state == C_WAIT and self.rbuf is not None:
+            if len(self.rbuf) - self.rpos > self.table.max_head_size:
+                self._pause(P_PIPELINE)
+
+    cdef int _read_head(self):
+        """Parse the next head if complete: 1 when a request started, 0 for more, -1 closed."""
+        cdef RequestHead h
+        cdef int status = 0
+        cdef object buf = self.rbuf
+        cdef Py_ssize_t n, start, end
+        cdef const unsigned char* p
+        if buf is None:
+            return 0
+        n = len(buf)
+        p = _ptr(buf)
+        start = self.rpos
+        if self.state == C_IDLE:
+            # RFC 9112 §2.2: ignore empty lines received before a request line
+            while n - start >= 2 and p[start] == 13 and p[start + 1] == 10:
+                start += 2
+            if start == n:
+                self.rbuf = None
+                self.rpos = 0
+                return 0
+            self.table = self.engine.table
+            self.rpos = start
+            self.scan_pos = start
+            self.state = C_HEAD
+            self.deadline.set(self.engine.time() + self.table.client_head_timeout)
+        end = _scan_head_end(p + start, self.scan_pos - start, n - start, &status)
+        if end == -2:
+            self._send_error(400, "bare LF in request head", True)
+            return -1
+        if end == -1 or end > self.table.max_head_size:
+            if n - start > self.table.max_head_size or end > 0:
+                if memchr(p + start, 10, n - start) == NULL:
+                    self._send_error(414, "request line too long", True)
+                else:
+                    self._send_error(431, "request header section too large", True)
+                return -1
+            self.scan_pos = n
+            return 0
+        status = parse_request(p + start, end, &h, _fields, self.table.max_headers,
+                               self.table.max_uri_size)
+        if status:
+            self._send_error(status, h.error.decode("ascii"), True)
+            return -1
+        self.rpos = start + end
+        self._start_request(p + start, &h)
+        return 1 if self.state != C_CLOSED else -1
+
+    cdef void _start_request(self, const unsigned char* p, RequestHead* h):
+        cdef Route route = self.table.match(p, h)
+        cdef Upstream up
+        self.engine.n_requests += 1
+        self.started = self.engine.time()
+        self.version = h.version
+        self.keep_alive = h.keep_alive and not self.engine.shutting_down
+        self.is_head = h.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
+        self.idempotent = _method_idempotent(p, h)
+        self.body_kind = h.body_kind
+        self.body_left = h.content_length if h.body_kind == BODY_LENGTH else 0
+        self.body_seen = 0
+        self.req_done = h.body_kind == BODY_NONE
+        self.expect_continue = h.expect_continue and h.version == 11 and not self.req_done
+        self.resp_started = False
+        self.status = 0
+        self.resp_bytes = 0
+        self.attempts = 1
+        self.last_upstream = None
+        if self.engine.access_log is not None:
+            self.log_method = p[:h.method_len].decode("latin-1")
+            self.log_target = p[h.target_start:h.target_start + h.target_len].decode("latin-1")
+        if h.target_form == FORM_AUTHORITY:
+            self._send_error(405, "CONNECT is not supported", True)
+            return
+        self.route = route
+        self.engine.n_in_flight += 1
+        if (h.body_kind == BODY_LENGTH and route.max_body_size
+                and h.content_length > route.max_body_size):
+            self._send_error(413, f"request body larger than {route.max_body_size} bytes", True)
+            return
+        if h.body_kind == BODY_CHUNKED:
+            self.chunks.reset()
+        up = route.pick()
+        self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
+                                                 up.address.encode("ascii"), self.engine)
+        self.pending = []
+        self.pending_bytes = 0
+        self.state = C_WAIT if self.req_done else C_BODY
+        self._rearm()
+        self._dispatch(up)
+
+    cdef void _dispatch(self, Upstream up):
+        """Send the request to ``up``: over a pooled connection, or a new one."""
+        cdef UpstreamProtocol conn = up.pop_idle()
+        self.last_upstream = up
+        if conn is not None:
+            conn.reused = True
+            self.upstream = conn
+            conn.attach(self)
+            return
+        conn = UpstreamProtocol(up, self.engine)
+        self.upstream = conn
+        conn.client = self
+        conn.start_connect(self.route.connect_timeout)
+
+    cdef void _consume_body(self):
+        """Forward the body bytes available in ``rbuf`` (re-framing chunked bodies)."""
+        cdef object buf = self.rbuf
+        cdef Py_ssize_t n = len(buf), pos = self.rpos, take, ds, dl
+        cdef const unsigned char* p
+        cdef bint done = False
+        cdef int rc
+        cdef list out
+        if self.body_kind == BODY_LENGTH:
+            take = n - pos
+            if take > self.body_left:
+                take = <Py_ssize_t>self.body_left
+            if take > 0:
+                self.body_left -= take
+                self._forward_body(_slice(buf, pos, pos + take), take)
+                pos += take
+            done = self.body_left == 0
+        else:
+            p = _ptr(buf)
+            out = []
+            take = 0
+            while True:
+                rc = self.chunks.next(p, n, pos, &ds, &dl, &pos)
+                if rc == CH_DATA:
+                    self.body_seen += dl
+                    if self.route.max_body_size and self.body_seen > self.route.max_body_size:
+                        self._request_broken(413, f"request body larger than "
+                                                  f"{self.route.max_body_size} bytes")
+                        return
+                    out.append(chunk_header(dl))
+                    out.append(_slice(buf, ds, ds + dl))
+                    out.append(b"\r\n")
+                    take += dl + 8
+                elif rc == CH_MORE:
+                    break
+                elif rc == CH_DONE:
+                    out.append(b"0\r\n")
+                    if self.chunks.trailers is not None:
+                        out.append(bytes(self.chunks.trailers))
+                    out.append(b"\r\n")
+                    done = True
+                    break
+                else:
+                    self._request_broken(400, f"invalid chunked body: "
+                                              f"{self.chunks.error.decode('ascii')}")
+                    return
+            if out:
+                self._forward_pieces(out, take)
+        if self.state == C_CLOSED:
+            return
+        if pos >= n:
+            self.rbuf = None
+            self.rpos = 0
+        else:
+            self.rpos = pos
+        if done:
+            self._body_complete()
+        else:
+            self._rearm()
+
+    cdef void _forward_body(self, object piece, Py_ssize_t n):
+        if self.pending is None:
+            self.upstream.transport.write(piece)
+        else:
+            self.pending.append(piece)
+            self._hold_pending(n)
+
+    cdef void _forward_pieces(self, list pieces, Py_ssize_t n):
+        if self.pending is None:
+            self.upstream.transport.writelines(pieces)
+        else:
+            self.pending.extend(pieces)
+            self._hold_pending(n)
+
+    cdef void _hold_pending(self, Py_ssize_t n):
+        """Body bytes wait for the upstream connection; bounded by pausing the client."""
+        self.pending_bytes += n
+        if self.pending_bytes > PENDING_LIMIT:
+            self._pause(P_CONNECTING)
+
+    cdef void _body_complete(self):
+        self.req_done = True
+        self.state = C_WAIT
+        self._rearm()
+        if self.upstream is not None and self.pending is None:
+            self.upstream.request_complete()
+
+    cdef void _request_broken(self, int status, str why):
+        """The client's body is invalid or too large: the upstream exchange is void."""
+        cdef UpstreamProtocol up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        self._send_error(status, why, True)
+
+    # -- upstream events -----------------------------------------------------------
+
+    cdef void upstream_ready(self, UpstreamProtocol up):
+        """An upstream connection is ours: write the head and whatever body arrived."""
+        cdef list pending = self.pending
+        self.pending = None
+        if self.expect_continue and not self.req_done:
+            self.expect_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if pending:
+            pending.insert(0, self.upstream_head)
+            up.transport.writelines(pending)
+        else:
+            up.send(self.upstream_head)
+        self._resume(P_CONNECTING)
+        if self.req_done:
+            up.request_complete()
+
+    cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable):
+        """The exchange failed before any response byte reached the client."""
+        cdef Py_ssize_t limit = len(self.route.upstreams) if connect_failed else 2
+        self.upstream = None
+        if self.state == C_CLOSED:
+            return
+        if retryable and self.attempts < limit:
+            # nothing usable was sent (DESIGN invariant 2): replay on another connection
+            self.attempts += 1
+            if not connect_failed and self.pending is None:
+                self.pending = []
+            self._dispatch(self.route.pick())
+            return
+        # Holding hooks in here: a connect failure means no upstream accepted the
+        # request, which is exactly when a held route would queue it instead.
+        self._send_error(status, why, False)
+
+    cdef void interim_response(self, bytes head):
+        if self.state != C_CLOSED:
+            self.transport.write(head)
+            self.engine.n_bytes_out += len(head)
+
+    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind):
+        """Write the final response head; returns whether the body is re-chunked."""
+        cdef bint chunked = False
+        cdef int conn = CONN_NONE
+        cdef bytes head
+        self.resp_started = True
+        self.status = r.status
+        self.upstream_head = None
+        if body_kind == BODY_CHUNKED or body_kind == BODY_CLOSE:
+            if self.version == 11:
+                chunked = True
+            else:
+                self.keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        if not self.req_done or self.eof or self.engine.shutting_down:
+            self.keep_alive = False
+        if not self.keep_alive:
+            conn = CONN_CLOSE
+        elif self.version == 10:
+            conn = CONN_KEEP_ALIVE
+        head = build_response_head(p, r, chunked, conn)
+        self.transport.write(head)
+        self.engine.n_bytes_out += len(head)
+        return chunked
+
+    cdef void write_body(self, object piece, Py_ssize_t n):
+        self.transport.write(piece)
+        self.resp_bytes += n
+        self.engine.n_bytes_out += len(piece)
+
+    cdef void write_body_pieces(self, list pieces, Py_ssize_t n):
+        self.transport.writelines(pieces)
+        self.resp_bytes += n
+        self.engine.n_bytes_out += n
+
+    cdef void response_done(self, bint upstream_reusable):
+        cdef UpstreamProtocol up = self.upstream
+        self.upstream = None
+        if up is not None:
+            if upstream_reusable:
+                up.upstream.release(up)
+            else:
+                up.close()
+        self._end_request()
+        self._next_request()
+
+    cdef void response_broken(self, str why):
+        """The upstream failed mid-response: cut the client, never fake a complete body."""
+        self.upstream = None
+        self._end_request()
+        self._abort()
+
+    # -- ending requests -----------------------------------------------------------
+
+    cdef void _send_error(self, int status, str why, bint close):
+        cdef bytes data
+        cdef UpstreamProtocol up = self.upstream
+        if self.state == C_CLOSED:
+            return
+        if self.resp_started:
+            self._abort()
+            return
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        if not self.req_done or not self.keep_alive or self.eof or self.engine.shutting_down:
+            close = True
+        if close:
+            self.keep_alive = False
+        data = error_response(status, why, close)
+        self.transport.write(data)
+        self.engine.n_bytes_out += len(data)
+        self.status = status
+        self.resp_started = True
+        self._end_request()
+        self._next_request()
+
+    cdef void _end_request(self):
+        """Count and log the request that just ended (also rejected heads)."""
+        self.engine.count_response(self.status)
+        if self.route is not None:
+            self.engine.n_in_flight -= 1
+        if self.engine.access_log is not None:
+            self._log()
+        self.route = None
+        self.upstream_head = None
+        self.pending = None
+
+    cdef void _log(self):
+        self.engine.access_log((
+            self.client_ip,
+            self.log_method if self.route is not None or self.log_method else "-",
+            self.log_target if self.log_target else "-",
+            "HTTP/1.1" if self.version == 11 else "HTTP/1.0",
+            self.status,
+            self.resp_bytes,
+            self.engine.time() - self.started if self.started else 0.0,
+            self.last_upstream.address if self.last_upstream is not None else "-",
+        ))
+        self.log_method = None
+        self.log_target = None
+
+    cdef void _next_request(self):
+        """After a complete exchange: keep the connection for the next request, or close."""
+        if self.state == C_CLOSED:
+            return
+        if not self.keep_alive or not self.req_done:
+            self._close()
+            return
+        self.state = C_IDLE
+        self.deadline.set(self.engine.time() + self.table.keepalive_timeout)
+        self._resume(P_PIPELINE)
+        if self.rbuf is not None:
+            self._advance()
+
+    cdef void _close(self):
+        """Close after flushing what was written."""
+        cdef UpstreamProtocol up = self.upstream
+        if self.state == C_CLOSED and self.transport is None:
+            return
+        self.state = C_CLOSED
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        self.deadline.clear()
+        self.transport.close()
+
+    cdef void _abort(self):
+        cdef UpstreamProtocol up = self.upstream
+        self.state = C_CLOSED
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        self.deadline.clear()
+        self.transport.abort()
+
+    # -- flow control and timeouts -------------------------------------------------
+
+    cdef void _pause(self, int reason):
+        if self.pause_reasons == 0 and self.state != C_CLOSED:
+            self.transport.pause_reading()
+        self.pause_reasons |= reason
+        self._rearm()
+
+    cdef void _resume(self, int reason):
+        if not (self.pause_reasons & reason):
+            return
+        self.pause_reasons &= ~reason
+        if self.pause_reasons == 0 and self.state != C_CLOSED:
+            self.transport.resume_reading()
+        self._rearm()
+
+    cdef void _rearm(self):
+        """Point the deadline at whatever this connection is waiting for now."""
+        if self.state == C_CLOSED or self.state == C_HEAD:
+            return
+        if self.write_paused:
+            self.deadline.set(self.engine.time() + self.table.send_timeout)
+        elif self.state == C_BODY and not (self.pause_reasons & (P_UPSTREAM | P_CONNECTING)):
+            self.deadline.set(self.engine.time() + self.table.client_body_timeout)
+        elif self.state == C_IDLE:
+            self.deadline.set(self.engine.time() + self.table.keepalive_timeout)
+        else:
+            self.deadline.clear()
+
+    def _on_deadline_cb(self):
+        self._on_deadline()
+
+    cdef void _on_deadline(self):
+        if self.state == C_IDLE:
+            self._close()
+        elif self.state == C_HEAD:
+            self._send_error(408, "request head not received in time", True)
+        elif self.write_paused:
+            self._abort()  # the client stopped reading the response
+        elif self.state == C_BODY:
+            self._request_broken(408, "request body not received in time")

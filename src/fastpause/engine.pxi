@@ -1,0 +1,99 @@
+# The data-plane root: the current routing snapshot, the client connections,
+# and the counters the control plane reads.
+
+import functools
+import os
+
+
+cdef class Engine:
+    """Owns the routing snapshot and every client connection of one process."""
+
+    def __init__(self, loop, RoutingTable table, access_log=None):
+        cdef bytes seed = os.urandom(16)
+        self.loop = loop
+        self.table = table
+        self.access_log = access_log
+        self.clients = set()
+        self.shutting_down = False
+        self.drained = None
+        self.time = loop.time
+        self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
+        self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1
+
+    def protocol_factory(self, str scheme="http"):
+        """A factory for ``loop.create_server``: one ClientProtocol per connection."""
+        if scheme not in ("http", "https"):
+            raise ValueError(f"unknown scheme {scheme!r}")
+        return functools.partial(ClientProtocol, self, scheme == "https")
+
+    cdef void count_response(self, int status):
+        cdef int cls = status // 100
+        self.n_responses[cls if 1 <= cls <= 5 else 0] += 1
+
+    cdef void client_closed(self, ClientProtocol c):
+        self.clients.discard(c)
+        if not self.clients and self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    cdef void fill_request_id(self, char* out):
+        """32 hex digits from xorshift128+: unique enough to trace, not a secret."""
+        cdef uint64_t s1, s0, word
+        cdef int i, j
+        for i in range(2):
+            s1 = self.rng_state0
+            s0 = self.rng_state1
+            self.rng_state0 = s0
+            s1 ^= s1 << 23
+            self.rng_state1 = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26)
+            word = self.rng_state1 + s0
+            for j in range(16):
+                out[i * 16 + j] = _HEXDIGITS[(word >> (4 * j)) & 15]
+
+    def shutdown(self):
+        """Graceful stop: idle connections close now, busy ones after their response."""
+        cdef ClientProtocol c
+        self.shutting_down = True
+        for c in list(self.clients):
+            if c.state == C_IDLE:
+                c._close()
+
+    def close_all(self):
+        """Cut every client connection and every pooled upstream connection."""
+        cdef ClientProtocol c
+        cdef Route route
+        cdef Upstream up
+        for c in list(self.clients):
+            c._abort()
+        for route in self.table.routes:
+            for up in route.upstreams:
+                up.close_idle()
+
+    def wait_drained(self):
+        """A future that resolves once no client connection is left."""
+        if self.drained is None or self.drained.done():
+            self.drained = self.loop.create_future()
+        if not self.clients:
+            self.drained.set_result(None)
+        return self.drained
+
+    def connections(self):
+        return len(self.clients)
+
+    def in_flight(self):
+        return self.n_in_flight
+
+    def stats(self):
+        return {
+            "connections": len(self.clients),
+            "connections_total": self.n_connections_total,
+            "requests_total": self.n_requests,
+            "in_flight": self.n_in_flight,
+            "responses_1xx": self.n_responses[1],
+            "responses_2xx": self.n_responses[2],
+            "responses_3xx": self.n_responses[3],
+            "responses_4xx": self.n_responses[4],
+            "responses_5xx": self.n_responses[5],
+            "bytes_in": self.n_bytes_in,
+            "bytes_out": self.n_bytes_out,
+            "upstream_errors": self.n_upstream_errors,
+        }

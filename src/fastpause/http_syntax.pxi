@@ -1,0 +1,216 @@
+# RFC 9110/9112 character classes and small lexical helpers shared by the
+# request parser, the response parser and the chunked decoder.
+
+cdef unsigned char TCHAR[256]         # token characters (RFC 9110 §5.6.2)
+cdef unsigned char FIELD_VCHAR[256]   # field-value: VCHAR / obs-text / SP / HTAB
+cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII
+cdef unsigned char HOST_CHAR[256]     # Host: reg-name / IP-literal / port characters
+cdef unsigned char QDTEXT[256]        # quoted-string content (without '\\' and '"')
+cdef signed char HEXVAL[256]
+
+
+cdef void _init_char_tables() noexcept:
+    cdef int c
+    cdef bytes tspecials = b"!#$%&'*+-.^_`|~"
+    cdef bytes hostpunct = b"-._~!$&'()*+,;=:[]%"
+    for c in range(256):
+        TCHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in tspecials)
+        FIELD_VCHAR[c] = (0x21 <= c <= 0x7E) or c >= 0x80 or c == 0x20 or c == 0x09
+        TARGET_CHAR[c] = 0x21 <= c <= 0x7E
+        HOST_CHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in hostpunct)
+        QDTEXT[c] = c == 0x09 or c == 0x20 or c == 0x21 or (0x23 <= c <= 0x5B) or (
+            0x5D <= c <= 0x7E) or c >= 0x80
+        if 48 <= c <= 57:
+            HEXVAL[c] = c - 48
+        elif 97 <= c <= 102:
+            HEXVAL[c] = c - 87
+        elif 65 <= c <= 70:
+            HEXVAL[c] = c - 55
+        else:
+            HEXVAL[c] = -1
+
+
+_init_char_tables()
+
+
+cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
+    if 65 <= c <= 90:
+        return c + 32
+    return c
+
+
+cdef inline bint _ieq(const unsigned char* p, Py_ssize_t n, const char* lit, Py_ssize_t m) noexcept nogil:
+    """Case-insensitive comparison of p[0:n] with the lowercase literal lit[0:m]."""
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(n):
+        if _lower(p[i]) != <unsigned char>lit[i]:
+            return False
+    return True
+
+
+cdef inline bint _is_ows(unsigned char c) noexcept nogil:
+    return c == 0x20 or c == 0x09
+
+
+cdef int _header_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Classify a field name into the few kinds the proxy acts on (H_OTHER otherwise)."""
+    cdef unsigned char c0 = _lower(p[0])
+    if n == 4:
+        if _ieq(p, n, b"host", 4):
+            return H_HOST
+    elif n == 2:
+        if _ieq(p, n, b"te", 2):
+            return H_TE
+    elif n == 6:
+        if _ieq(p, n, b"expect", 6):
+            return H_EXPECT
+    elif n == 7:
+        if _ieq(p, n, b"upgrade", 7):
+            return H_UPGRADE
+        if _ieq(p, n, b"trailer", 7):
+            return H_TRAILER
+    elif n == 10:
+        if c0 == 99 and _ieq(p, n, b"connection", 10):
+            return H_CONNECTION
+        if c0 == 107 and _ieq(p, n, b"keep-alive", 10):
+            return H_KEEP_ALIVE
+    elif n == 12:
+        if _ieq(p, n, b"x-request-id", 12):
+            return H_X_REQUEST_ID
+    elif n == 14:
+        if _ieq(p, n, b"content-length", 14):
+            return H_CONTENT_LENGTH
+    elif n == 15:
+        if _ieq(p, n, b"x-forwarded-for", 15):
+            return H_X_FORWARDED_FOR
+    elif n == 16:
+        if _ieq(p, n, b"proxy-connection", 16):
+            return H_PROXY_CONNECTION
+        if _ieq(p, n, b"x-forwarded-host", 16):
+            return H_X_FORWARDED_HOST
+    elif n == 17:
+        if c0 == 116 and _ieq(p, n, b"transfer-encoding", 17):
+            return H_TRANSFER_ENCODING
+        if c0 == 120 and _ieq(p, n, b"x-forwarded-proto", 17):
+            return H_X_FORWARDED_PROTO
+    return H_OTHER
+
+
+cdef inline Py_ssize_t _next_list_item(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
+                                       Py_ssize_t* item_start, Py_ssize_t* item_len) noexcept nogil:
+    """Find the next element of a comma-separated list (RFC 9110 §5.6.1), empty ones skipped.
+
+    Returns the position after the element (or ``end``); ``item_len`` is 0 when
+    the list has no more elements.
+    """
+    cdef Py_ssize_t s, e
+    while pos < end and (p[pos] == 44 or _is_ows(p[pos])):
+        pos += 1
+    s = pos
+    while pos < end and p[pos] != 44:
+        pos += 1
+    e = pos
+    while e > s and _is_ows(p[e - 1]):
+        e -= 1
+    item_start[0] = s
+    item_len[0] = e - s
+    return pos
+
+
+cdef int _parse_content_length(const unsigned char* p, Py_ssize_t start, Py_ssize_t n,
+                               long long* out) noexcept nogil:
+    """Parse a Content-Length value that may be a list of identical values ("5, 5").
+
+    Returns 0 and sets ``out`` (which, if already >= 0, must agree), or -1 when
+    the value is not 1*DIGIT elements or the elements disagree (RFC 9112 §6.3).
+    """
+    cdef Py_ssize_t pos = start, end = start + n, s, ln, i
+    cdef long long v
+    cdef int count = 0
+    while True:
+        pos = _next_list_item(p, pos, end, &s, &ln)
+        if ln == 0:
+            break
+        if ln > 18:
+            return -1
+        v = 0
+        for i in range(s, s + ln):
+            if not (48 <= p[i] <= 57):
+                return -1
+            v = v * 10 + (p[i] - 48)
+        if out[0] >= 0 and out[0] != v:
+            return -1
+        out[0] = v
+        count += 1
+    return 0 if count > 0 else -1
+
+
+cdef int _validate_field_line(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
+                              Field* f, const char** err) noexcept nogil:
+    """Validate one field line p[start:end] (CRLF excluded) and record its spans.
+
+    Returns 0, or 400 with ``err`` naming the problem.
+    """
+    cdef Py_ssize_t pos = start, vs, ve
+    cdef unsigned char c
+    if _is_ows(p[pos]):
+        err[0] = b"obsolete line folding is not allowed"
+        return 400
+    while pos < end and TCHAR[p[pos]]:
+        pos += 1
+    if pos == end or p[pos] != 58:
+        if pos < end and _is_ows(p[pos]):
+            err[0] = b"whitespace between header field name and colon"
+        else:
+            err[0] = b"invalid character in header field name"
+        return 400
+    if pos == start:
+        err[0] = b"empty header field name"
+        return 400
+    f.line_start = start
+    f.name_len = pos - start
+    pos += 1
+    while pos < end and _is_ows(p[pos]):
+        pos += 1
+    vs = pos
+    while pos < end:
+        c = p[pos]
+        if not FIELD_VCHAR[c]:
+            err[0] = b"invalid character in header field value"
+            return 400
+        pos += 1
+    ve = end
+    while ve > vs and _is_ows(p[ve - 1]):
+        ve -= 1
+    f.value_start = vs
+    f.value_len = ve - vs
+    f.line_end = end + 2
+    f.kind = _header_kind(p + start, f.name_len)
+    f.drop = 0
+    return 0
+
+
+cdef Py_ssize_t _scan_head_end(const unsigned char* p, Py_ssize_t start, Py_ssize_t n,
+                               int* status) noexcept nogil:
+    """Look for the blank line that ends a head in p[0:n], resuming at ``start``.
+
+    Returns the head length (through CRLF CRLF) or -1 when more bytes are needed.
+    A bare LF anywhere makes it return -2 with ``status`` 400: line endings are
+    strictly CRLF (RFC 9112 §2.2), so such a head is rejected as soon as it is seen.
+    """
+    cdef const unsigned char* q
+    cdef Py_ssize_t i = start
+    while i < n:
+        q = <const unsigned char*>memchr(p + i, 10, n - i)
+        if q == NULL:
+            return -1
+        i = q - p
+        if i == 0 or p[i - 1] != 13:
+            status[0] = 400
+            return -2
+        if i >= 3 and p[i - 2] == 10 and p[i - 3] == 13:
+            return i + 1
+        i += 1
+    return -1

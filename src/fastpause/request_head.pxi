@@ -1,0 +1,330 @@
+# The strict RFC 9112 request-head parser. It fills a RequestHead struct with
+# offsets into the receive buffer; no Python object is made per header.
+
+
+cdef int _parse_request_line(const unsigned char* p, Py_ssize_t n, RequestHead* h,
+                             Py_ssize_t max_uri, Py_ssize_t* line_end) noexcept nogil:
+    """Parse ``method SP request-target SP HTTP-version CRLF``; returns 0 or a status."""
+    cdef Py_ssize_t pos = 0, ts
+    while pos < n and TCHAR[p[pos]]:
+        pos += 1
+    if pos == 0 or pos >= n or p[pos] != 32:
+        h.error = b"invalid request method"
+        return 400
+    h.method_len = pos
+    pos += 1
+    ts = pos
+    while pos < n and TARGET_CHAR[p[pos]]:
+        pos += 1
+    if pos - ts > max_uri:
+        h.error = b"request target too long"
+        return 414
+    if pos == ts or pos >= n or p[pos] != 32:
+        h.error = b"invalid request target"
+        return 400
+    h.target_start = ts
+    h.target_len = pos - ts
+    pos += 1
+    if n - pos < 10 or memcmp(p + pos, b"HTTP/", 5) != 0 or p[pos + 6] != 46 \
+            or p[pos + 8] != 13 or p[pos + 9] != 10:
+        h.error = b"invalid HTTP version"
+        return 400
+    if not (48 <= p[pos + 5] <= 57 and 48 <= p[pos + 7] <= 57):
+        h.error = b"invalid HTTP version"
+        return 400
+    if p[pos + 5] != 49 or (p[pos + 7] != 48 and p[pos + 7] != 49):
+        h.error = b"HTTP version not supported"
+        return 505
+    h.version = 10 + (p[pos + 7] - 48)
+    line_end[0] = pos + 10
+    return 0
+
+
+cdef int _classify_target(const unsigned char* p, RequestHead* h) noexcept nogil:
+    """Decide the request-target form (RFC 9112 §3.2) and locate path and authority."""
+    cdef const unsigned char* t = p + h.target_start
+    cdef Py_ssize_t n = h.target_len, i, skip
+    cdef bint is_connect = h.method_len == 7 and memcmp(p, b"CONNECT", 7) == 0
+    h.path_start = h.target_start
+    h.path_len = n
+    h.authority_len = 0
+    if is_connect:
+        # authority-form: host:port, nothing else
+        for i in range(n):
+            if not HOST_CHAR[t[i]]:
+                h.error = b"CONNECT needs an authority-form target"
+                return 400
+        h.target_form = FORM_AUTHORITY
+        return 0
+    if t[0] == 47:
+        h.target_form = FORM_ORIGIN
+        return 0
+    if n == 1 and t[0] == 42:
+        if h.method_len == 7 and memcmp(p, b"OPTIONS", 7) == 0:
+            h.target_form = FORM_ASTERISK
+            return 0
+        h.error = b"asterisk-form target is only valid for OPTIONS"
+        return 400
+    skip = 0
+    if n > 7 and _ieq(t, 7, b"http://", 7):
+        skip = 7
+    elif n > 8 and _ieq(t, 8, b"https://", 8):
+        skip = 8
+    if skip == 0:
+        h.error = b"invalid request target"
+        return 400
+    i = skip
+    while i < n and t[i] != 47 and t[i] != 63 and t[i] != 35:
+        if not HOST_CHAR[t[i]] or t[i] == 64:
+            h.error = b"invalid authority in request target"
+            return 400
+        i += 1
+    if i == skip:
+        h.error = b"absolute-form target without a host"
+        return 400
+    h.target_form = FORM_ABSOLUTE
+    h.authority_start = h.target_start + skip
+    h.authority_len = i - skip
+    h.path_start = h.target_start + i
+    h.path_len = n - i
+    return 0
+
+
+cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) noexcept nogil:
+    """Fold one framing/connection-relevant field into the head's facts; 0 or a status."""
+    cdef Py_ssize_t pos, end, s, ln
+    cdef int kind = f.kind
+    if kind == H_CONTENT_LENGTH:
+        if _parse_content_length(p, f.value_start, f.value_len, &h.content_length) != 0:
+            h.error = b"invalid or conflicting Content-Length"
+            return 400
+        h.has_content_length = 1
+    elif kind == H_TRANSFER_ENCODING:
+        pos = f.value_start
+        end = f.value_start + f.value_len
+        while True:
+            pos = _next_list_item(p, pos, end, &s, &ln)
+            if ln == 0:
+                break
+            if h.chunked:
+                h.error = b"chunked must be the final transfer coding, applied once"
+                return 400
+            if _ieq(p + s, ln, b"chunked", 7):
+                h.chunked = 1
+            else:
+                h.te_other = 1
+        h.has_transfer_encoding = 1
+    elif kind == H_HOST:
+        h.host_count += 1
+        h.host_index = f - h.fields
+        for s in range(f.value_start, f.value_start + f.value_len):
+            if not HOST_CHAR[p[s]] or p[s] == 64:
+                h.error = b"invalid Host header"
+                return 400
+    elif kind == H_CONNECTION:
+        pos = f.value_start
+        end = f.value_start + f.value_len
+        while True:
+            pos = _next_list_item(p, pos, end, &s, &ln)
+            if ln == 0:
+                break
+            if _ieq(p + s, ln, b"close", 5):
+                h.conn_close = 1
+            elif _ieq(p + s, ln, b"keep-alive", 10):
+                h.conn_keep_alive = 1
+            else:
+                h.conn_other = 1
+    elif kind == H_EXPECT:
+        if _ieq(p + f.value_start, f.value_len, b"100-continue", 12):
+            h.expect_continue = 1
+        else:
+            h.error = b"unsupported expectation"
+            return 417
+    elif kind == H_TE:
+        pos = f.value_start
+        end = f.value_start + f.value_len
+        while True:
+            pos = _next_list_item(p, pos, end, &s, &ln)
+            if ln == 0:
+                break
+            if ln >= 8 and _ieq(p + s, 8, b"trailers", 8) and (ln == 8 or p[s + 8] == 59
+                                                              or _is_ows(p[s + 8])):
+                h.te_trailers = 1
+    elif kind == H_X_REQUEST_ID:
+        h.has_request_id = 1
+    return 0
+
+
+cdef void _drop_connection_named(const unsigned char* p, Field* fields, int nfields) noexcept nogil:
+    """Mark for removal every field named by a Connection option (RFC 9110 §7.6.1)."""
+    cdef int i, j
+    cdef Field* c
+    cdef Field* f
+    cdef Py_ssize_t pos, end, s, ln
+    for i in range(nfields):
+        c = &fields[i]
+        if c.kind != H_CONNECTION:
+            continue
+        pos = c.value_start
+        end = c.value_start + c.value_len
+        while True:
+            pos = _next_list_item(p, pos, end, &s, &ln)
+            if ln == 0:
+                break
+            for j in range(nfields):
+                f = &fields[j]
+                if f.kind == H_OTHER and f.name_len == ln and _ieq_ci(p + f.line_start, p + s, ln):
+                    f.drop = 1
+
+
+cdef inline bint _ieq_ci(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if _lower(a[i]) != _lower(b[i]):
+            return False
+    return True
+
+
+cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Field* fields,
+                       int max_fields, Py_ssize_t max_uri) noexcept nogil:
+    """Parse a complete head p[0:n] (ending in CRLF CRLF); returns 0 or an HTTP status.
+
+    On error ``h.error`` names the problem. Framing follows RFC 9112 §6.3: anything
+    ambiguous is rejected, never guessed.
+    """
+    cdef Py_ssize_t pos, line_start, eol
+    cdef int status
+    cdef Field* f
+    memset(h, 0, sizeof(RequestHead))
+    h.fields = fields
+    h.content_length = -1
+    h.host_index = -1
+    h.head_len = n
+    status = _parse_request_line(p, n, h, max_uri, &pos)
+    if status:
+        return status
+    status = _classify_target(p, h)
+    if status:
+        return status
+    while True:
+        line_start = pos
+        eol = line_start
+        while p[eol] != 13:
+            if p[eol] == 10 or p[eol] == 0:
+                h.error = b"invalid character in header section"
+                return 400
+            eol += 1
+        if p[eol + 1] != 10:
+            h.error = b"bare CR in header section"
+            return 400
+        if eol == line_start:
+            break
+        if h.nfields >= max_fields:
+            h.error = b"too many header fields"
+            return 431
+        f = &fields[h.nfields]
+        status = _validate_field_line(p, line_start, eol, f, &h.error)
+        if status:
+            return status
+        h.nfields += 1
+        if f.kind != H_OTHER:
+            status = _apply_framing_field(p, h, f)
+            if status:
+                return status
+        pos = eol + 2
+    return _check_request_framing(p, h)
+
+
+cdef int _check_request_framing(const unsigned char* p, RequestHead* h) noexcept nogil:
+    """Whole-head checks that need every field: framing, Host, Connection options."""
+    if h.has_transfer_encoding:
+        if h.version == 10:
+            h.error = b"Transfer-Encoding is not allowed in HTTP/1.0"
+            return 400
+        if h.has_content_length:
+            h.error = b"Content-Length together with Transfer-Encoding"
+            return 400
+        if not h.chunked:
+            h.error = b"the final transfer coding must be chunked"
+            return 400
+        if h.te_other:
+            h.error = b"unsupported transfer coding"
+            return 501
+        h.body_kind = BODY_CHUNKED
+    elif h.has_content_length and h.content_length > 0:
+        h.body_kind = BODY_LENGTH
+    else:
+        h.body_kind = BODY_NONE
+    if h.host_count > 1:
+        h.error = b"more than one Host header"
+        return 400
+    if h.host_count == 0 and h.version == 11:
+        h.error = b"missing Host header"
+        return 400
+    if h.conn_other:
+        _drop_connection_named(p, h.fields, h.nfields)
+    if h.version == 11:
+        h.keep_alive = not h.conn_close
+    else:
+        h.keep_alive = h.conn_keep_alive and not h.conn_close
+    return 0
+
+
+cdef inline bint _method_is(const unsigned char* p, RequestHead* h, const char* m, Py_ssize_t n) noexcept nogil:
+    return h.method_len == n and memcmp(p, m, n) == 0
+
+
+cdef bint _method_idempotent(const unsigned char* p, RequestHead* h) noexcept nogil:
+    """RFC 9110 §9.2.2: safe to replay when no response byte has arrived."""
+    return (_method_is(p, h, b"GET", 3) or _method_is(p, h, b"HEAD", 4)
+            or _method_is(p, h, b"OPTIONS", 7) or _method_is(p, h, b"PUT", 3)
+            or _method_is(p, h, b"DELETE", 6) or _method_is(p, h, b"TRACE", 5))
+
+
+# A module-wide scratch field table: the data plane is single-threaded and a head
+# is parsed and rewritten in one go, so one table serves every connection.
+cdef Field* _fields = <Field*>malloc(sizeof(Field) * MAX_FIELDS_CAP)
+
+
+class HeadError(Exception):
+    """A request head was rejected; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, int status, str reason):
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+
+
+def parse_request_head(bytes data, Py_ssize_t max_head_size=32768, int max_headers=100,
+                       Py_ssize_t max_uri_size=8192):
+    """Parse one complete request head with the proxy's parser (tests and diagnostics).
+
+    Returns ``(method, target, (major, minor), [(name, value), ...])`` or raises
+    ``HeadError``. The hot path never builds these Python objects.
+    """
+    cdef RequestHead h
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = len(data), end
+    cdef int status = 0
+    cdef int i
+    if max_headers > MAX_FIELDS_CAP:
+        raise ValueError(f"max_headers may be at most {MAX_FIELDS_CAP}")
+    end = _scan_head_end(p, 0, n, &status)
+    if end == -2:
+        raise HeadError(400, "bare LF in header section")
+    if end == -1 or end != n:
+        if n > max_head_size:
+            raise HeadError(431, "request header section too large")
+        raise HeadError(400, "incomplete or trailing bytes after the head")
+    if n > max_head_size:
+        raise HeadError(431, "request header section too large")
+    status = parse_request(p, n, &h, _fields, max_headers, max_uri_size)
+    if status:
+        raise HeadError(status, h.error.decode())
+    headers = []
+    for i in range(h.nfields):
+        f = &h.fields[i]
+        headers.append((data[f.line_start:f.line_start + f.name_len],
+                        data[f.value_start:f.value_start + f.value_len]))
+    return (data[:h.method_len], data[h.target_start:h.target_start + h.target_len],
+            (1, h.version - 10), headers)

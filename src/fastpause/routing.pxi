@@ -1,0 +1,175 @@
+# Routing snapshot objects built by the control plane, and the per-connection
+# lazy deadline timer.
+
+
+cdef class Deadline:
+    """One lazily re-armed timer per connection.
+
+    Moving a deadline later (the common case: every request or body read pushes
+    it forward) only stores a double; the loop timer fires at the old time, sees
+    the later deadline and re-arms once. So a keep-alive connection costs one
+    timer per timeout period, not one per request.
+    """
+
+    def __cinit__(self, loop, callback):
+        self.loop = loop
+        self.callback = callback
+        self.handle = None
+        self.when = 0.0
+        self.armed_at = 0.0
+
+    cdef void set(self, double when):
+        self.when = when
+        if self.handle is None or self.armed_at > when:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.armed_at = when
+            self.handle = self.loop.call_at(when, self._fire)
+
+    cdef void clear(self):
+        self.when = 0.0
+
+    def dispose(self):
+        """Cancel the timer and drop the callback (breaks the reference cycle)."""
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.when = 0.0
+        self.callback = None
+
+    def _fire(self):
+        self.handle = None
+        if self.when == 0.0 or self.callback is None:
+            return
+        if self.loop.time() < self.when:
+            self.armed_at = self.when
+            self.handle = self.loop.call_at(self.when, self._fire)
+            return
+        self.when = 0.0
+        self.callback()
+
+
+cdef class Upstream:
+    """One backend address and its pool of idle keep-alive connections.
+
+    The pool is a stack (most recently used first, so idle connections beyond
+    what the load needs age out) bounded by ``keepalive``.
+    """
+
+    def __init__(self, str address, str host, int port, *, int keepalive=64,
+                 double keepalive_timeout=60.0):
+        if keepalive < 0:
+            raise ValueError("keepalive must be >= 0")
+        self.address = address
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.keepalive_timeout = keepalive_timeout
+        self.idle = []
+        self.busy = set()
+
+    def __repr__(self):
+        return f"<Upstream {self.address}>"
+
+    cdef UpstreamProtocol pop_idle(self):
+        cdef UpstreamProtocol conn
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    cdef void release(self, UpstreamProtocol conn):
+        """Take back a connection whose exchange completed cleanly."""
+        if len(self.idle) >= self.keepalive or conn.engine.shutting_down:
+            conn.close()
+            return
+        conn.make_idle()
+        self.idle.append(conn)
+
+    cdef void forget(self, UpstreamProtocol conn):
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle(self):
+        """Close every pooled idle connection (reload, shutdown)."""
+        cdef UpstreamProtocol conn
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def stats(self):
+        return {
+            "address": self.address,
+            "idle": len(self.idle),
+            "requests": self.n_requests,
+            "connects": self.n_connects,
+            "connect_failures": self.n_connect_failures,
+        }
+
+
+cdef class Route:
+    """A named route: its upstreams and per-route limits and timeouts."""
+
+    def __init__(self, str name, list upstreams, *, long long max_body_size=1 << 30,
+                 str host_header=None, bint request_id=False, double connect_timeout=5.0,
+                 double response_header_timeout=60.0, double upstream_body_timeout=60.0):
+        if not upstreams:
+            raise ValueError(f"route {name!r} needs at least one upstream")
+        for u in upstreams:
+            if not isinstance(u, Upstream):
+                raise TypeError("upstreams must be Upstream objects")
+        if max_body_size < 0:
+            raise ValueError("max_body_size must be >= 0")
+        self.name = name
+        self.upstreams = list(upstreams)
+        self.max_body_size = max_body_size
+        self.host_header = host_header.encode("ascii") if host_header else None
+        self.request_id = request_id
+        self.connect_timeout = connect_timeout
+        self.response_header_timeout = response_header_timeout
+        self.upstream_body_timeout = upstream_body_timeout
+        self.rr = 0
+
+    def __repr__(self):
+        return f"<Route {self.name} -> {', '.join(u.address for u in self.upstreams)}>"
+
+    @property
+    def host_header_value(self):
+        return self.host_header.decode("ascii") if self.host_header else None
+
+    cdef Upstream pick(self):
+        """Round robin; load-balancing policies arrive with multi-route support."""
+        cdef Py_ssize_t n = len(self.upstreams)
+        cdef Upstream u = self.upstreams[self.rr % n]
+        self.rr = (self.rr + 1) % n
+        return u
+
+
+cdef class RoutingTable:
+    """Immutable snapshot the data plane routes against; swapped whole on reload."""
+
+    def __init__(self, list routes, *, Py_ssize_t max_head_size=32768, int max_headers=100,
+                 Py_ssize_t max_uri_size=8192, double client_head_timeout=15.0,
+                 double client_body_timeout=60.0, double keepalive_timeout=60.0,
+                 double send_timeout=60.0):
+        if not routes:
+            raise ValueError("a routing table needs at least one route")
+        if not 1 <= max_headers <= MAX_FIELDS_CAP:
+            raise ValueError(f"max_headers must be between 1 and {MAX_FIELDS_CAP}")
+        if max_head_size < 64 or max_uri_size < 1:
+            raise ValueError("max_head_size must be >= 64 and max_uri_size >= 1")
+        self.routes = list(routes)
+        self.max_head_size = max_head_size
+        self.max_headers = max_headers
+        self.max_uri_size = max_uri_size
+        self.client_head_timeout = client_head_timeout
+        self.client_body_timeout = client_body_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.send_timeout = send_timeout
+
+    cdef Route match(self, const unsigned char* p, RequestHead* h):
+        """The route for a request; host/path matching arrives with multi-route support."""
+        return self.routes[0]

@@ -1,0 +1,388 @@
+# The upstream side of an exchange: connecting, sending the request, framing the
+# response and streaming it to the client, then returning to the pool.
+
+cdef enum UpstreamState:
+    U_CONNECTING
+    U_ACTIVE
+    U_IDLE
+    U_CLOSED
+
+cdef enum:
+    MAX_RESPONSE_HEAD = 65536
+    WRITE_HIGH = 256 * 1024
+    WRITE_LOW = 64 * 1024
+
+
+cdef inline const unsigned char* _ptr(object buf):
+    if type(buf) is bytes:
+        return <const unsigned char*>PyBytes_AS_STRING(buf)
+    return <const unsigned char*>PyByteArray_AS_STRING(buf)
+
+
+cdef inline object _slice(object buf, Py_ssize_t start, Py_ssize_t end):
+    if start == 0 and end == len(buf):
+        return buf
+    return buf[start:end]
+
+
+cdef class UpstreamProtocol:
+    """One TCP connection to an upstream, carrying one exchange at a time."""
+
+    def __cinit__(self, Upstream upstream, Engine engine):
+        self.upstream = upstream
+        self.engine = engine
+        self.deadline = Deadline(engine.loop, self._on_deadline_cb)
+        self.state = U_CONNECTING
+        self.chunks = ChunkedDecoder()
+
+    # -- connection management ---------------------------------------------------
+
+    cdef void start_connect(self, double timeout):
+        """Open a new connection; the client waits in ``self.client``.
+
+        A Task per *connection* (not per request): keep-alive makes this rare.
+        """
+        loop = self.engine.loop
+        self.connect_task = loop.create_task(
+            loop.create_connection(self._self_factory, self.upstream.host, self.upstream.port))
+        self.connect_task.add_done_callback(self._connect_done)
+        self.deadline.set(self.engine.time() + timeout)
+
+    def _self_factory(self):
+        return self
+
+    def _connect_done(self, task):
+        cdef ClientProtocol c
+        self.connect_task = None
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self.upstream.n_connect_failures += 1
+        self.state = U_CLOSED
+        self.deadline.dispose()
+        c = self.client
+        self.client = None
+        if c is not None:
+            c.upstream_failed(502, f"upstream {self.upstream.address} is unreachable "
+                                   f"({_describe(exc)})", True, True)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        self.upstream.n_connects += 1
+        self.deadline.clear()
+        if self.client is not None:
+            self.attach(self.client)
+        else:
+            # the client left while we were connecting: keep the connection for the next one
+            self.state = U_ACTIVE
+            self.upstream.release(self)
+
+    cdef void make_idle(self):
+        self.state = U_IDLE
+        self.client = None
+        self.rbuf = None
+        if self.reading_paused:
+            self.resume_upstream_reading()
+        self.deadline.set(self.engine.time() + self.upstream.keepalive_timeout)
+
+    cdef void attach(self, ClientProtocol client):
+        """Start an exchange for ``client``; it then writes the request through ``send``."""
+        self.client = client
+        self.state = U_ACTIVE
+        self.rbuf = None
+        self.scan_pos = 0
+        self.got_response_bytes = False
+        self.head_done = False
+        self.request_done = False
+        self.reusable = False
+        self.deadline.clear()
+        self.upstream.n_requests += 1
+        client.upstream_ready(self)
+
+    cdef void send(self, object data):
+        self.transport.write(data)
+
+    cdef void request_complete(self):
+        """The whole request has been written: the response-header clock starts."""
+        self.request_done = True
+        if not self.head_done and self.state == U_ACTIVE:
+            self.deadline.set(self.engine.time() + self.client.route.response_header_timeout)
+
+    cdef void detach_abort(self):
+        """The client is gone mid-exchange: this connection's state is unknown, drop it."""
+        self.client = None
+        if self.state == U_CONNECTING:
+            return  # finish connecting and join the pool
+        self.close()
+
+    cdef void close(self):
+        if self.state == U_IDLE:
+            self.upstream.forget(self)
+        self.state = U_CLOSED
+        self.client = None
+        self.deadline.dispose()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    cdef void pause_upstream_reading(self):
+        if not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+            if self.state == U_ACTIVE:
+                self.deadline.clear()  # the client's send timeout governs now
+
+    cdef void resume_upstream_reading(self):
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+            if self.state == U_ACTIVE and self.head_done:
+                self.deadline.set(self.engine.time() + self.client.route.upstream_body_timeout)
+
+    # -- asyncio protocol callbacks ------------------------------------------------
+
+    def data_received(self, data):
+        if self.state == U_ACTIVE and self.client is not None:
+            self._on_data(data)
+        else:
+            # bytes on an idle connection: the upstream broke the protocol; never reuse it
+            self.close()
+
+    def eof_received(self):
+        if self.state == U_ACTIVE and self.client is not None:
+            if self.head_done and self.body_kind == BODY_CLOSE:
+                self._finish()
+            elif self.head_done:
+                self._fail(502, "upstream closed the connection mid-response")
+            else:
+                self._fail(502, "upstream closed the connection before responding")
+        else:
+            self.close()
+        return False
+
+    def connection_lost(self, exc):
+        if self.state == U_ACTIVE and self.client is not None:
+            if self.head_done and self.body_kind == BODY_CLOSE and exc is None:
+                self._finish()
+            else:
+                self._fail(502, "upstream connection reset"
+                           if exc is not None else "upstream closed the connection")
+        if self.state == U_IDLE:
+            self.upstream.forget(self)
+        self.state = U_CLOSED
+        self.client = None
+        self.deadline.dispose()
+
+    def pause_writing(self):
+        if self.client is not None:
+            self.client._pause(P_UPSTREAM)
+            self.deadline.set(self.engine.time() + self.client.route.upstream_body_timeout)
+
+    def resume_writing(self):
+        if self.client is not None:
+            self.client._resume(P_UPSTREAM)
+            if not self.head_done and self.request_done:
+                self.request_complete()
+            elif not self.head_done:
+                self.deadline.clear()
+
+    # -- response ------------------------------------------------------------------
+
+    cdef void _on_data(self, object data):
+        self.got_response_bytes = True
+        self.engine.n_bytes_in += len(data)
+        if self.head_done:
+            self._forward_body(data, 0)
+            return
+        if self.rbuf is None:
+            self.rbuf = data
+        else:
+            if type(self.rbuf) is bytes:
+                self.rbuf = bytearray(self.rbuf)
+            self.rbuf += data
+        self._parse_head()
+
+    cdef int _parse_head(self):
+        """Consume interim (1xx) heads and the final head; 1 when the body may follow."""
+        cdef ResponseHead r
+        cdef int status = 0
+        cdef Py_ssize_t end, n
+        cdef const unsigned char* p
+        cdef ClientProtocol c = self.client
+        while True:
+            buf = self.rbuf
+            n = len(buf)
+            p = _ptr(buf)
+            end = _scan_head_end(p, self.scan_pos, n, &status)
+            if end == -2:
+                self._fail(502, "invalid response head from upstream (bare LF)")
+                return -1
+            if end == -1:
+                if n > MAX_RESPONSE_HEAD:
+                    self._fail(502, "response head from upstream too large")
+                    return -1
+                self.scan_pos = n
+                return 0
+            if parse_response(p, end, &r, _fields, MAX_FIELDS_CAP) != 0:
+                self._fail(502, f"invalid response from upstream: {r.error.decode()}")
+                return -1
+            self.scan_pos = 0
+            if r.status < 200:
+                if r.status == 101:
+                    self._fail(502, "upstream switched protocols without an upgrade request")
+                    return -1
+                if r.status != 100 and c.version == 11:
+                    # 100 Continue is the proxy's own business (it answers Expect itself)
+                    c.interim_response(build_response_head(p, &r, False, CONN_NONE))
+                if end == n:
+                    self.rbuf = None
+                    return 0
+                self.rbuf = buf[end:]
+                continue
+            break
+        self.head_done = True
+        self.status = r.status
+        self.body_kind = response_body_kind(&r, c.is_head)
+        self.reusable = (not r.conn_close and (r.version == 11 or r.conn_keep_alive)
+                         and self.body_kind != BODY_CLOSE)
+        self.client_chunked = c.start_response(p, &r, self.body_kind)
+        self.rbuf = None
+        if self.client is None:
+            return -1  # the client went away while the head was written
+        if self.body_kind == BODY_NONE:
+            if end != n:
+                self.reusable = False  # bytes after a body-less response: never reuse
+            self._finish()
+            return 1
+        if self.body_kind == BODY_LENGTH:
+            self.body_left = r.content_length
+        elif self.body_kind == BODY_CHUNKED:
+            self.chunks.reset()
+        if not self.reading_paused:
+            self.deadline.set(self.engine.time() + c.route.upstream_body_timeout)
+        if end < n:
+            self._forward_body(buf, end)
+        return 1
+
+    cdef void _forward_body(self, object data, Py_ssize_t pos):
+        cdef ClientProtocol c = self.client
+        cdef Py_ssize_t n = len(data), take, ds, dl
+        cdef const unsigned char* p
+        cdef int rc
+        cdef list out
+        if not self.reading_paused:
+            self.deadline.set(self.engine.time() + c.route.upstream_body_timeout)
+        if self.body_kind == BODY_LENGTH:
+            take = n - pos
+            if take > self.body_left:
+                take = <Py_ssize_t>self.body_left
+                self.reusable = False  # more bytes than the response declared
+            self.body_left -= take
+            c.write_body(_slice(data, pos, pos + take), take)
+            if self.body_left == 0:
+                self._finish()
+            return
+        if self.body_kind == BODY_CLOSE:
+            take = n - pos
+            if self.client_chunked:
+                c.write_body_pieces([chunk_header(take), _slice(data, pos, n), b"\r\n"], take)
+            else:
+                c.write_body(_slice(data, pos, n), take)
+            return
+        # chunked: decode, and either re-frame (HTTP/1.1 client) or unwrap (HTTP/1.0)
+        p = _ptr(data)
+        out = []
+        take = 0
+        while True:
+            rc = self.chunks.next(p, n, pos, &ds, &dl, &pos)
+            if rc == CH_DATA:
+                if self.client_chunked:
+                    out.append(chunk_header(dl))
+                    out.append(_slice(data, ds, ds + dl))
+                    out.append(b"\r\n")
+                else:
+                    out.append(_slice(data, ds, ds + dl))
+                take += dl
+            elif rc == CH_MORE:
+                break
+            elif rc == CH_DONE:
+                if self.client_chunked:
+                    out.append(b"0\r\n")
+                    if self.chunks.trailers is not None:
+                        out.append(bytes(self.chunks.trailers))
+                    out.append(b"\r\n")
+                if pos != n:
+                    self.reusable = False
+                break
+            else:
+                if out:
+                    c.write_body_pieces(out, take)
+                self._fail(502, f"invalid chunked body from upstream: "
+                                f"{self.chunks.error.decode()}")
+                return
+        if out:
+            c.write_body_pieces(out, take)
+        if rc == CH_DONE and self.client is not None:
+            self._finish()
+
+    cdef void _finish(self):
+        """The response is complete: hand the connection back through the client."""
+        cdef ClientProtocol c = self.client
+        if self.body_kind == BODY_CLOSE and self.client_chunked:
+            c.write_body(b"0\r\n\r\n", 0)
+        self.client = None
+        self.deadline.clear()
+        c.response_done(self.reusable and self.request_done)
+
+    cdef void _fail(self, int status, str why):
+        """The exchange broke: discard the connection; tell the client what it can still do."""
+        cdef ClientProtocol c = self.client
+        cdef bint retryable
+        self.client = None
+        self.engine.n_upstream_errors += 1
+        self.close()
+        if c is None:
+            return
+        if self.head_done:
+            c.response_broken(why)
+            return
+        # RFC 9110 §9.2.2 / DESIGN invariant 2: bytes went out, so only an idempotent
+        # request without a body that saw no response byte may be replayed.
+        retryable = (status == 502 and not self.got_response_bytes and c.idempotent
+                     and c.body_kind == BODY_NONE)
+        c.upstream_failed(status, why, False, retryable)
+
+    def _on_deadline_cb(self):
+        self._on_deadline()
+
+    cdef void _on_deadline(self):
+        cdef ClientProtocol c
+        if self.state == U_CONNECTING:
+            c = self.client
+            self.client = None
+            self.upstream.n_connect_failures += 1
+            self.close()
+            if c is not None:
+                c.upstream_failed(502, f"connecting to upstream {self.upstream.address} "
+                                       f"timed out", True, True)
+        elif self.state == U_ACTIVE:
+            if not self.head_done and self.request_done:
+                self._fail(504, f"upstream {self.upstream.address} did not send a response "
+                                f"head in time")
+            else:
+                self._fail(504, f"upstream {self.upstream.address} stalled")
+        else:
+            self.close()
+
+
+cdef str _describe(object exc):
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return type(exc).__name__
