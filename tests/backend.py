@@ -18,7 +18,8 @@ Endpoints (by path; query parameters in brackets):
   /close-delimited [size, conn]           payload without a length, then close
   /http10 [size]            an HTTP/1.0 response with Content-Length, then close
   /download [size]          ``size`` payload bytes with Content-Length, streamed
-  /slow-upload [delay]      reads the body slowly; JSON of its length and sha256
+  /slow-upload [delay, read]  reads ``read`` bytes per ``delay`` seconds; JSON of
+                            the body's length and sha256
   /hold [key]               answers only after /__release?key=K (or the peer closes)
   /interim [count]          ``count`` 103 Early Hints, then 200
   /hop-response             a response carrying hop-by-hop headers and two Set-Cookie
@@ -446,7 +447,7 @@ async def ep_slow_upload(req, reader, writer):
     delay = float(req.query.get("delay", "0.002"))
     h = hashlib.sha256()
     n = 0
-    async for piece in req.chunks(piece=16384):
+    async for piece in req.chunks(piece=int(req.query.get("read", "16384"))):
         h.update(piece)
         n += len(piece)
         await asyncio.sleep(delay)  # the workload: a slowly-reading upstream

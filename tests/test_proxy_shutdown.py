@@ -1,0 +1,99 @@
+"""Graceful shutdown on SIGTERM: in-flight requests complete, idle connections close,
+new connections are refused, the process exits 0 and says so."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+
+from helpers import IncompleteResponse, build_request, payload_sha256, wait_for
+
+
+def connection_refused(port: int) -> bool:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    except ConnectionRefusedError:
+        return True
+    s.close()
+    return False
+
+
+def assert_stopped_cleanly(proxy) -> None:
+    rc = proxy.wait(60)
+    assert rc == 0, f"exit status {rc}\n{proxy.describe()}"
+    assert proxy.output.wait_for(lambda s: s == "fastpause: stopped", timeout=10), proxy.describe()
+
+
+def test_sigterm_when_idle_exits_zero(proxy):
+    assert proxy.get("/status/200").status == 200
+    proxy.terminate()
+    assert_stopped_cleanly(proxy)
+    assert connection_refused(proxy.port)
+
+
+def test_graceful_shutdown_completes_in_flight_request(proxy, backend):
+    idle = proxy.conn()
+    idle.send(build_request("GET", "/status/200"))
+    assert idle.read_response().status == 200
+
+    busy = proxy.conn(timeout=60)
+    busy.send(build_request("GET", "/hold?key=inflight"))
+    backend.wait_held("inflight")
+
+    proxy.terminate()
+    wait_for(lambda: connection_refused(proxy.port), timeout=30,
+             what="the proxy to stop accepting connections")
+    assert idle.is_closed_by_peer(), "idle keep-alive connection not closed at shutdown"
+    assert proxy.proc.poll() is None, "the proxy exited with a request in flight"
+
+    backend.release("inflight")
+    resp = busy.read_response()
+    assert resp.status == 200
+    assert resp.body == b"released inflight\n"
+    assert resp.closes
+    assert busy.is_closed_by_peer()
+    idle.close()
+    busy.close()
+    assert_stopped_cleanly(proxy)
+
+
+def test_graceful_shutdown_completes_streaming_response(proxy):
+    size = 60_000_000
+    conn = proxy.conn(timeout=60)
+    conn.send(build_request("GET", f"/download?size={size}"))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = conn.sock.recv(65536)
+        assert data
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+    proxy.terminate()  # most of the body is still to come
+    digest = hashlib.sha256(rest)
+    received = len(rest)
+    while received < size:
+        data = conn.sock.recv(262144)
+        assert data, f"connection closed after {received} of {size} body bytes"
+        digest.update(data)
+        received += len(data)
+    assert received == size
+    assert digest.hexdigest() == payload_sha256(size)
+    conn.close()
+    assert_stopped_cleanly(proxy)
+
+
+def test_shutdown_timeout_cuts_stuck_request(proxy_factory, backend):
+    proxy = proxy_factory(top={"shutdown_timeout": "1s"})
+    busy = proxy.conn(timeout=60)
+    busy.send(build_request("GET", "/hold?key=stuck"))
+    backend.wait_held("stuck")
+    proxy.terminate()
+    assert_stopped_cleanly(proxy)
+    try:
+        resp = busy.read_response()
+    except IncompleteResponse:
+        pass
+    else:
+        assert resp.status >= 500, f"a request cut at shutdown must not look successful: {resp!r}"
+    busy.close()
