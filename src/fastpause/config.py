@@ -233,13 +233,17 @@ def _duration(*, allow_zero: bool) -> Parser:
     return parse
 
 
-def _size(*, allow_zero: bool) -> Parser:
-    """A size parser; 0 is allowed only where it means "unlimited"."""
+def _size(*, at_least: str, at_most: str | None = None) -> Parser:
+    """A size parser with bounds written the way the user writes sizes ("1KiB")."""
+    low = parse_size(at_least)
+    high = parse_size(at_most) if at_most is not None else None
 
     def parse(value: Any) -> int:
         size = parse_size(value)
-        if size == 0 and not allow_zero:
-            raise ValueError(f"invalid size {value!r}: must be greater than 0")
+        if size < low:
+            raise ValueError(f"invalid size {value!r}: must be at least {at_least}")
+        if high is not None and size > high:
+            raise ValueError(f"invalid size {value!r}: must be at most {at_most}")
         return size
 
     return parse
@@ -320,7 +324,7 @@ def _addresses(*, listen: bool) -> Parser:
                 if not isinstance(item, str):
                     raise ValueError(f"expected a HOST:PORT string, got {describe(item)}")
                 address = parse_address(item, allow_port_zero=listen)
-                if address in addresses:
+                if address in addresses and address.port != 0:  # each :0 is its own free port
                     raise ValueError(f"duplicate address '{item}'")
                 addresses.append(address)
         return tuple(addresses)
@@ -358,9 +362,11 @@ def _route(table: Mapping[str, Any]) -> RouteConfig:
 _TOP_LEVEL: dict[str, Parser] = {
     "listen": _addresses(listen=True),
     "routes": _routes,
-    "max_head_size": _size(allow_zero=False),
-    "max_headers": _integer(1, 10_000),
-    "max_uri_size": _size(allow_zero=False),
+    # Every connection may buffer a whole head: a large limit is a memory lever
+    # for clients, so it is capped (NGINX and HAProxy default to 8-32KiB).
+    "max_head_size": _size(at_least="1KiB", at_most="1MiB"),
+    "max_headers": _integer(1, 1000),
+    "max_uri_size": _size(at_least="1B", at_most="1MiB"),
     "client_head_timeout": _duration(allow_zero=False),
     "client_body_timeout": _duration(allow_zero=False),
     "keepalive_timeout": _duration(allow_zero=False),
@@ -373,7 +379,7 @@ _TOP_LEVEL: dict[str, Parser] = {
 _ROUTE: dict[str, Parser] = {
     "name": _route_name,
     "upstreams": _addresses(listen=False),
-    "max_body_size": _size(allow_zero=True),
+    "max_body_size": _size(at_least="0B"),  # 0: unlimited
     "host_header": _host_header,
     "request_id": _boolean,
     "connect_timeout": _duration(allow_zero=False),

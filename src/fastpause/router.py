@@ -1,0 +1,114 @@
+"""Turn a ``Config`` into the data plane's immutable ``RoutingTable`` snapshot.
+
+Host names are resolved here, once per build, so the hot path only ever dials
+IP addresses and a name that does not resolve is a config error at start (or at
+reload), not a 502 under traffic.
+"""
+
+import ipaddress
+import socket
+
+from fastpause import _core
+from fastpause.config import Address, Config, ConfigError, RouteConfig
+
+# An upstream's identity for reuse: same address as written, same resolved IP,
+# same pool settings. Anything else gets a fresh pool.
+UpstreamKey = tuple[str, str, int, int, float]
+
+# The upstreams of the last table built here, by key. ``_core.Upstream`` does not
+# expose its pool settings, so this is how a later build knows whether an
+# upstream in the previous table can be handed over with its idle connections.
+_built: dict[UpstreamKey, _core.Upstream] = {}
+
+
+def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _core.RoutingTable:
+    """Build a routing table, reusing ``previous``'s upstreams where nothing changed.
+
+    Reuse keeps warm keep-alive connections across a reload; an upstream whose
+    address, resolved IP or pool settings changed starts with an empty pool.
+    """
+    reusable = _reusable(previous)
+    built: dict[UpstreamKey, _core.Upstream] = {}
+    routes = []
+    for index, route in enumerate(config.routes):
+        upstreams = []
+        for position, address in enumerate(route.upstreams):
+            path = f"routes[{index}].upstreams[{position}]"
+            ip = resolve(address, config.source, path)
+            key = (
+                str(address),
+                ip,
+                address.port,
+                route.upstream_keepalive,
+                route.upstream_keepalive_timeout,
+            )
+            if key not in built:
+                built[key] = reusable[key] if key in reusable else _new_upstream(key)
+            upstreams.append(built[key])
+        routes.append(_route(route, upstreams))
+    table = _core.RoutingTable(
+        routes,
+        max_head_size=config.max_head_size,
+        max_headers=config.max_headers,
+        max_uri_size=config.max_uri_size,
+        client_head_timeout=config.client_head_timeout,
+        client_body_timeout=config.client_body_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        send_timeout=config.send_timeout,
+    )
+    _built.clear()
+    _built.update(built)
+    return table
+
+
+def resolve(address: Address, source: str | None, path: str) -> str:
+    """Return the IP to dial for ``address``; an unresolvable name is a ``ConfigError``.
+
+    When a name has both IPv4 and IPv6 addresses (``localhost`` often does), IPv4
+    wins: most backends listen on 127.0.0.1 or 0.0.0.0, which ::1 would miss.
+    """
+    try:
+        ipaddress.ip_address(address.host)
+    except ValueError:
+        pass
+    else:
+        return address.host
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        problem = f"cannot resolve host '{address.host}': {error.strerror}"
+        raise ConfigError(source, path, problem) from None
+    ipv4_first = sorted(infos, key=lambda info: info[0] != socket.AF_INET)  # stable sort
+    return str(ipv4_first[0][4][0])
+
+
+def _reusable(previous: _core.RoutingTable | None) -> dict[UpstreamKey, _core.Upstream]:
+    """The upstreams of ``previous`` this module built, by key."""
+    if previous is None:
+        return {}
+    live = {id(upstream) for route in previous.routes for upstream in route.upstreams}
+    # Both sides are alive (held by ``_built`` and by ``previous``): equal ids are
+    # the same object.
+    return {key: upstream for key, upstream in _built.items() if id(upstream) in live}
+
+
+def _new_upstream(key: UpstreamKey) -> _core.Upstream:
+    """A fresh upstream with an empty keep-alive pool."""
+    address, ip, port, keepalive, keepalive_timeout = key
+    return _core.Upstream(
+        address, ip, port, keepalive=keepalive, keepalive_timeout=keepalive_timeout
+    )
+
+
+def _route(route: RouteConfig, upstreams: list[_core.Upstream]) -> _core.Route:
+    """The data plane's view of one route."""
+    return _core.Route(
+        route.name,
+        upstreams,
+        max_body_size=route.max_body_size,
+        host_header=route.host_header,
+        request_id=route.request_id,
+        connect_timeout=route.connect_timeout,
+        response_header_timeout=route.response_header_timeout,
+        upstream_body_timeout=route.upstream_body_timeout,
+    )

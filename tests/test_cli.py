@@ -1,0 +1,418 @@
+"""The ``fastpause`` command end to end: real processes, real sockets, real signals.
+
+Nothing here sleeps to synchronise: tests wait for the lines the proxy prints
+(``listening on``, ``shutting down``) and for events set by the test backend,
+every wait bounded so a broken proxy fails the test instead of hanging it.
+"""
+
+import contextlib
+import http.client
+import json
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+WAIT = 15.0  # upper bound for anything the proxy should do "at once"
+
+
+def fastpause(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a fastpause command to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "fastpause", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+class Proxy:
+    """A running ``fastpause run`` whose stdout lines are collected by a reader thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fastpause", "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first new stdout line matching ``pattern``; fails if the proxy exits first."""
+        while True:
+            try:
+                line = self.lines.get(timeout=WAIT)
+            except queue.Empty:
+                pytest.fail(f"no line matching {pattern!r} within {WAIT}s; saw {self.seen}")
+            if line is None:
+                self.lines.put(None)  # keep the end mark for finish()
+                pytest.fail(f"proxy exited before printing {pattern!r}: {self.finish()}")
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def started(self) -> tuple[str, int]:
+        """Wait for the first listener and return its (host, port)."""
+        match = self.wait_for(r"^fastpause: listening on http://(.+):(\d+)$")
+        return match[1], int(match[2])
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def finish(self) -> tuple[int, str, str]:
+        """Wait for exit; return (status, all stdout, stderr)."""
+        status = self.process.wait(timeout=WAIT)
+        rest = []
+        while (line := self.lines.get(timeout=WAIT)) is not None:
+            rest.append(line)
+        assert self.process.stderr is not None
+        return status, "\n".join(self.seen + rest), self.process.stderr.read()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextlib.contextmanager
+def proxy(*args: str) -> Iterator[Proxy]:
+    running = Proxy(*args)
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+class Backend:
+    """A one-connection HTTP backend that answers only when the test releases it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = threading.Event()
+        self.release = threading.Event()
+        self.request = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in self.request:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                self.request += chunk
+            self.received.set()
+            if self.release.wait(WAIT):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    server = Backend()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def client() -> Iterator[ThreadPoolExecutor]:
+    """Runs blocking HTTP requests while the test drives the proxy."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield pool
+
+
+def get(host: str, port: int, path: str = "/") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fastpause.toml"
+    path.write_text(text)
+    return path
+
+
+def route_to(port: int) -> str:
+    return f'[[routes]]\nname = "app"\nupstreams = ["127.0.0.1:{port}"]\n'
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit status 2, nothing on stdout, one clear message on stderr, no traceback."""
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------- one-shot commands
+
+
+def test_version() -> None:
+    expected = f"fastpause {version('fastpause')}\n"
+    assert fastpause("version").stdout == expected
+    assert fastpause("--version").stdout == expected
+
+
+def test_validate_ok(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'listen = ["127.0.0.1:8080", "[::1]:8080"]\n' + route_to(9))
+    result = fastpause("validate", str(path))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{path}: ok (1 route, 2 listeners)\n"
+
+
+def test_validate_bad_config(tmp_path: Path) -> None:
+    path = write_config(tmp_path, '[[routes]]\nname = "app"\nupstreams = ["127.0.0.1:1", "foo"]\n')
+    result = fastpause("validate", str(path))
+    assert_user_error(result)
+    assert result.stderr == (
+        f"{path}: routes[0].upstreams[1]: invalid address 'foo': "
+        "expected HOST:PORT (IPv6 in brackets, e.g. '[::1]:8080')\n"
+    )
+
+
+def test_validate_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    assert_user_error(fastpause("validate", str(path)), f"{path}: cannot read file")
+
+
+def test_validate_resolves_upstream_names(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path, '[[routes]]\nname = "app"\nupstreams = ["no-such-host.invalid:80"]\n'
+    )
+    assert_user_error(
+        fastpause("validate", str(path)),
+        f"{path}: routes[0].upstreams[0]: cannot resolve host 'no-such-host.invalid'",
+    )
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path) -> None:
+    path = write_config(tmp_path, f"max_headers = 'lots'\n{route_to(9)}")
+    assert_user_error(
+        fastpause("run", "--config", str(path)),
+        f"{path}: max_headers: expected an integer, got string 'lots'",
+    )
+
+
+def test_run_with_toml_syntax_error_exits_2(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "max_headers 100\n")
+    assert_user_error(fastpause("run", "--config", str(path)), f"{path}: invalid TOML:", "line")
+
+
+def test_run_config_and_to_conflict(tmp_path: Path) -> None:
+    path = write_config(tmp_path, route_to(9))
+    result = fastpause("run", "--config", str(path), "--to", "127.0.0.1:9")
+    assert_user_error(result, "--config cannot be combined with --listen or --to")
+
+
+def test_run_bad_to_address() -> None:
+    assert_user_error(
+        fastpause("run", "--to", "localhost"), "command line: --to: invalid address 'localhost'"
+    )
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    assert_user_error(fastpause("launch"), "invalid choice: 'launch'")
+
+
+# ---------------------------------------------------------------- the running proxy
+
+
+def test_port_in_use_exits_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = fastpause("run", "--listen", f"127.0.0.1:{port}", "--to", "127.0.0.1:9")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"fastpause: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "listening on" not in result.stdout
+
+
+def test_unwritable_access_log_exits_1(tmp_path: Path) -> None:
+    log = tmp_path / "no" / "such" / "dir" / "access.log"
+    path = write_config(tmp_path, f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\n{route_to(9)}')
+    result = fastpause("run", "--config", str(path))
+    assert result.returncode == 1
+    assert f"cannot open access log {log}: No such file or directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_start_and_graceful_stop(signum: int) -> None:
+    with proxy("--listen", "127.0.0.1:0", "--to", "127.0.0.1:9") as running:
+        route = running.wait_for(r"^fastpause: route ")
+        assert route.string == "fastpause: route default -> 127.0.0.1:9"
+        host, port = running.started()
+        assert host == "127.0.0.1" and port > 0
+        with socket.create_connection((host, port), timeout=WAIT):
+            pass  # accepting connections once it says so
+        running.signal(signum)
+        status, stdout, stderr = running.finish()
+    assert status == 0, stderr
+    assert stdout.endswith("fastpause: stopped")
+    assert "Traceback" not in stderr
+
+
+def test_every_listener_is_bound_before_any_is_announced() -> None:
+    with proxy("--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0") as running:
+        first = running.started()
+        second = running.started()
+        assert first != second
+        for address in (first, second):
+            with socket.create_connection(address, timeout=WAIT):
+                pass
+        running.signal(signal.SIGTERM)
+        assert running.finish()[0] == 0
+
+
+def test_second_listener_failing_exits_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = fastpause("run", "--listen", "127.0.0.1:0", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert "listening on" not in result.stdout
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_proxies_and_writes_json_access_log(
+    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+) -> None:
+    log = tmp_path / "access.log"
+    config = write_config(
+        tmp_path,
+        f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\naccess_log_format = "json"\n'
+        + route_to(backend.port),
+    )
+    with proxy("--config", str(config)) as running:
+        running.wait_for(rf"^fastpause: route app -> 127\.0\.0\.1:{backend.port}$")
+        host, port = running.started()
+        backend.release.set()
+        assert client.submit(get, host, port, "/hello?x=1").result(WAIT) == (200, b"hello")
+        assert backend.request.startswith(b"GET /hello?x=1 HTTP/1.1\r\n")
+        running.signal(signal.SIGTERM)
+        status, _, stderr = running.finish()
+    assert status == 0, stderr
+    [line] = log.read_text().splitlines()  # written by the flush at shutdown
+    entry = json.loads(line)
+    assert entry["method"] == "GET"
+    assert entry["target"] == "/hello?x=1"
+    assert (entry["status"], entry["version"], entry["client"]) == (200, "HTTP/1.1", "127.0.0.1")
+    assert entry["upstream"] == f"127.0.0.1:{backend.port}"
+    assert entry["bytes"] > 0 and entry["duration_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["ts"])
+
+
+def test_common_log_format(tmp_path: Path, backend: Backend, client: ThreadPoolExecutor) -> None:
+    log = tmp_path / "access.log"
+    config = write_config(
+        tmp_path, f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\n' + route_to(backend.port)
+    )
+    with proxy("--config", str(config)) as running:
+        host, port = running.started()
+        backend.release.set()
+        assert client.submit(get, host, port, "/clf").result(WAIT)[0] == 200
+        running.signal(signal.SIGTERM)
+        assert running.finish()[0] == 0
+    [line] = log.read_text().splitlines()
+    assert re.fullmatch(
+        r"127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "
+        r'"GET /clf HTTP/1\.1" 200 \d+',
+        line,
+    ), line
+
+
+def test_graceful_stop_lets_in_flight_requests_finish(
+    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+) -> None:
+    with proxy("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{backend.port}") as running:
+        host, port = running.started()
+        response = client.submit(get, host, port)
+        assert backend.received.wait(WAIT)
+        running.signal(signal.SIGTERM)
+        running.wait_for(r"^fastpause: shutting down: 1 open connection, waiting up to 10s$")
+        with pytest.raises(ConnectionRefusedError):  # no longer accepting
+            socket.create_connection((host, port), timeout=WAIT).close()
+        assert running.process.poll() is None  # still waiting for the request
+        backend.release.set()
+        assert response.result(WAIT) == (200, b"hello")
+        status, stdout, _ = running.finish()
+    assert status == 0
+    assert stdout.endswith("fastpause: stopped")
+
+
+def test_second_signal_cuts_the_grace_period(
+    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+) -> None:
+    config = write_config(
+        tmp_path, f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "10m"\n{route_to(backend.port)}'
+    )
+    with proxy("--config", str(config)) as running:
+        host, port = running.started()
+        response = client.submit(get, host, port)
+        assert backend.received.wait(WAIT)
+        running.signal(signal.SIGTERM)
+        running.wait_for(r"^fastpause: shutting down: .* waiting up to 600s$")
+        running.signal(signal.SIGINT)
+        status, stdout, _ = running.finish()  # bounded by WAIT, far below the 10m grace
+    assert status == 0
+    assert stdout.endswith("fastpause: stopped")
+    assert isinstance(response.exception(WAIT), (http.client.HTTPException, OSError))
+
+
+def test_grace_period_ends_on_its_own(
+    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+) -> None:
+    config = write_config(
+        tmp_path, f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "50ms"\n{route_to(backend.port)}'
+    )
+    with proxy("--config", str(config)) as running:
+        host, port = running.started()
+        response = client.submit(get, host, port)
+        assert backend.received.wait(WAIT)
+        running.signal(signal.SIGTERM)
+        status, stdout, _ = running.finish()
+    assert status == 0
+    assert stdout.endswith("fastpause: stopped")
+    assert isinstance(response.exception(WAIT), (http.client.HTTPException, OSError))
+
+
+def test_python_dash_m_and_console_script_agree() -> None:
+    script = Path(sys.executable).with_name("fastpause")
+    if not script.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    result = subprocess.run(
+        [str(script), "version"], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert result.stdout == fastpause("version").stdout

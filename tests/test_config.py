@@ -1,0 +1,553 @@
+"""Config loading: units, the TOML schema, and error messages that locate the mistake.
+
+Every error test asserts the whole message shape, ``FILE: KEY.PATH: problem``,
+because an error that does not say where is the error users file issues about.
+"""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fastpause import router
+from fastpause.config import (
+    Address,
+    Config,
+    ConfigError,
+    RouteConfig,
+    default_config,
+    load,
+    parse,
+    quick_config,
+)
+from fastpause.units import parse_duration, parse_size
+
+ROUTE = """
+[[routes]]
+name = "app"
+upstreams = ["127.0.0.1:9001"]
+"""
+
+# ---------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("250ms", 0.25), ("2m", 120.0), ("1h", 3600.0), ("1.5s", 1.5), ("0s", 0.0)],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("30", "expected a duration string with a unit: ms, s, m or h"),
+        (
+            30,
+            "expected a duration string with a unit: ms, s, m or h (e.g. '250ms', '30s', '2m'), "
+            "got integer 30",
+        ),
+        ("0", "expected a duration string with a unit"),
+        ("1d", "invalid duration '1d': expected a duration string with a unit"),
+        ("5S", "invalid duration '5S'"),
+        ("-1s", "invalid duration '-1s': must not be negative"),
+        ("1e3s", "invalid duration '1e3s'"),
+        ("721h", "must be at most 720h"),
+    ],
+)
+def test_bad_durations(value: object, problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_duration(value)
+    assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ("512B", 512),
+        ("10KB", 10_000),
+        ("32KiB", 32 * 1024),
+        ("1MiB", 1 << 20),
+        ("1GiB", 1 << 30),
+        ("2MB", 2_000_000),
+        ("1.5KiB", 1536),
+        ("32 kib", 32 * 1024),
+        (4096, 4096),
+        (0, 0),
+    ],
+)
+def test_sizes(value: object, size: int) -> None:
+    assert parse_size(value) == size
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("32", "invalid size '32': expected a size: an integer number of bytes, or a string"),
+        ("1PB", "KiB, MiB, GiB, TiB (powers of 1024)"),
+        ("1.5B", "not a whole number of bytes"),
+        (-1, "invalid size -1: must not be negative"),
+        ("-1KiB", "must not be negative"),
+        (True, "got boolean true"),
+        (1.5, "got float 1.5"),
+        ("2000TiB", "must be at most 1024TiB"),
+    ],
+)
+def test_bad_sizes(value: object, problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_size(value)
+    assert problem in str(caught.value)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
+    config = load(write(tmp_path, ROUTE))
+    assert config == Config(
+        routes=(RouteConfig(name="app", upstreams=(Address("127.0.0.1", 9001),)),)
+    )
+    assert config.listen == (Address("127.0.0.1", 8080),)
+    assert (config.max_head_size, config.max_headers, config.max_uri_size) == (32768, 100, 8192)
+    assert (config.client_head_timeout, config.client_body_timeout) == (15.0, 60.0)
+    assert (config.keepalive_timeout, config.send_timeout, config.shutdown_timeout) == (60, 60, 10)
+    assert (config.access_log, config.access_log_format) == (None, "common")
+    route = config.routes[0]
+    assert (route.max_body_size, route.host_header, route.request_id) == (1 << 30, None, False)
+    assert (route.connect_timeout, route.response_header_timeout) == (5.0, 60.0)
+    assert (route.upstream_body_timeout, route.upstream_keepalive) == (60.0, 64)
+    assert route.upstream_keepalive_timeout == 60.0
+
+
+def test_every_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        listen = ["0.0.0.0:80", "[::1]:8080", "localhost:0"]
+        max_head_size = "64KiB"
+        max_headers = 50
+        max_uri_size = 4096
+        client_head_timeout = "5s"
+        client_body_timeout = "500ms"
+        keepalive_timeout = "2m"
+        send_timeout = "1h"
+        shutdown_timeout = "0s"
+        access_log = "/var/log/fastpause.log"
+        access_log_format = "json"
+
+        [[routes]]
+        name = "web-1.prod_a"
+        upstreams = ["10.0.0.1:8000", "app_server:8000", "[2001:db8::1]:80"]
+        max_body_size = 0
+        host_header = "example.com:8080"
+        request_id = true
+        connect_timeout = "1.5s"
+        response_header_timeout = "30s"
+        upstream_body_timeout = "2m"
+        upstream_keepalive = 0
+        upstream_keepalive_timeout = "90s"
+        """,
+    )
+    config = load(path)
+    assert config.listen == (
+        Address("0.0.0.0", 80),
+        Address("::1", 8080),
+        Address("localhost", 0),
+    )
+    assert [str(address) for address in config.listen] == [
+        "0.0.0.0:80",
+        "[::1]:8080",
+        "localhost:0",
+    ]
+    assert (config.max_head_size, config.max_headers, config.max_uri_size) == (65536, 50, 4096)
+    assert (config.client_head_timeout, config.client_body_timeout) == (5.0, 0.5)
+    assert (config.keepalive_timeout, config.send_timeout, config.shutdown_timeout) == (
+        120,
+        3600,
+        0,
+    )
+    assert (config.access_log, config.access_log_format) == ("/var/log/fastpause.log", "json")
+    assert config.routes == (
+        RouteConfig(
+            name="web-1.prod_a",
+            upstreams=(
+                Address("10.0.0.1", 8000),
+                Address("app_server", 8000),
+                Address("2001:db8::1", 80),
+            ),
+            max_body_size=0,
+            host_header="example.com:8080",
+            request_id=True,
+            connect_timeout=1.5,
+            response_header_timeout=30.0,
+            upstream_body_timeout=120.0,
+            upstream_keepalive=0,
+            upstream_keepalive_timeout=90.0,
+        ),
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [('"off"', None), ('"stdout"', "stdout")])
+def test_access_log_targets(tmp_path: Path, value: str, expected: str | None) -> None:
+    assert load(write(tmp_path, f"access_log = {value}\n{ROUTE}")).access_log == expected
+
+
+# Each case: TOML text, the key path the message must name, the problem it must state.
+ERRORS = [
+    pytest.param(
+        """
+        [[routes]]
+        name = "app"
+        upstreams = ["127.0.0.1:9001", "foo"]
+        """,
+        "routes[0].upstreams[1]",
+        "invalid address 'foo': expected HOST:PORT",
+        id="bad-upstream-address",
+    ),
+    pytest.param(
+        f'listen = ["::1:8080"]\n{ROUTE}',
+        "listen[0]",
+        "invalid address '::1:8080': expected HOST:PORT (IPv6 in brackets, e.g. '[::1]:8080')",
+        id="ipv6-without-brackets",
+    ),
+    pytest.param(
+        f'listen = ["[::g]:8080"]\n{ROUTE}',
+        "listen[0]",
+        "'::g' is not an IPv6 address",
+        id="bad-ipv6",
+    ),
+    pytest.param(
+        f'listen = ["bad host:8080"]\n{ROUTE}',
+        "listen[0]",
+        "'bad host' is not a host name or IP address",
+        id="bad-host",
+    ),
+    pytest.param(
+        f'listen = ["127.0.0.1:65536"]\n{ROUTE}',
+        "listen[0]",
+        "port must be a number from 0 to 65535",
+        id="port-too-big",
+    ),
+    pytest.param(
+        """
+        [[routes]]
+        name = "app"
+        upstreams = ["127.0.0.1:0"]
+        """,
+        "routes[0].upstreams[0]",
+        "port must be a number from 1 to 65535",
+        id="upstream-port-zero",
+    ),
+    pytest.param(
+        f'listen = "127.0.0.1:8080"\n{ROUTE}',
+        "listen",
+        """expected an array of HOST:PORT strings like ["127.0.0.1:8080"], got string""",
+        id="listen-not-a-list",
+    ),
+    pytest.param(
+        f"listen = [8080]\n{ROUTE}",
+        "listen[0]",
+        "expected a HOST:PORT string, got integer 8080",
+        id="listen-item-not-a-string",
+    ),
+    pytest.param(
+        f'listen = ["127.0.0.1:80", "127.0.0.1:80"]\n{ROUTE}',
+        "listen[1]",
+        "duplicate address '127.0.0.1:80'",
+        id="duplicate-listener",
+    ),
+    pytest.param(
+        f"listen = []\n{ROUTE}",
+        "listen",
+        "must list at least one address",
+        id="no-listener",
+    ),
+    pytest.param(
+        f"listn = []\n{ROUTE}",
+        "",
+        "unknown key 'listn' (did you mean 'listen'?)",
+        id="unknown-top-level-key",
+    ),
+    pytest.param(
+        f"{ROUTE}upstream_timeout = '5s'\n",
+        "routes[0]",
+        "unknown key 'upstream_timeout'",
+        id="unknown-route-key",
+    ),
+    pytest.param(
+        f"{ROUTE}upstream = ['127.0.0.1:1']\n",
+        "routes[0]",
+        "unknown key 'upstream' (did you mean 'upstreams'?)",
+        id="unknown-route-key-with-suggestion",
+    ),
+    pytest.param(
+        f'max_headers = "100"\n{ROUTE}',
+        "max_headers",
+        "expected an integer, got string '100'",
+        id="wrong-type-integer",
+    ),
+    pytest.param(
+        f"max_headers = 0\n{ROUTE}",
+        "max_headers",
+        "0 is out of range: expected 1 to 1000",
+        id="integer-out-of-range",
+    ),
+    pytest.param(
+        f"{ROUTE}request_id = 'yes'\n",
+        "routes[0].request_id",
+        "expected true or false, got string 'yes'",
+        id="wrong-type-boolean",
+    ),
+    pytest.param(
+        f"{ROUTE}connect_timeout = 5\n",
+        "routes[0].connect_timeout",
+        "expected a duration string with a unit: ms, s, m or h",
+        id="duration-without-unit",
+    ),
+    pytest.param(
+        f"keepalive_timeout = '0s'\n{ROUTE}",
+        "keepalive_timeout",
+        "invalid duration '0s': must be greater than 0",
+        id="zero-timeout",
+    ),
+    pytest.param(
+        f"send_timeout = '-5s'\n{ROUTE}",
+        "send_timeout",
+        "invalid duration '-5s': must not be negative",
+        id="negative-timeout",
+    ),
+    pytest.param(
+        f"{ROUTE}max_body_size = -1\n",
+        "routes[0].max_body_size",
+        "invalid size -1: must not be negative",
+        id="negative-size",
+    ),
+    pytest.param(
+        f"max_head_size = '100B'\n{ROUTE}",
+        "max_head_size",
+        "invalid size '100B': must be at least 1KiB",
+        id="head-size-too-small",
+    ),
+    pytest.param(
+        f"max_uri_size = '2MiB'\n{ROUTE}",
+        "max_uri_size",
+        "invalid size '2MiB': must be at most 1MiB",
+        id="uri-size-too-big",
+    ),
+    pytest.param(
+        f"{ROUTE}host_header = 'a.example\\r\\nX-Evil: 1'\n",
+        "routes[0].host_header",
+        "invalid host_header",
+        id="host-header-injection",
+    ),
+    pytest.param(
+        f"access_log = ''\n{ROUTE}",
+        "access_log",
+        "must not be empty",
+        id="empty-access-log",
+    ),
+    pytest.param(
+        f"access_log_format = 'xml'\n{ROUTE}",
+        "access_log_format",
+        "expected 'common' or 'json', got string 'xml'",
+        id="bad-log-format",
+    ),
+    pytest.param(
+        "listen = ['127.0.0.1:8080']\n",
+        "routes",
+        "at least one route is required: add a [[routes]] table",
+        id="no-routes",
+    ),
+    pytest.param(
+        "[routes]\nname = 'app'\n",
+        "routes",
+        "expected an array of tables ([[routes]]), got table",
+        id="routes-not-an-array",
+    ),
+    pytest.param(
+        "[[routes]]\nupstreams = ['127.0.0.1:1']\n",
+        "routes[0]",
+        "missing required key 'name'",
+        id="missing-name",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\n",
+        "routes[0]",
+        "missing required key 'upstreams'",
+        id="missing-upstreams",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = []\n",
+        "routes[0].upstreams",
+        "must list at least one address",
+        id="empty-upstreams",
+    ),
+    pytest.param(
+        "[[routes]]\nname = ''\nupstreams = ['127.0.0.1:1']\n",
+        "routes[0].name",
+        "must not be empty",
+        id="empty-name",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'my app'\nupstreams = ['127.0.0.1:1']\n",
+        "routes[0].name",
+        "invalid name 'my app': use only letters, digits, '_', '.' and '-'",
+        id="bad-name",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = ['127.0.0.1:1', '127.0.0.1:1']\n",
+        "routes[0].upstreams[1]",
+        "duplicate address '127.0.0.1:1'",
+        id="duplicate-upstream",
+    ),
+    pytest.param(
+        f"{ROUTE}{ROUTE}",
+        "routes[1].name",
+        "duplicate route name 'app'",
+        id="duplicate-route-name",
+    ),
+    pytest.param(
+        f"{ROUTE}{ROUTE.replace('app', 'api')}",
+        "routes",
+        "host/path routing is not available yet: define exactly one route",
+        id="more-than-one-route",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "key_path", "problem"), ERRORS)
+def test_errors_name_file_key_and_problem(
+    tmp_path: Path, text: str, key_path: str, problem: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    prefix = f"{path}: {key_path}: " if key_path else f"{path}: "
+    message = str(caught.value)
+    assert message.startswith(prefix), message
+    assert problem in message.removeprefix(prefix), message
+    assert caught.value.path == key_path
+
+
+def test_toml_syntax_error_names_file_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, f"{ROUTE}max_headers 100\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: invalid TOML: ")
+    assert "line 5, column 13" in message
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: cannot read file: No such file or directory"
+
+
+def test_directory_is_not_a_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path)
+    assert str(caught.value) == f"{tmp_path}: cannot read file: Is a directory"
+
+
+def test_non_utf8_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"# caf\xe9\n" + ROUTE.encode())
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == f"{path}: not UTF-8 text (byte 5)"
+
+
+def test_parse_without_a_file_names_only_the_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"routes": [{"name": "app", "upstreams": ["x"]}]}, None)
+    assert str(caught.value).startswith("routes[0].upstreams[0]: invalid address 'x'")
+
+
+# ---------------------------------------------------------------- built-in configs
+
+
+def test_default_config() -> None:
+    config = default_config()
+    assert config.listen == (Address("127.0.0.1", 8080),)
+    assert config.routes == (RouteConfig(name="default", upstreams=(Address("127.0.0.1", 8003),)),)
+
+
+def test_quick_config() -> None:
+    config = quick_config(["[::1]:9000"], ["127.0.0.1:1", "localhost:2"])
+    assert config.listen == (Address("::1", 9000),)
+    assert config.routes[0].upstreams == (Address("127.0.0.1", 1), Address("localhost", 2))
+    assert quick_config([], ["127.0.0.1:1"]).listen == (Address("127.0.0.1", 8080),)
+
+
+@pytest.mark.parametrize(
+    ("listen", "to", "message"),
+    [
+        ([], ["127.0.0.1:1", "nope"], "command line: --to: invalid address 'nope'"),
+        (["127.0.0.1"], [], "command line: --listen: invalid address '127.0.0.1'"),
+    ],
+)
+def test_quick_config_errors_name_the_option(
+    listen: list[str], to: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        quick_config(listen, to)
+    assert str(caught.value).startswith(message)
+
+
+# ---------------------------------------------------------------- routing table
+
+
+def test_table_carries_the_config() -> None:
+    config = quick_config([], ["127.0.0.1:9001", "localhost:9002"])
+    table = router.build_table(config)
+    [route] = table.routes
+    assert route.name == "default"
+    assert [(u.address, u.host, u.port) for u in route.upstreams] == [
+        ("127.0.0.1:9001", "127.0.0.1", 9001),
+        ("localhost:9002", "127.0.0.1", 9002),
+    ]
+
+
+def test_unresolvable_upstream_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[[routes]]\nname = 'a'\nupstreams = ['no-such-host.invalid:80']\n")
+    with pytest.raises(ConfigError) as caught:
+        router.build_table(load(path))
+    assert str(caught.value).startswith(
+        f"{path}: routes[0].upstreams[0]: cannot resolve host 'no-such-host.invalid'"
+    )
+
+
+def test_rebuild_reuses_unchanged_upstreams() -> None:
+    config = quick_config([], ["127.0.0.1:9001", "127.0.0.1:9002"])
+    first = router.build_table(config)
+    second = router.build_table(config, first)
+    assert [id(u) for u in second.routes[0].upstreams] == [id(u) for u in first.routes[0].upstreams]
+
+    added = quick_config([], ["127.0.0.1:9002", "127.0.0.1:9003"])
+    third = router.build_table(added, second)
+    assert third.routes[0].upstreams[0] is second.routes[0].upstreams[1]
+    assert third.routes[0].upstreams[1] not in second.routes[0].upstreams
+
+
+def test_rebuild_with_new_pool_settings_gets_fresh_upstreams() -> None:
+    config = quick_config([], ["127.0.0.1:9001"])
+    first = router.build_table(config)
+    [route] = config.routes
+    changed = Config(routes=(RouteConfig(route.name, route.upstreams, upstream_keepalive=8),))
+    second = router.build_table(changed, first)
+    assert second.routes[0].upstreams[0] is not first.routes[0].upstreams[0]
+
+
+def test_build_without_previous_never_reuses() -> None:
+    config = quick_config([], ["127.0.0.1:9001"])
+    first = router.build_table(config)
+    assert router.build_table(config).routes[0].upstreams[0] is not first.routes[0].upstreams[0]
