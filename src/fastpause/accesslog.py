@@ -96,7 +96,7 @@ class AccessLog:
         if second != self._clf_second:  # strftime once per second, not per request
             self._clf_second = second
             self._clf_time = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(second))
-        request = f"{method} {target} {_http_version(version)}".translate(_CLF_ESCAPES)
+        request = f"{method} {target} {version}".translate(_CLF_ESCAPES)
         return f'{client or "-"} - - [{self._clf_time}] "{request}" {status} {size or "-"}\n'
 
     @staticmethod
@@ -108,15 +108,10 @@ class AccessLog:
             "client": client,
             "method": method,
             "target": target,
-            "version": _http_version(version),
+            "version": version,
             "status": status,
             "bytes": size,
             "duration_ms": round(seconds * 1000, 3),
             "upstream": upstream or None,
         }
         return json.dumps(entry, separators=(",", ":")) + "\n"
-
-
-def _http_version(version: str) -> str:
-    """Show the protocol as it appears on the request line (``HTTP/1.1``)."""
-    return version if version.startswith("HTTP/") else f"HTTP/{version}"
