@@ -93,7 +93,6 @@ class Process:
         return self.proc.pid
 
     def stderr(self) -> str:
-        self._stderr.flush()
         return self.stderr_path.read_text("utf-8", "replace")
 
     def describe(self) -> str:
@@ -164,11 +163,11 @@ class Backend(Process):
         assert self.call(f"/__release?key={key}").status == 200
 
     def wait_held(self, key: str) -> None:
-        resp = self.call(f"/__wait-held?key={key}&timeout=60", timeout=90)
+        resp = self.call(f"/__wait-held?key={key}&timeout=30", timeout=60)
         assert resp.status == 200, f"request {key!r} never reached the backend"
 
     def wait_closed(self, key: str) -> None:
-        resp = self.call(f"/__wait-closed?key={key}&timeout=60", timeout=90)
+        resp = self.call(f"/__wait-closed?key={key}&timeout=30", timeout=60)
         assert resp.status == 200, f"held connection {key!r} was never closed by its peer"
 
 

@@ -18,6 +18,7 @@ import json
 import random
 import re
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -177,6 +178,12 @@ class RawConn:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a TCP reset (SO_LINGER 0): the client is unambiguously gone."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close()
 
     def settimeout(self, timeout: float) -> None:
         self.sock.settimeout(timeout)

@@ -90,7 +90,7 @@ def test_chunked_request_with_extensions_and_trailers(proxy):
 def test_chunked_request_uppercase_hex_and_leading_zeros(proxy):
     body = payload(300)
     raw = build_request("POST", "/echo", [("Transfer-Encoding", "chunked")]) + (
-        b"000A\r\n" + body[:10] + b"\r\n" + b"11E\r\n" + body[10:] + b"\r\n0000\r\n\r\n"
+        b"001E\r\n" + body[:30] + b"\r\n" + b"10e\r\n" + body[30:] + b"\r\n0000\r\n\r\n"
     )
     resp = proxy.request(raw)
     assert resp.status == 200
