@@ -283,6 +283,8 @@ cdef class ClientProtocol:
     cdef void _advance(self)
     cdef int _read_head(self)
     cdef void _start_request(self, const unsigned char* p, RequestHead* h)
+    cdef void _new_exchange(self)
+    cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
     cdef void _dispatch(self, Upstream up)
     cdef void _consume_body(self)
     cdef void _forward_body(self, object piece, Py_ssize_t n)

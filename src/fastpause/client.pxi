@@ -134,14 +134,15 @@ cdef class ClientProtocol:
             self.rpos = start
             self.scan_pos = start
             self.state = C_HEAD
-            self.deadline.set(self.engine.time() + self.table.client_head_timeout)
+            self._new_exchange()
+            self.deadline.set(self.started + self.table.client_head_timeout)
         end = _scan_head_end(p + start, self.scan_pos - start, n - start, &status)
         if end == -2:
             self._send_error(400, "bare LF in request head", True)
             return -1
         if end == -1 or end > self.table.max_head_size:
             if n - start > self.table.max_head_size or end > 0:
-                if memchr(p + start, 10, n - start) == NULL:
+                if _first_line_len(p + start, n - start) > self.table.max_uri_size:
                     self._send_error(414, "request line too long", True)
                 else:
                     self._send_error(431, "request header section too large", True)
@@ -151,6 +152,9 @@ cdef class ClientProtocol:
         status = parse_request(p + start, end, &h, _fields, self.table.max_headers,
                                self.table.max_uri_size)
         if status:
+            if h.version:
+                self.version = h.version
+                self._note_request_line(p + start, &h)
             self._send_error(status, h.error.decode("ascii"), True)
             return -1
         self.rpos = start + end
@@ -161,7 +165,6 @@ cdef class ClientProtocol:
         cdef Route route = self.table.match(p, h)
         cdef Upstream up
         self.engine.n_requests += 1
-        self.started = self.engine.time()
         self.version = h.version
         self.keep_alive = h.keep_alive and not self.engine.shutting_down
         self.is_head = h.method_len == 4 and memcmp(p, b"HEAD", 4) == 0
@@ -171,14 +174,8 @@ cdef class ClientProtocol:
         self.body_seen = 0
         self.req_done = h.body_kind == BODY_NONE
         self.expect_continue = h.expect_continue and h.version == 11 and not self.req_done
-        self.resp_started = False
-        self.status = 0
-        self.resp_bytes = 0
         self.attempts = 1
-        self.last_upstream = None
-        if self.engine.access_log is not None:
-            self.log_method = p[:h.method_len].decode("latin-1")
-            self.log_target = p[h.target_start:h.target_start + h.target_len].decode("latin-1")
+        self._note_request_line(p, h)
         if h.target_form == FORM_AUTHORITY:
             self._send_error(405, "CONNECT is not supported", True)
             return
@@ -198,6 +195,22 @@ cdef class ClientProtocol:
         self.state = C_WAIT if self.req_done else C_BODY
         self._rearm()
         self._dispatch(up)
+
+    cdef void _new_exchange(self):
+        """Reset what describes one request/response exchange, from its first byte on."""
+        self.started = self.engine.time()
+        self.resp_started = False
+        self.status = 0
+        self.resp_bytes = 0
+        self.version = 11
+        self.last_upstream = None
+        self.log_method = None
+        self.log_target = None
+
+    cdef void _note_request_line(self, const unsigned char* p, RequestHead* h):
+        if self.engine.access_log is not None:
+            self.log_method = p[:h.method_len].decode("latin-1")
+            self.log_target = p[h.target_start:h.target_start + h.target_len].decode("latin-1")
 
     cdef void _dispatch(self, Upstream up):
         """Send the request to ``up``: over a pooled connection, or a new one."""
@@ -438,16 +451,14 @@ cdef class ClientProtocol:
     cdef void _log(self):
         self.engine.access_log((
             self.client_ip,
-            self.log_method if self.route is not None or self.log_method else "-",
-            self.log_target if self.log_target else "-",
+            self.log_method or "-",
+            self.log_target or "-",
             "HTTP/1.1" if self.version == 11 else "HTTP/1.0",
             self.status,
             self.resp_bytes,
-            self.engine.time() - self.started if self.started else 0.0,
+            self.engine.time() - self.started,
             self.last_upstream.address if self.last_upstream is not None else "-",
         ))
-        self.log_method = None
-        self.log_target = None
 
     cdef void _next_request(self):
         """After a complete exchange: keep the connection for the next request, or close."""

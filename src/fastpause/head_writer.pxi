@@ -65,6 +65,22 @@ cdef void _put_kept_fields(const unsigned char* p, Field* fields, int nfields,
         _put(p + run_start, run_end - run_start)
 
 
+cdef bint _put_field_values(const unsigned char* p, Field* fields, int nfields,
+                            int kind) noexcept nogil:
+    """Write the values of every field of ``kind`` as one comma-separated list."""
+    cdef int i
+    cdef bint wrote = False
+    cdef Field* f
+    for i in range(nfields):
+        f = &fields[i]
+        if f.kind == kind and f.value_len > 0:
+            if wrote:
+                _put(b", ", 2)
+            _put(p + f.value_start, f.value_len)
+            wrote = True
+    return wrote
+
+
 cdef inline bint _hop_by_hop(int kind) noexcept nogil:
     """Fields that describe one connection, never forwarded (RFC 9110 §7.6.1).
 
@@ -116,7 +132,7 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
         hv = fallback_host
         hv_len = len(fallback_host)
     for i in range(h.nfields):
-        if h.fields[i].kind == H_X_FORWARDED_FOR:
+        if h.fields[i].kind == H_X_FORWARDED_FOR or h.fields[i].kind == H_TRANSFER_ENCODING:
             extra += h.fields[i].value_len + 2
     _out_begin(h.head_len + extra + hv_len + host_len + len(client_ip) + 256)
     _put(p, h.method_len)
@@ -132,7 +148,13 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     _put(b"Host: ", 6)
     _put(hv, hv_len)
     _put(b"\r\n", 2)
-    if h.body_kind == BODY_CHUNKED:
+    if h.body_kind == BODY_CHUNKED and h.te_other:
+        # other codings (e.g. gzip) describe the payload and pass through; the
+        # chunked framing under them is re-made by the proxy
+        _put(b"Transfer-Encoding: ", 19)
+        _put_field_values(p, h.fields, h.nfields, H_TRANSFER_ENCODING)
+        _put(b"\r\n", 2)
+    elif h.body_kind == BODY_CHUNKED:
         _put(b"Transfer-Encoding: chunked\r\n", 28)
     elif h.has_content_length:
         _put(b"Content-Length: ", 16)
@@ -141,11 +163,8 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     if h.te_trailers:
         _put(b"TE: trailers\r\n", 14)
     _put(b"X-Forwarded-For: ", 17)
-    for i in range(h.nfields):
-        f = &h.fields[i]
-        if f.kind == H_X_FORWARDED_FOR and f.value_len > 0:
-            _put(p + f.value_start, f.value_len)
-            _put(b", ", 2)
+    if _put_field_values(p, h.fields, h.nfields, H_X_FORWARDED_FOR):
+        _put(b", ", 2)
     _put(<const char*>client_ip, len(client_ip))
     if https:
         _put(b"\r\nX-Forwarded-Proto: https\r\n", 28)

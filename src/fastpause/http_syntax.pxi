@@ -121,30 +121,42 @@ cdef inline Py_ssize_t _next_list_item(const unsigned char* p, Py_ssize_t pos, P
 
 cdef int _parse_content_length(const unsigned char* p, Py_ssize_t start, Py_ssize_t n,
                                long long* out) noexcept nogil:
-    """Parse a Content-Length value that may be a list of identical values ("5, 5").
+    """Parse ``1*DIGIT *( OWS "," OWS 1*DIGIT )``: a Content-Length, or a list of them.
 
-    Returns 0 and sets ``out`` (which, if already >= 0, must agree), or -1 when
-    the value is not 1*DIGIT elements or the elements disagree (RFC 9112 §6.3).
+    Returns 0 and sets ``out`` (which, if already >= 0, must agree), or -1 when an
+    element is empty or not all digits, has more than 18 digits, or the elements
+    disagree (RFC 9112 §6.3). Empty list elements are rejected, unlike in other
+    lists: an ambiguous length is never guessed.
     """
-    cdef Py_ssize_t pos = start, end = start + n, s, ln, i
+    cdef Py_ssize_t pos = start, end = start + n, digits
     cdef long long v
-    cdef int count = 0
     while True:
-        pos = _next_list_item(p, pos, end, &s, &ln)
-        if ln == 0:
-            break
-        if ln > 18:
-            return -1
         v = 0
-        for i in range(s, s + ln):
-            if not (48 <= p[i] <= 57):
-                return -1
-            v = v * 10 + (p[i] - 48)
-        if out[0] >= 0 and out[0] != v:
+        digits = 0
+        while pos < end and 48 <= p[pos] <= 57:
+            v = v * 10 + (p[pos] - 48)
+            digits += 1
+            pos += 1
+        if digits == 0 or digits > 18 or (out[0] >= 0 and out[0] != v):
             return -1
         out[0] = v
-        count += 1
-    return 0 if count > 0 else -1
+        while pos < end and _is_ows(p[pos]):
+            pos += 1
+        if pos == end:
+            return 0
+        if p[pos] != 44:
+            return -1
+        pos += 1
+        while pos < end and _is_ows(p[pos]):
+            pos += 1
+
+
+cdef inline bint _is_token(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not TCHAR[p[i]]:
+            return False
+    return n > 0
 
 
 cdef int _validate_field_line(const unsigned char* p, Py_ssize_t start, Py_ssize_t end,
@@ -214,3 +226,9 @@ cdef Py_ssize_t _scan_head_end(const unsigned char* p, Py_ssize_t start, Py_ssiz
             return i + 1
         i += 1
     return -1
+
+
+cdef inline Py_ssize_t _first_line_len(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Length of the first line (or of all of p[0:n] when it has no LF yet)."""
+    cdef const unsigned char* q = <const unsigned char*>memchr(p, 10, n)
+    return n if q == NULL else q - p

@@ -49,10 +49,16 @@ cdef int _classify_target(const unsigned char* p, RequestHead* h) noexcept nogil
     h.path_len = n
     h.authority_len = 0
     if is_connect:
-        # authority-form: host:port, nothing else
-        for i in range(n):
-            if not HOST_CHAR[t[i]]:
-                h.error = b"CONNECT needs an authority-form target"
+        # authority-form (RFC 9112 §3.2.3): uri-host ":" port, and nothing else
+        i = n - 1
+        while i >= 0 and 48 <= t[i] <= 57:
+            i -= 1
+        if i < 1 or i == n - 1 or t[i] != 58:
+            h.error = b"CONNECT needs an authority-form target (host:port)"
+            return 400
+        for skip in range(i):
+            if not HOST_CHAR[t[skip]] or t[skip] == 64:
+                h.error = b"CONNECT needs an authority-form target (host:port)"
                 return 400
         h.target_form = FORM_AUTHORITY
         return 0
@@ -108,6 +114,9 @@ cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) 
                 break
             if h.chunked:
                 h.error = b"chunked must be the final transfer coding, applied once"
+                return 400
+            if not _is_token(p + s, ln):
+                h.error = b"invalid transfer coding"
                 return 400
             if _ieq(p + s, ln, b"chunked", 7):
                 h.chunked = 1
@@ -247,9 +256,6 @@ cdef int _check_request_framing(const unsigned char* p, RequestHead* h) noexcept
         if not h.chunked:
             h.error = b"the final transfer coding must be chunked"
             return 400
-        if h.te_other:
-            h.error = b"unsupported transfer coding"
-            return 501
         h.body_kind = BODY_CHUNKED
     elif h.has_content_length and h.content_length > 0:
         h.body_kind = BODY_LENGTH
