@@ -21,7 +21,9 @@ Endpoints (by path; query parameters in brackets):
   /slow-upload [delay, read]  reads ``read`` bytes per ``delay`` seconds; JSON of
                             the body's length and sha256
   /hold [key]               answers only after /__release?key=K (or the peer closes)
-  /interim [count]          ``count`` 103 Early Hints, then 200
+  /interim [count, then]    ``count`` 103 Early Hints, then 200 (or RST if then=reset)
+  /overlong                 Content-Length 5 but a second response follows (keep-alive)
+  /head-with-body           a body even for HEAD (keep-alive)
   /hop-response             a response carrying hop-by-hop headers and two Set-Cookie
   /reset-before             RST (SO_LINGER 0) without answering
   /reset-during [size, key, chunked]  head and half the body, then RST (after release
@@ -472,6 +474,9 @@ async def ep_interim(req, reader, writer):
     for _ in range(int(req.query.get("count", "1"))):
         writer.write(head_bytes(103, [("Link", "</style.css>; rel=preload; as=style")]))
         await writer.drain()
+    if req.query.get("then") == "reset":
+        rst(writer)
+        return False
     return await respond(writer, req, 200, b"final body\n", [("Content-Type", "text/plain")])
 
 
@@ -489,6 +494,23 @@ async def ep_hop_response(req, reader, writer):
         ("Content-Type", "text/plain"),
     ]
     return await respond(writer, req, 200, b"hop\n", hs)
+
+
+async def ep_overlong(req, reader, writer):
+    """A broken upstream: more bytes than its Content-Length, on a kept-alive connection."""
+    await req.drain()
+    writer.write(head_bytes(200, [("Content-Length", "5")]) + b"hello"
+                 + head_bytes(200, [("Content-Length", "8")]) + b"smuggled")
+    await writer.drain()
+    return True
+
+
+async def ep_head_with_body(req, reader, writer):
+    """A broken upstream: a body even for HEAD, on a kept-alive connection."""
+    await req.drain()
+    writer.write(head_bytes(200, [("Content-Length", "5")]) + b"hello")
+    await writer.drain()
+    return True
 
 
 async def ep_reset_before(req, reader, writer):
@@ -619,6 +641,8 @@ ENDPOINTS = {
     "/hold": ep_hold,
     "/interim": ep_interim,
     "/hop-response": ep_hop_response,
+    "/overlong": ep_overlong,
+    "/head-with-body": ep_head_with_body,
     "/reset-before": ep_reset_before,
     "/reset-during": ep_reset_during,
     "/stall-body": ep_stall_body,

@@ -63,12 +63,18 @@ def test_proxy_errors_are_logged(proxy_factory):
     assert m and m.group(6) == "502"
 
 
-def test_bad_request_is_logged(proxy_factory):
+def test_bad_request_is_logged_with_its_request_line(proxy_factory):
     proxy = proxy_factory(top={"access_log": "stdout"})
     resp = proxy.request(b"GET /bad-one HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
     assert resp.status == 400
-    m = CLF.match(log_line(proxy, "/bad-one"))
-    assert m and m.group(6) == "400"
+    assert proxy.get("/status/200?marker").status == 200
+    log_line(proxy, "/status/200?marker")  # lines are written in order
+    lines = [s for s in proxy.output.snapshot() if not s.startswith("fastpause:")]
+    assert len(lines) == 2, lines
+    m = CLF.match(lines[0])
+    assert m, lines[0]
+    assert m.group(6) == "400"
+    assert m.group(5) == "GET /bad-one HTTP/1.1"
 
 
 def test_json_format_line(proxy_factory, backend):

@@ -47,6 +47,29 @@ def test_methods_with_content_length_body(proxy, method):
     assert info["body_sha256"] == sha256(body)
 
 
+def test_get_with_body_is_forwarded_with_body(proxy):
+    resp = proxy.request(build_request("GET", "/inspect", body=b"query in body"))
+    assert resp.status == 200
+    info = resp.json()
+    assert info["body_length"] == 13
+    assert info["body_sha256"] == sha256(b"query in body")
+
+
+def test_empty_lines_before_request_line_are_ignored(proxy):
+    resp = proxy.request(b"\r\n\r\n" + build_request("GET", "/inspect?blank=1"))
+    assert resp.status == 200
+    assert resp.json()["target"] == "/inspect?blank=1"
+
+
+def test_absolute_form_authority_replaces_host(proxy):
+    """RFC 9112 section 3.2.2: the request-target's authority wins over Host."""
+    resp = proxy.request(b"GET http://uri.example/inspect HTTP/1.1\r\nHost: header.example\r\n\r\n")
+    assert resp.status == 200, resp
+    info = resp.json()
+    assert info["target"] == "/inspect"
+    assert [v for k, v in info["headers"] if k.lower() == "host"] == ["uri.example"]
+
+
 @pytest.mark.parametrize("method", ["GET", "OPTIONS", "DELETE", "PROPFIND", "PURGE"])
 def test_other_methods_are_forwarded(proxy, method):
     resp = proxy.request(build_request(method, "/inspect"))

@@ -113,6 +113,44 @@ def test_upstream_body_timeout_cuts_client(proxy_factory, backend):
              what="the proxy to drop the stalled upstream connection")
 
 
+def test_upstream_reset_after_interim_response_gives_502(proxy):
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", "/interim?count=1&then=reset"))
+        resp = conn.read_response()
+        assert resp.interim and all(r.status == 103 for r in resp.interim), resp.interim
+        assert_error_response(resp, 502)
+
+
+def test_upstream_extra_bytes_after_response_are_not_relayed(proxy):
+    """An upstream that sends more than its Content-Length must not desynchronize the
+    client's connection or the pool: the extra bytes never reach any client."""
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", "/overlong"))
+        first = conn.read_response()
+        assert first.status == 200
+        assert first.body == b"hello"
+        for i in range(3):
+            conn.send(build_request("GET", f"/inspect?after={i}"))
+            resp = conn.read_response()
+            assert resp.status == 200, resp
+            assert resp.json()["target"] == f"/inspect?after={i}"
+    for i in range(3):
+        assert proxy.get(f"/inspect?fresh={i}").json()["target"] == f"/inspect?fresh={i}"
+
+
+def test_upstream_body_on_head_response_is_not_relayed(proxy):
+    with proxy.conn() as conn:
+        conn.send(build_request("HEAD", "/head-with-body"))
+        first = conn.read_response("HEAD")
+        assert first.status == 200
+        assert first.get("content-length") == "5"
+        for i in range(3):
+            conn.send(build_request("GET", f"/inspect?after={i}"))
+            resp = conn.read_response()
+            assert resp.status == 200, resp
+            assert resp.json()["target"] == f"/inspect?after={i}"
+
+
 # ----------------------------------------------------------------------------- 504
 
 

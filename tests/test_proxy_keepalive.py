@@ -140,6 +140,30 @@ def test_pipelined_requests_answered_in_order(proxy, backend):
     assert backend.stats()["heads"] == 5
 
 
+def test_200_pipelined_requests_in_one_write(proxy, backend):
+    raw = b"".join(build_request("GET", f"/inspect?n={i}") for i in range(200))
+    with proxy.conn() as conn:
+        conn.send(raw)
+        for i in range(200):
+            resp = conn.read_response()
+            assert resp.status == 200, (i, resp)
+            assert resp.json()["target"] == f"/inspect?n={i}"
+    assert backend.stats()["heads"] == 200
+
+
+def test_pipelined_posts_with_bodies_in_one_write(proxy):
+    bodies = [payload(i * 3001) for i in range(40)]
+    raw = b"".join(
+        build_request("POST", f"/echo?n={i}", body=b, content_length=True) for i, b in enumerate(bodies)
+    )
+    with proxy.conn() as conn:
+        conn.send(raw)
+        for i, body in enumerate(bodies):
+            resp = conn.read_response()
+            assert resp.status == 200, (i, resp)
+            assert resp.body == body, i
+
+
 def test_pipelined_head_and_get(proxy):
     with proxy.conn() as conn:
         conn.send(build_request("HEAD", "/download?size=1000") + build_request("GET", "/download?size=10"))
