@@ -98,7 +98,7 @@ class Proxy:
 
 
 @contextlib.contextmanager
-def proxy(*args: str) -> Iterator[Proxy]:
+def running_proxy(*args: str) -> Iterator[Proxy]:
     running = Proxy(*args)
     try:
         yield running
@@ -106,7 +106,7 @@ def proxy(*args: str) -> Iterator[Proxy]:
         running.kill()
 
 
-class Backend:
+class HeldBackend:
     """A one-connection HTTP backend that answers only when the test releases it."""
 
     def __init__(self) -> None:
@@ -135,14 +135,14 @@ class Backend:
 
 
 @pytest.fixture
-def backend() -> Iterator[Backend]:
-    server = Backend()
+def held_backend() -> Iterator[HeldBackend]:
+    server = HeldBackend()
     yield server
     server.close()
 
 
 @pytest.fixture
-def client() -> Iterator[ThreadPoolExecutor]:
+def requester() -> Iterator[ThreadPoolExecutor]:
     """Runs blocking HTTP requests while the test drives the proxy."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield pool
@@ -271,7 +271,7 @@ def test_unwritable_access_log_exits_1(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_start_and_graceful_stop(signum: int) -> None:
-    with proxy("--listen", "127.0.0.1:0", "--to", "127.0.0.1:9") as running:
+    with running_proxy("--listen", "127.0.0.1:0", "--to", "127.0.0.1:9") as running:
         route = running.wait_for(r"^fastpause: route ")
         assert route.string == "fastpause: route default -> 127.0.0.1:9"
         host, port = running.started()
@@ -286,7 +286,7 @@ def test_start_and_graceful_stop(signum: int) -> None:
 
 
 def test_every_listener_is_bound_before_any_is_announced() -> None:
-    with proxy("--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0") as running:
+    with running_proxy("--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0") as running:
         first = running.started()
         second = running.started()
         assert first != second
@@ -307,20 +307,20 @@ def test_second_listener_failing_exits_1() -> None:
 
 
 def test_proxies_and_writes_json_access_log(
-    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor
 ) -> None:
     log = tmp_path / "access.log"
     config = write_config(
         tmp_path,
         f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\naccess_log_format = "json"\n'
-        + route_to(backend.port),
+        + route_to(held_backend.port),
     )
-    with proxy("--config", str(config)) as running:
-        running.wait_for(rf"^fastpause: route app -> 127\.0\.0\.1:{backend.port}$")
+    with running_proxy("--config", str(config)) as running:
+        running.wait_for(rf"^fastpause: route app -> 127\.0\.0\.1:{held_backend.port}$")
         host, port = running.started()
-        backend.release.set()
-        assert client.submit(get, host, port, "/hello?x=1").result(WAIT) == (200, b"hello")
-        assert backend.request.startswith(b"GET /hello?x=1 HTTP/1.1\r\n")
+        held_backend.release.set()
+        assert requester.submit(get, host, port, "/hello?x=1").result(WAIT) == (200, b"hello")
+        assert held_backend.request.startswith(b"GET /hello?x=1 HTTP/1.1\r\n")
         running.signal(signal.SIGTERM)
         status, _, stderr = running.finish()
     assert status == 0, stderr
@@ -329,20 +329,22 @@ def test_proxies_and_writes_json_access_log(
     assert entry["method"] == "GET"
     assert entry["target"] == "/hello?x=1"
     assert (entry["status"], entry["version"], entry["client"]) == (200, "HTTP/1.1", "127.0.0.1")
-    assert entry["upstream"] == f"127.0.0.1:{backend.port}"
+    assert entry["upstream"] == f"127.0.0.1:{held_backend.port}"
     assert entry["bytes"] > 0 and entry["duration_ms"] >= 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["ts"])
 
 
-def test_common_log_format(tmp_path: Path, backend: Backend, client: ThreadPoolExecutor) -> None:
+def test_common_log_format(
+    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor
+) -> None:
     log = tmp_path / "access.log"
     config = write_config(
-        tmp_path, f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\n' + route_to(backend.port)
+        tmp_path, f'listen = ["127.0.0.1:0"]\naccess_log = "{log}"\n' + route_to(held_backend.port)
     )
-    with proxy("--config", str(config)) as running:
+    with running_proxy("--config", str(config)) as running:
         host, port = running.started()
-        backend.release.set()
-        assert client.submit(get, host, port, "/clf").result(WAIT)[0] == 200
+        held_backend.release.set()
+        assert requester.submit(get, host, port, "/clf").result(WAIT)[0] == 200
         running.signal(signal.SIGTERM)
         assert running.finish()[0] == 0
     [line] = log.read_text().splitlines()
@@ -354,18 +356,20 @@ def test_common_log_format(tmp_path: Path, backend: Backend, client: ThreadPoolE
 
 
 def test_graceful_stop_lets_in_flight_requests_finish(
-    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+    held_backend: HeldBackend, requester: ThreadPoolExecutor
 ) -> None:
-    with proxy("--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{backend.port}") as running:
+    with running_proxy(
+        "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{held_backend.port}"
+    ) as running:
         host, port = running.started()
-        response = client.submit(get, host, port)
-        assert backend.received.wait(WAIT)
+        response = requester.submit(get, host, port)
+        assert held_backend.received.wait(WAIT)
         running.signal(signal.SIGTERM)
         running.wait_for(r"^fastpause: shutting down: 1 open connection, waiting up to 10s$")
         with pytest.raises(ConnectionRefusedError):  # no longer accepting
             socket.create_connection((host, port), timeout=WAIT).close()
         assert running.process.poll() is None  # still waiting for the request
-        backend.release.set()
+        held_backend.release.set()
         assert response.result(WAIT) == (200, b"hello")
         status, stdout, _ = running.finish()
     assert status == 0
@@ -373,15 +377,16 @@ def test_graceful_stop_lets_in_flight_requests_finish(
 
 
 def test_second_signal_cuts_the_grace_period(
-    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor
 ) -> None:
     config = write_config(
-        tmp_path, f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "10m"\n{route_to(backend.port)}'
+        tmp_path,
+        f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "10m"\n{route_to(held_backend.port)}',
     )
-    with proxy("--config", str(config)) as running:
+    with running_proxy("--config", str(config)) as running:
         host, port = running.started()
-        response = client.submit(get, host, port)
-        assert backend.received.wait(WAIT)
+        response = requester.submit(get, host, port)
+        assert held_backend.received.wait(WAIT)
         running.signal(signal.SIGTERM)
         running.wait_for(r"^fastpause: shutting down: .* waiting up to 600s$")
         running.signal(signal.SIGINT)
@@ -392,15 +397,16 @@ def test_second_signal_cuts_the_grace_period(
 
 
 def test_grace_period_ends_on_its_own(
-    tmp_path: Path, backend: Backend, client: ThreadPoolExecutor
+    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor
 ) -> None:
     config = write_config(
-        tmp_path, f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "50ms"\n{route_to(backend.port)}'
+        tmp_path,
+        f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "50ms"\n{route_to(held_backend.port)}',
     )
-    with proxy("--config", str(config)) as running:
+    with running_proxy("--config", str(config)) as running:
         host, port = running.started()
-        response = client.submit(get, host, port)
-        assert backend.received.wait(WAIT)
+        response = requester.submit(get, host, port)
+        assert held_backend.received.wait(WAIT)
         running.signal(signal.SIGTERM)
         status, stdout, _ = running.finish()
     assert status == 0

@@ -56,6 +56,7 @@ class Server:
         return EXIT_OK
 
     async def _serve(self, table: _core.RoutingTable) -> None:
+        """Signal handlers first, so a SIGTERM during startup still stops cleanly."""
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self._cut = asyncio.Event()
