@@ -34,6 +34,8 @@ class Upstream:
     address: str
     host: str
     port: int
+    keepalive: int
+    keepalive_timeout: float
     def __init__(
         self,
         address: str,
@@ -46,9 +48,44 @@ class Upstream:
     def stats(self) -> dict[str, int | str]: ...
     def close_idle(self) -> None: ...
 
+class RouteState:
+    """A route's runtime state: running/paused/stopped and its hold queue.
+
+    It outlives routing snapshots: the control plane keeps one per route name and
+    passes it to every ``Route`` of that name, so pause state survives a reload.
+    """
+
+    name: str
+    mode_name: str  # "running" | "paused" | "stopped"
+    held: int
+    oldest_held_age: float | None
+    in_flight: int
+    max_hold: float
+    stop_message: str
+    def __init__(self, name: str) -> None: ...
+    def pause(self, max_hold: float = 30.0) -> None:
+        """Hold new requests (each for at most ``max_hold`` seconds)."""
+    def resume(self, rate: float = 0.0) -> None:
+        """Release held requests in arrival order; ``rate`` > 0 paces them (requests/s)."""
+    def stop(self, message: str = "", retry_after: int = 0) -> None:
+        """Answer held and new requests with 503 + Retry-After + ``message``."""
+    def start(self) -> None: ...
+    def wait_drained(self) -> asyncio.Future[None]:
+        """Resolves when no dispatched request of the route is in flight."""
+    def stats(self) -> dict[str, object]:
+        """mode, held, in_flight, held_total, released_total, expired_total,
+        rejected_full_total, rejected_body_total, hold_seconds_sum,
+        hold_seconds_buckets: [(upper_bound, count), ...] (not cumulative; last is +inf)."""
+
 class Route:
     name: str
     upstreams: list[Upstream]
+    state: RouteState
+    try_duration: float
+    try_interval: float
+    max_held: int
+    max_held_body: int
+    retry_after: int
     def __init__(
         self,
         name: str,
@@ -60,6 +97,14 @@ class Route:
         connect_timeout: float = 5.0,
         response_header_timeout: float = 60.0,
         upstream_body_timeout: float = 60.0,
+        state: RouteState | None = None,
+        try_duration: float = 30.0,
+        try_interval: float = 0.25,
+        max_held: int = 10000,
+        max_held_body: int = 1 << 20,
+        health_path: str | None = None,
+        hold_time_header: str | None = None,
+        retry_after: int = 5,
     ) -> None: ...
 
 class RoutingTable:
@@ -89,6 +134,8 @@ class Engine:
         loop: asyncio.AbstractEventLoop,
         table: RoutingTable,
         access_log: Callable[[AccessRecord], None] | None = None,
+        *,
+        max_held_bytes: int = 256 << 20,
     ) -> None: ...
     def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...
     def shutdown(self) -> None:
