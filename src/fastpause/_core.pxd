@@ -150,7 +150,9 @@ cdef class Upstream:
     cdef long long n_requests
     cdef long long n_connects
     cdef long long n_connect_failures
+    cdef int n_connecting
     cdef UpstreamProtocol pop_idle(self)
+    cdef void probe(self, Engine engine)
     cdef void release(self, UpstreamProtocol conn)
     cdef void forget(self, UpstreamProtocol conn)
 
@@ -164,8 +166,58 @@ cdef class Route:
     cdef readonly double connect_timeout
     cdef readonly double response_header_timeout
     cdef readonly double upstream_body_timeout
+    cdef readonly RouteState state
+    cdef readonly double try_duration
+    cdef readonly double try_interval
+    cdef readonly int max_held
+    cdef readonly long long max_held_body
+    cdef bytes health_path
+    cdef bytes hold_time_header
+    cdef readonly int retry_after
     cdef Py_ssize_t rr
     cdef Upstream pick(self)
+
+
+cdef class RouteState:
+    cdef readonly str name
+    cdef Engine engine
+    cdef int mode
+    cdef readonly double max_hold
+    cdef readonly str stop_message
+    cdef int stop_retry_after
+    cdef double release_rate
+    cdef double release_credit
+    cdef object pacer
+    cdef object prober
+    cdef Route probe_route
+    cdef bint unavailable
+    cdef Deadline expiry
+    cdef ClientProtocol head
+    cdef ClientProtocol tail
+    cdef Py_ssize_t count
+    cdef readonly long long in_flight
+    cdef list drain_waiters
+    cdef long long n_held_total
+    cdef long long n_released
+    cdef long long n_expired
+    cdef long long n_rejected_full
+    cdef long long n_rejected_body
+    cdef double hold_seconds_sum
+    cdef long long hold_buckets[15]
+    cdef void bind(self, Engine engine)
+    cdef void push(self, ClientProtocol c, double deadline)
+    cdef void unlink(self, ClientProtocol c)
+    cdef ClientProtocol pop(self)
+    cdef void _observe(self, double seconds)
+    cdef bint must_queue(self)
+    cdef void release_all(self)
+    cdef void _start_pacing(self)
+    cdef void note_unavailable(self, Route route)
+    cdef void upstream_up(self, Upstream up)
+    cdef void fail_all(self, int status, str why)
+    cdef void request_started(self)
+    cdef void request_ended(self)
+    cdef void _cancel_pacing(self)
 
 
 cdef class RoutingTable:
@@ -182,8 +234,10 @@ cdef class RoutingTable:
 
 cdef class Engine:
     cdef object loop
-    cdef public RoutingTable table
+    cdef RoutingTable _table
     cdef object access_log
+    cdef long long max_held_bytes
+    cdef long long n_held_bytes
     cdef set clients
     cdef bint shutting_down
     cdef object drained
@@ -200,6 +254,7 @@ cdef class Engine:
     cdef void count_response(self, int status)
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)
+    cdef void upstream_up(self, Upstream up)
 
 
 cdef class UpstreamProtocol:
@@ -223,7 +278,9 @@ cdef class UpstreamProtocol:
     cdef ChunkedDecoder chunks
     cdef bint client_chunked
     cdef int status
+    cdef bint connecting
     cdef void start_connect(self, double timeout)
+    cdef void _connect_ended(self)
     cdef void make_idle(self)
     cdef void attach(self, ClientProtocol client)
     cdef void send(self, object data)
@@ -279,12 +336,30 @@ cdef class ClientProtocol:
     cdef double started
     cdef object log_method
     cdef object log_target
+    # holding: the raw head stays in head_src (re-parsed on release)
+    cdef object head_src
+    cdef Py_ssize_t head_off
+    cdef Py_ssize_t head_len
+    cdef RouteState held_queue
+    cdef ClientProtocol held_prev
+    cdef ClientProtocol held_next
+    cdef double hold_deadline
+    cdef double held_since
+    cdef double held_for
+    cdef bint route_active
     cdef void _append(self, object data)
     cdef void _advance(self)
     cdef int _read_head(self)
     cdef void _start_request(self, const unsigned char* p, RequestHead* h)
     cdef void _new_exchange(self)
     cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h, RouteState releasing)
+    cdef void _hold(self, double deadline)
+    cdef bint _held_bytes_over(self)
+    cdef void _reject_held_body(self)
+    cdef void release(self)
+    cdef void hold_expired(self)
+    cdef void hold_failed(self, int status, str why, int retry_after)
     cdef void _dispatch(self, Upstream up)
     cdef void _consume_body(self)
     cdef void _forward_body(self, object piece, Py_ssize_t n)
@@ -300,7 +375,10 @@ cdef class ClientProtocol:
     cdef void write_body_pieces(self, list pieces, Py_ssize_t n)
     cdef void response_done(self, bint upstream_reusable)
     cdef void response_broken(self, str why)
-    cdef void _send_error(self, int status, str why, bint close)
+    cdef void _send_plain(self, int status, bytes body)
+    cdef void _send_error(self, int status, str why, bint close, int retry_after)
+    cdef void _send_response(self, int status, bytes head, bytes body, bint close)
+    cdef bytes _hold_time_field(self)
     cdef void _end_request(self)
     cdef void _log(self)
     cdef void _next_request(self)

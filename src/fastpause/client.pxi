@@ -40,7 +40,7 @@ cdef class ClientProtocol:
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
-        self.table = self.engine.table
+        self.table = self.engine._table
         self.engine.clients.add(self)
         self.engine.n_connections_total += 1
         self.deadline.set(self.engine.time() + self.table.client_head_timeout)
@@ -130,7 +130,7 @@ cdef class ClientProtocol:
                 self.rbuf = None
                 self.rpos = 0
                 return 0
-            self.table = self.engine.table
+            self.table = self.engine._table
             self.rpos = start
             self.scan_pos = start
             self.state = C_HEAD
@@ -138,14 +138,14 @@ cdef class ClientProtocol:
             self.deadline.set(self.started + self.table.client_head_timeout)
         end = _scan_head_end(p + start, self.scan_pos - start, n - start, &status)
         if end == -2:
-            self._send_error(400, "bare LF in request head", True)
+            self._send_error(400, "bare LF in request head", True, 0)
             return -1
         if end == -1 or end > self.table.max_head_size:
             if n - start > self.table.max_head_size or end > 0:
                 if _first_line_len(p + start, n - start) > self.table.max_uri_size:
-                    self._send_error(414, "request line too long", True)
+                    self._send_error(414, "request line too long", True, 0)
                 else:
-                    self._send_error(431, "request header section too large", True)
+                    self._send_error(431, "request header section too large", True, 0)
                 return -1
             self.scan_pos = n
             return 0
@@ -155,9 +155,12 @@ cdef class ClientProtocol:
             if h.version:
                 self.version = h.version
                 self._note_request_line(p + start, &h)
-            self._send_error(status, h.error.decode("ascii"), True)
+            self._send_error(status, h.error.decode("ascii"), True, 0)
             return -1
         self.rpos = start + end
+        self.head_src = buf  # the head stays readable there: a held request re-parses it
+        self.head_off = start
+        self.head_len = end
         self._start_request(p + start, &h)
         return 1 if self.state != C_CLOSED else -1
 
@@ -177,24 +180,116 @@ cdef class ClientProtocol:
         self.attempts = 1
         self._note_request_line(p, h)
         if h.target_form == FORM_AUTHORITY:
-            self._send_error(405, "CONNECT is not supported", True)
+            self._send_error(405, "CONNECT is not supported", True, 0)
             return
         self.route = route
         self.engine.n_in_flight += 1
         if (h.body_kind == BODY_LENGTH and route.max_body_size
                 and h.content_length > route.max_body_size):
-            self._send_error(413, f"request body larger than {route.max_body_size} bytes", True)
+            self._send_error(413, f"request body larger than {route.max_body_size} bytes", True, 0)
             return
         if h.body_kind == BODY_CHUNKED:
             self.chunks.reset()
+        self.pending = []
+        self.pending_bytes = 0
+        self.held_for = 0.0
+        self.state = C_WAIT if self.req_done else C_BODY
+        self._rearm()
+        self._route_request(p, h, None)
+
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h,
+                             RouteState releasing):
+        """Dispatch now, hold, or answer for the route (DESIGN: ROUTED -> DISPATCH|HELD).
+
+        ``releasing`` is the queue this request was just released from: it does not
+        queue behind its own former neighbours again.
+        """
+        cdef Route route = self.route
+        cdef RouteState rs = route.state
+        cdef Upstream up
+        if rs.mode != MODE_RUNNING and route.health_path is not None \
+                and _is_health_check(p, h, route.health_path):
+            self._send_plain(200, b"OK\n")
+            return
+        if rs.mode == MODE_STOPPED:
+            self._send_error(503, rs.stop_message or "the service is stopped for maintenance",
+                             False, rs.stop_retry_after or route.retry_after)
+            return
+        if rs.mode == MODE_PAUSED or rs.pacer is not None:
+            self._hold(self.engine.time() + rs.max_hold)
+            return
+        if rs.head is not None and rs is not releasing:
+            self._hold(self.started + route.try_duration)
+            return
         up = route.pick()
         self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
                                                  up.address.encode("ascii"), self.engine)
-        self.pending = []
-        self.pending_bytes = 0
-        self.state = C_WAIT if self.req_done else C_BODY
-        self._rearm()
+        if not self.route_active:
+            self.route_active = True
+            rs.request_started()
         self._dispatch(up)
+
+    cdef void _hold(self, double deadline):
+        """Park this request in its route's queue (HELD); the connection just waits."""
+        cdef Route route = self.route
+        cdef RouteState rs = route.state
+        if self.route_active:
+            self.route_active = False
+            rs.request_ended()
+        self.upstream_head = None
+        if rs.count >= route.max_held:
+            rs.n_rejected_full += 1
+            self._send_error(503, "too many requests are waiting for this service",
+                             False, route.retry_after)
+            return
+        if self.body_kind == BODY_LENGTH and route.max_held_body >= 0 and \
+                self.pending_bytes + self.body_left > route.max_held_body:
+            self._reject_held_body()
+            return
+        rs.push(self, deadline)
+        self.engine.n_held_bytes += self.pending_bytes
+        if self._held_bytes_over():
+            return
+        self._resume(P_CONNECTING)  # the body keeps arriving, bounded by max_held_body
+
+    cdef bint _held_bytes_over(self):
+        """The proxy-wide cap on buffered held bodies; answers 503 when crossed."""
+        if self.engine.n_held_bytes <= self.engine.max_held_bytes:
+            return False
+        self.route.state.n_rejected_body += 1
+        self._send_error(503, "the proxy is holding too much request data; try again shortly",
+                         False, self.route.retry_after)
+        return True
+
+    cdef void _reject_held_body(self):
+        self.route.state.n_rejected_body += 1
+        self._send_error(503, f"the request body is larger than {self.route.max_held_body} "
+                              f"bytes, too large to hold and replay while the service is "
+                              f"unavailable", False, self.route.retry_after)
+
+    cdef void release(self):
+        """Leave the queue: route again against the current snapshot (late binding)."""
+        cdef RequestHead h
+        cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
+        cdef RouteState was = self.route.state
+        self.engine.n_held_bytes -= self.pending_bytes
+        self.held_for += self.engine.time() - self.held_since
+        if self.state == C_CLOSED:
+            return
+        parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
+        self.route = self.engine._table.match(p, &h)
+        self.attempts = 1
+        self._route_request(p, &h, was)
+
+    cdef void hold_expired(self):
+        self.engine.n_held_bytes -= self.pending_bytes
+        self.held_for += self.engine.time() - self.held_since
+        self._send_error(503, "waited too long for the backend to become available",
+                         False, self.route.retry_after)
+
+    cdef void hold_failed(self, int status, str why, int retry_after):
+        self.engine.n_held_bytes -= self.pending_bytes
+        self._send_error(status, why, False, retry_after or self.route.retry_after)
 
     cdef void _new_exchange(self):
         """Reset what describes one request/response exchange, from its first byte on."""
@@ -301,9 +396,19 @@ cdef class ClientProtocol:
             self._hold_pending(n)
 
     cdef void _hold_pending(self, Py_ssize_t n):
-        """Body bytes wait for the upstream connection; bounded by pausing the client."""
+        """Body bytes wait for an upstream connection (bounded by pausing the client)
+        or, while held, in the queue (bounded by max_held_body and the proxy-wide cap)."""
+        cdef RouteState rs = self.held_queue
         self.pending_bytes += n
-        if self.pending_bytes > PENDING_LIMIT:
+        if rs is not None:
+            self.engine.n_held_bytes += n
+            if self.route.max_held_body >= 0 and self.pending_bytes > self.route.max_held_body:
+                rs.unlink(self)
+                self.engine.n_held_bytes -= self.pending_bytes
+                self._reject_held_body()
+            elif self._held_bytes_over():
+                pass
+        elif self.pending_bytes > PENDING_LIMIT:
             self._pause(P_CONNECTING)
 
     cdef void _body_complete(self):
@@ -319,7 +424,7 @@ cdef class ClientProtocol:
         self.upstream = None
         if up is not None:
             up.detach_abort()
-        self._send_error(status, why, True)
+        self._send_error(status, why, True, 0)
 
     # -- upstream events -----------------------------------------------------------
 
@@ -352,9 +457,13 @@ cdef class ClientProtocol:
                 self.pending = []
             self._dispatch(self.route.pick())
             return
-        # Holding hooks in here: a connect failure means no upstream accepted the
-        # request, which is exactly when a held route would queue it instead.
-        self._send_error(status, why, False)
+        if connect_failed and self.route.try_duration > 0 and \
+                self.engine.time() < self.started + self.route.try_duration:
+            # no upstream accepted a connection: wait for one (Caddy's lb_try_duration)
+            self.route.state.note_unavailable(self.route)
+            self._hold(self.started + self.route.try_duration)
+            return
+        self._send_error(status, why, False, 0)
 
     cdef void interim_response(self, bytes head):
         if self.state != C_CLOSED:
@@ -380,10 +489,16 @@ cdef class ClientProtocol:
             conn = CONN_CLOSE
         elif self.version == 10:
             conn = CONN_KEEP_ALIVE
-        head = build_response_head(p, r, chunked, conn)
+        head = build_response_head(p, r, chunked, conn, self._hold_time_field())
         self.transport.write(head)
         self.engine.n_bytes_out += len(head)
         return chunked
+
+    cdef bytes _hold_time_field(self):
+        """``<hold_time_header>: <ms>`` for a request that was held, when configured."""
+        if self.held_for <= 0.0 or self.route.hold_time_header is None:
+            return None
+        return b"%s: %d\r\n" % (self.route.hold_time_header, <long long>(self.held_for * 1000))
 
     cdef void write_body(self, object piece, Py_ssize_t n):
         self.transport.write(piece)
@@ -414,7 +529,16 @@ cdef class ClientProtocol:
 
     # -- ending requests -----------------------------------------------------------
 
-    cdef void _send_error(self, int status, str why, bint close):
+    cdef void _send_plain(self, int status, bytes body):
+        """A response made by the proxy itself (health checks while paused)."""
+        self._send_response(status, plain_head(status, len(body), 0), body, False)
+
+    cdef void _send_error(self, int status, str why, bint close, int retry_after):
+        cdef bytes body = error_body(status, why)
+        self._send_response(status, plain_head(status, len(body), retry_after), body, close)
+
+    cdef void _send_response(self, int status, bytes head, bytes body, bint close):
+        """Answer from the proxy: ``head`` is the status line and fields, without the end."""
         cdef bytes data
         cdef UpstreamProtocol up = self.upstream
         if self.state == C_CLOSED:
@@ -429,7 +553,10 @@ cdef class ClientProtocol:
             close = True
         if close:
             self.keep_alive = False
-        data = error_response(status, why, close)
+            head += b"Connection: close\r\n"
+        elif self.version == 10:
+            head += b"Connection: keep-alive\r\n"
+        data = head + b"\r\n" + (b"" if self.is_head else body)
         self.transport.write(data)
         self.engine.n_bytes_out += len(data)
         self.status = status
@@ -440,12 +567,19 @@ cdef class ClientProtocol:
     cdef void _end_request(self):
         """Count and log the request that just ended (also rejected heads)."""
         self.engine.count_response(self.status)
+        if self.held_queue is not None:
+            self.engine.n_held_bytes -= self.pending_bytes
+            self.held_queue.unlink(self)
+        if self.route_active:
+            self.route_active = False
+            self.route.state.request_ended()
         if self.route is not None:
             self.engine.n_in_flight -= 1
         if self.engine.access_log is not None:
             self._log()
         self.route = None
         self.upstream_head = None
+        self.head_src = None
         self.pending = None
 
     cdef void _log(self):
@@ -530,7 +664,7 @@ cdef class ClientProtocol:
         if self.state == C_IDLE:
             self._close()
         elif self.state == C_HEAD:
-            self._send_error(408, "request head not received in time", True)
+            self._send_error(408, "request head not received in time", True, 0)
         elif self.write_paused:
             self._abort()  # the client stopped reading the response
         elif self.state == C_BODY:

@@ -8,10 +8,11 @@ import os
 cdef class Engine:
     """Owns the routing snapshot and every client connection of one process."""
 
-    def __init__(self, loop, RoutingTable table, access_log=None):
+    def __init__(self, loop, RoutingTable table, access_log=None, *,
+                 long long max_held_bytes=256 << 20):
         cdef bytes seed = os.urandom(16)
         self.loop = loop
-        self.table = table
+        self.max_held_bytes = max_held_bytes
         self.access_log = access_log
         self.clients = set()
         self.shutting_down = False
@@ -19,6 +20,26 @@ cdef class Engine:
         self.time = loop.time
         self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
         self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1
+        self.table = table
+
+    @property
+    def table(self):
+        return self._table
+
+    @table.setter
+    def table(self, RoutingTable table):
+        """Swap the routing snapshot (one reference); route states join this engine."""
+        cdef Route route
+        for route in table.routes:
+            route.state.bind(self)
+        self._table = table
+
+    cdef void upstream_up(self, Upstream up):
+        """A connection to ``up`` succeeded: routes waiting for it release their queues."""
+        cdef Route route
+        for route in self._table.routes:
+            if route.state.unavailable and up in route.upstreams:
+                route.state.upstream_up(up)
 
     def protocol_factory(self, str scheme="http"):
         """A factory for ``loop.create_server``: one ClientProtocol per connection."""
@@ -52,7 +73,10 @@ cdef class Engine:
     def shutdown(self):
         """Graceful stop: idle connections close now, busy ones after their response."""
         cdef ClientProtocol c
+        cdef Route route
         self.shutting_down = True
+        for route in self._table.routes:
+            route.state.fail_all(503, "the proxy is shutting down")
         for c in list(self.clients):
             if c.state == C_IDLE:
                 c._close()
@@ -64,7 +88,7 @@ cdef class Engine:
         cdef Upstream up
         for c in list(self.clients):
             c._abort()
-        for route in self.table.routes:
+        for route in self._table.routes:
             for up in route.upstreams:
                 up.close_idle()
 
@@ -96,4 +120,5 @@ cdef class Engine:
             "bytes_in": self.n_bytes_in,
             "bytes_out": self.n_bytes_out,
             "upstream_errors": self.n_upstream_errors,
+            "held_bytes": self.n_held_bytes,
         }

@@ -184,9 +184,10 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
 
 
 cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chunked,
-                               int connection):
-    """The response head as the client sees it; ``connection`` is CONN_* (what to announce)."""
-    _out_begin(r.head_len + 128)
+                               int connection, bytes extra):
+    """The response head as the client sees it; ``connection`` is CONN_* (what to announce),
+    ``extra`` (or None) is more header lines the proxy adds."""
+    _out_begin(r.head_len + 128 + (len(extra) if extra is not None else 0))
     _put(b"HTTP/1.1", 8)
     _put(p + 8, r.status_line_len - 8)
     _put(b"\r\n", 2)
@@ -201,6 +202,8 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
         _put(b"Connection: close\r\n", 19)
     elif connection == CONN_KEEP_ALIVE:
         _put(b"Connection: keep-alive\r\n", 24)
+    if extra is not None:
+        _put(<const char*>extra, len(extra))
     _put(b"\r\n", 2)
     return _out_bytes()
 
@@ -224,7 +227,7 @@ cdef bytes chunk_header(Py_ssize_t n):
 
 
 _REASONS = {
-    400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
     408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
     417: "Expectation Failed", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
@@ -232,13 +235,17 @@ _REASONS = {
 }
 
 
-cdef bytes error_response(int status, str why, bint close):
-    """A short plain-text error: the status, and one sentence saying what went wrong."""
-    body = f"{status} {_REASONS.get(status, 'Error')}: {why}\n".encode("utf-8", "replace")
+cdef bytes plain_head(int status, Py_ssize_t length, int retry_after):
+    """Status line and fields of a response the proxy makes itself (no blank line yet)."""
     head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n"
+            f"Content-Length: {length}\r\n"
             f"Cache-Control: no-store\r\n")
-    if close:
-        head += "Connection: close\r\n"
-    return head.encode("ascii") + b"\r\n" + body
+    if retry_after > 0:
+        head += f"Retry-After: {retry_after}\r\n"
+    return head.encode("ascii")
+
+
+cdef bytes error_body(int status, str why):
+    """One short sentence saying what went wrong."""
+    return f"{status} {_REASONS.get(status, 'Error')}: {why}\n".encode("utf-8", "replace")

@@ -287,6 +287,17 @@ cdef bint _method_idempotent(const unsigned char* p, RequestHead* h) noexcept no
             or _method_is(p, h, b"DELETE", 6) or _method_is(p, h, b"TRACE", 5))
 
 
+cdef bint _is_health_check(const unsigned char* p, RequestHead* h, bytes path) noexcept:
+    """GET or HEAD of exactly ``path`` (query ignored): answered by the proxy while held."""
+    cdef const unsigned char* t = p + h.path_start
+    cdef Py_ssize_t n = 0, plen = len(path)
+    if not (_method_is(p, h, b"GET", 3) or _method_is(p, h, b"HEAD", 4)):
+        return False
+    while n < h.path_len and t[n] != 63:
+        n += 1
+    return n == plen and memcmp(t, <const char*>path, n) == 0
+
+
 # A module-wide scratch field table: the data plane is single-threaded and a head
 # is parsed and rewritten in one go, so one table serves every connection.
 cdef Field* _fields = <Field*>malloc(sizeof(Field) * MAX_FIELDS_CAP)

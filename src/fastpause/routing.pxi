@@ -49,6 +49,9 @@ cdef class Deadline:
         self.callback()
 
 
+cdef double PROBE_CONNECT_TIMEOUT = 2.0
+
+
 cdef class Upstream:
     """One backend address and its pool of idle keep-alive connections.
 
@@ -87,6 +90,14 @@ cdef class Upstream:
         conn.make_idle()
         self.idle.append(conn)
 
+    cdef void probe(self, Engine engine):
+        """Try to open one connection (no request on it); success releases held requests.
+
+        Skipped while another connection attempt to this upstream is under way.
+        """
+        if self.n_connecting == 0:
+            UpstreamProtocol(self, engine).start_connect(PROBE_CONNECT_TIMEOUT)
+
     cdef void forget(self, UpstreamProtocol conn):
         try:
             self.idle.remove(conn)
@@ -115,7 +126,10 @@ cdef class Route:
 
     def __init__(self, str name, list upstreams, *, long long max_body_size=1 << 30,
                  str host_header=None, bint request_id=False, double connect_timeout=5.0,
-                 double response_header_timeout=60.0, double upstream_body_timeout=60.0):
+                 double response_header_timeout=60.0, double upstream_body_timeout=60.0,
+                 RouteState state=None, double try_duration=30.0, double try_interval=0.25,
+                 int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
+                 str hold_time_header=None, int retry_after=5):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -131,6 +145,17 @@ cdef class Route:
         self.connect_timeout = connect_timeout
         self.response_header_timeout = response_header_timeout
         self.upstream_body_timeout = upstream_body_timeout
+        if try_duration < 0 or try_interval <= 0 or max_held < 0 or max_held_body < 0:
+            raise ValueError("try_duration, max_held and max_held_body must be >= 0 "
+                             "and try_interval > 0")
+        self.state = state if state is not None else RouteState(name)
+        self.try_duration = try_duration
+        self.try_interval = try_interval
+        self.max_held = max_held
+        self.max_held_body = max_held_body
+        self.health_path = health_path.encode("ascii") if health_path else None
+        self.hold_time_header = hold_time_header.encode("ascii") if hold_time_header else None
+        self.retry_after = retry_after
         self.rr = 0
 
     def __repr__(self):

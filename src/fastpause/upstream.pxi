@@ -43,6 +43,8 @@ cdef class UpstreamProtocol:
         A Task per *connection* (not per request): keep-alive makes this rare.
         """
         loop = self.engine.loop
+        self.upstream.n_connecting += 1
+        self.connecting = True
         self.connect_task = loop.create_task(
             loop.create_connection(self._self_factory, self.upstream.host, self.upstream.port))
         self.connect_task.add_done_callback(self._connect_done)
@@ -51,9 +53,15 @@ cdef class UpstreamProtocol:
     def _self_factory(self):
         return self
 
+    cdef void _connect_ended(self):
+        if self.connecting:
+            self.connecting = False
+            self.upstream.n_connecting -= 1
+
     def _connect_done(self, task):
         cdef ClientProtocol c
         self.connect_task = None
+        self._connect_ended()
         if task.cancelled():
             return
         exc = task.exception()
@@ -72,13 +80,15 @@ cdef class UpstreamProtocol:
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.upstream.n_connects += 1
+        self._connect_ended()
         self.deadline.clear()
         if self.client is not None:
             self.attach(self.client)
         else:
-            # the client left while we were connecting: keep the connection for the next one
+            # a probe, or the client left while we were connecting: pool the connection
             self.state = U_ACTIVE
             self.upstream.release(self)
+        self.engine.upstream_up(self.upstream)
 
     cdef void make_idle(self):
         self.state = U_IDLE
@@ -127,6 +137,7 @@ cdef class UpstreamProtocol:
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
+            self._connect_ended()
         if self.transport is not None:
             self.transport.abort()
 
@@ -238,7 +249,7 @@ cdef class UpstreamProtocol:
                     return -1
                 if r.status != 100 and c.version == 11:
                     # 100 Continue is the proxy's own business (it answers Expect itself)
-                    c.interim_response(build_response_head(p, &r, False, CONN_NONE))
+                    c.interim_response(build_response_head(p, &r, False, CONN_NONE, None))
                 if end == n:
                     self.rbuf = None
                     return 0

@@ -1,0 +1,258 @@
+# Holding: a route's runtime state (running / paused / stopped) and its FIFO of
+# held requests. A held request is its client connection itself, linked into
+# the queue through two fields (O(1) append and O(1) removal when the client
+# leaves). It keeps its raw head and buffered body and no upstream choice, so a
+# release re-runs routing against the snapshot current at that moment.
+#
+# One deadline timer per queue: entries are appended in hold order with a
+# per-reason constant max hold, so the queue head always expires first.
+
+cdef enum:
+    MODE_RUNNING = 0
+    MODE_PAUSED = 1
+    MODE_STOPPED = 2
+
+cdef double[14] HOLD_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                10.0, 30.0, 60.0, 120.0]
+_MODE_NAMES = ("running", "paused", "stopped")
+_RELEASE_TICK = 0.01
+
+
+cdef class RouteState:
+    """What a route is doing now; outlives routing snapshots (kept by route name)."""
+
+    def __init__(self, str name):
+        self.name = name
+        self.mode = MODE_RUNNING
+        self.max_hold = 30.0
+        self.stop_message = ""
+        self.release_rate = 0.0
+
+    cdef void bind(self, Engine engine):
+        if self.engine is None:
+            self.engine = engine
+            self.expiry = Deadline(engine.loop, self._expire_cb)
+
+    # -- the queue -----------------------------------------------------------------
+
+    cdef void push(self, ClientProtocol c, double deadline):
+        c.held_queue = self
+        c.hold_deadline = deadline
+        c.held_since = self.engine.time()
+        c.held_next = None
+        c.held_prev = self.tail
+        if self.tail is None:
+            self.head = c
+            self.expiry.set(deadline)
+        else:
+            self.tail.held_next = c
+        self.tail = c
+        self.count += 1
+        self.n_held_total += 1
+
+    cdef void unlink(self, ClientProtocol c):
+        if c.held_prev is None:
+            self.head = c.held_next
+        else:
+            c.held_prev.held_next = c.held_next
+        if c.held_next is None:
+            self.tail = c.held_prev
+        else:
+            c.held_next.held_prev = c.held_prev
+        c.held_prev = None
+        c.held_next = None
+        c.held_queue = None
+        self.count -= 1
+        if self.head is None:
+            self.expiry.clear()
+            self.unavailable = False
+        elif self.head.hold_deadline > self.expiry.when:
+            self.expiry.set(self.head.hold_deadline)
+
+    cdef ClientProtocol pop(self):
+        cdef ClientProtocol c = self.head
+        if c is not None:
+            self.unlink(c)
+            self._observe(self.engine.time() - c.held_since)
+        return c
+
+    cdef void _observe(self, double seconds):
+        cdef int i
+        self.hold_seconds_sum += seconds
+        for i in range(14):
+            if seconds <= HOLD_BUCKETS[i]:
+                self.hold_buckets[i] += 1
+                return
+        self.hold_buckets[14] += 1
+
+    cdef bint must_queue(self):
+        """New requests wait while paused, or behind requests already waiting."""
+        return self.mode == MODE_PAUSED or self.head is not None
+
+    # -- events ----------------------------------------------------------------------
+
+    def _expire_cb(self):
+        cdef ClientProtocol c
+        cdef double now = self.engine.time()
+        while self.head is not None and self.head.hold_deadline <= now:
+            c = self.pop()
+            self.n_expired += 1
+            c.hold_expired()
+        if self.head is not None:
+            self.expiry.set(self.head.hold_deadline)
+
+    cdef void release_all(self):
+        """Send every held request on, in arrival order (or start paced release)."""
+        cdef ClientProtocol c
+        cdef Py_ssize_t n = self.count
+        if self.release_rate > 0:
+            self._start_pacing()
+            return
+        while n > 0 and self.head is not None and self.mode == MODE_RUNNING:
+            n -= 1
+            c = self.pop()
+            self.n_released += 1
+            c.release()
+
+    cdef void _start_pacing(self):
+        if self.pacer is None and self.head is not None:
+            self.pacer = self.engine.loop.call_later(0, self._pace)
+
+    def _pace(self):
+        cdef ClientProtocol c
+        cdef double per_tick = self.release_rate * _RELEASE_TICK
+        self.pacer = None
+        if self.mode != MODE_RUNNING:
+            return
+        self.release_credit += per_tick if per_tick > 0 else 1e18
+        while self.release_credit >= 1.0 and self.head is not None:
+            self.release_credit -= 1.0
+            c = self.pop()
+            self.n_released += 1
+            c.release()
+        if self.head is None:
+            self.release_rate = 0.0
+            self.release_credit = 0.0
+        else:
+            self.pacer = self.engine.loop.call_later(_RELEASE_TICK, self._pace)
+
+    cdef void note_unavailable(self, Route route):
+        """No upstream took a connection: probe on the retry interval until one does."""
+        self.unavailable = True
+        if self.prober is None:
+            self.probe_route = route
+            self.prober = self.engine.loop.call_later(route.try_interval, self._probe)
+
+    def _probe(self):
+        cdef Route route = self.probe_route
+        self.prober = None
+        if not self.unavailable or self.head is None or route is None:
+            self.probe_route = None
+            return
+        for up in route.upstreams:
+            (<Upstream>up).probe(self.engine)
+        self.prober = self.engine.loop.call_later(route.try_interval, self._probe)
+
+    cdef void upstream_up(self, Upstream up):
+        """An upstream of this route accepted a connection: release what waits for it."""
+        if self.unavailable and self.mode == MODE_RUNNING:
+            self.unavailable = False
+            self.release_all()
+
+    cdef void fail_all(self, int status, str why):
+        cdef ClientProtocol c
+        while self.head is not None:
+            c = self.pop()
+            c.hold_failed(status, why, self.stop_retry_after)
+
+    # -- control (called by the control plane) ----------------------------------------
+
+    def pause(self, double max_hold=30.0):
+        """Hold new requests; requests already in flight finish (see ``wait_drained``)."""
+        if max_hold <= 0:
+            raise ValueError("max_hold must be positive")
+        self.mode = MODE_PAUSED
+        self.max_hold = max_hold
+        self._cancel_pacing()
+
+    def resume(self, double rate=0.0):
+        """Release held requests in arrival order; ``rate`` > 0 paces them (requests/s)."""
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        self.mode = MODE_RUNNING
+        self.release_rate = rate
+        self.release_credit = 0.0
+        if self.engine is not None:
+            self.release_all()
+
+    def stop(self, str message="", int retry_after=0):
+        """Maintenance: answer held and new requests with 503 and ``message``."""
+        self.mode = MODE_STOPPED
+        self.stop_message = message
+        self.stop_retry_after = retry_after
+        self._cancel_pacing()
+        if self.engine is not None:
+            self.fail_all(503, message or "the service is stopped for maintenance")
+
+    def start(self):
+        """Leave maintenance (or a pause) and serve normally again."""
+        self.mode = MODE_RUNNING
+        if self.engine is not None:
+            self.release_all()
+
+    def wait_drained(self):
+        """A future resolved once no request of this route is in flight (held ones aside)."""
+        fut = self.engine.loop.create_future()
+        if self.in_flight == 0:
+            fut.set_result(None)
+        else:
+            if self.drain_waiters is None:
+                self.drain_waiters = []
+            self.drain_waiters.append(fut)
+        return fut
+
+    cdef void request_started(self):
+        self.in_flight += 1
+
+    cdef void request_ended(self):
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.drain_waiters is not None:
+            waiters, self.drain_waiters = self.drain_waiters, None
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    cdef void _cancel_pacing(self):
+        if self.pacer is not None:
+            self.pacer.cancel()
+            self.pacer = None
+
+    @property
+    def mode_name(self):
+        return _MODE_NAMES[self.mode]
+
+    @property
+    def held(self):
+        return self.count
+
+    @property
+    def oldest_held_age(self):
+        """Seconds the oldest held request has waited, or None."""
+        if self.head is None:
+            return None
+        return self.engine.time() - self.head.held_since
+
+    def stats(self):
+        return {
+            "mode": _MODE_NAMES[self.mode],
+            "held": self.count,
+            "in_flight": self.in_flight,
+            "held_total": self.n_held_total,
+            "released_total": self.n_released,
+            "expired_total": self.n_expired,
+            "rejected_full_total": self.n_rejected_full,
+            "rejected_body_total": self.n_rejected_body,
+            "hold_seconds_sum": self.hold_seconds_sum,
+            "hold_seconds_buckets": [(HOLD_BUCKETS[i], self.hold_buckets[i]) for i in range(14)]
+                                    + [(float("inf"), self.hold_buckets[14])],
+        }
