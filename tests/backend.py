@@ -11,7 +11,7 @@ Endpoints (by path; query parameters in brackets):
 
   /echo                     the request body, with Content-Length
   /echo-chunked [trailers]  the request body streamed back as chunked, piece by piece
-  /inspect                  JSON: method, target, version, headers as received, body
+  /inspect, /inspect/...    JSON: method, target, version, headers as received, body
                             length and sha256, chunk extensions, trailers, connection id
   /status/NNN [close, cl]   a response with that status (no body for 204/304/HEAD)
   /chunked [size, chunk, ext, trailers]   a chunked payload
@@ -659,6 +659,8 @@ ENDPOINTS = {
 def endpoint_for(path: str):
     if path.startswith("/status/"):
         return ep_status
+    if path.startswith("/inspect/"):
+        return ep_inspect
     return ENDPOINTS.get(path, ep_not_found)
 
 

@@ -55,6 +55,34 @@ def test_get_with_body_is_forwarded_with_body(proxy):
     assert info["body_sha256"] == sha256(b"query in body")
 
 
+@pytest.mark.parametrize("target", [
+    "/inspect/%2e%2e/a//b/./c?x=%2F&y=a+b&z",
+    "/inspect/../../etc/passwd",
+    "/inspect/;matrix=1/x?q=a%20b&q=%3F",
+    "/inspect?",
+    "/inspect/~user/!$&'()*+,;=:@-._",
+])
+def test_target_forwarded_byte_exact_without_normalization(proxy, target):
+    resp = proxy.get(target)
+    assert resp.status == 200, resp
+    assert resp.json()["target"] == target
+
+
+def test_all_listen_addresses_serve(proxy_factory):
+    from helpers import RawConn, free_port
+
+    ports = [free_port(), free_port()]
+    proxy = proxy_factory(top={"listen": [f"127.0.0.1:{p}" for p in ports]})
+    for port in ports:
+        with RawConn(port) as conn:
+            conn.send(build_request("GET", f"/inspect?port={port}"))
+            resp = conn.read_response()
+            assert resp.status == 200
+            assert resp.json()["target"] == f"/inspect?port={port}"
+    lines = proxy.output.snapshot()
+    assert any(str(ports[0]) in s for s in lines if s.startswith("fastpause: listening on"))
+
+
 def test_empty_lines_before_request_line_are_ignored(proxy):
     resp = proxy.request(b"\r\n\r\n" + build_request("GET", "/inspect?blank=1"))
     assert resp.status == 200

@@ -157,6 +157,15 @@ def test_close_delimited_response_rechunked_for_http11_client(proxy, conn_header
         assert conn.read_response().body == b"status 200\n"
 
 
+def test_pipelined_request_after_close_delimited_response(proxy):
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", "/close-delimited?size=70000") + build_request("GET", "/inspect?next"))
+        first = conn.read_response()
+        second = conn.read_response()
+    assert first.body == payload(70_000)
+    assert second.json()["target"] == "/inspect?next"
+
+
 def test_close_delimited_response_to_http10_client_is_raw_then_close(proxy):
     with proxy.conn() as conn:
         conn.send(b"GET /close-delimited?size=200000 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")

@@ -65,6 +65,9 @@ CASES = [
     ("chunk-data-longer-than-size", post_chunked(b"5\r\nhelloXX\r\n0\r\n\r\n"), 400, BODY),
     ("chunk-bare-lf", post_chunked(b"5\nhello\n0\n\n"), 400, BODY),
     ("chunk-size-bare-cr", post_chunked(b"5\rhello\r\n0\r\n\r\n"), 400, BODY),
+    ("trailer-without-colon", post_chunked(b"5\r\nhello\r\n0\r\nBad Trailer\r\n\r\n"), 400, BODY),
+    ("trailer-obs-fold", post_chunked(b"5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n"), 400, BODY),
+    ("trailer-nul", post_chunked(b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n"), 400, BODY),
     # --- line endings and whitespace (RFC 9112 sections 2.2, 5.1, 5.2)
     ("bare-cr-in-request-line", b"GET /inspect HTTP/1.1\rHost: example.test\r\n\r\n", 400, HEAD),
     ("bare-cr-in-header-value", get_with(b"X-A: a\rb"), 400, HEAD),

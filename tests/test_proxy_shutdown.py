@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import socket
 
-from helpers import IncompleteResponse, build_request, payload_sha256, wait_for
+from helpers import IncompleteResponse, build_request, payload, payload_sha256, wait_for
 
 
 def connection_refused(port: int) -> bool:
@@ -54,6 +54,41 @@ def test_graceful_shutdown_completes_in_flight_request(proxy, backend):
     assert busy.is_closed_by_peer()
     idle.close()
     busy.close()
+    assert_stopped_cleanly(proxy)
+
+
+def test_graceful_shutdown_completes_several_in_flight_requests(proxy, backend):
+    conns = []
+    for i in range(8):
+        conn = proxy.conn(timeout=60)
+        conn.send(build_request("POST", f"/hold?key=many{i}", body=b"x" * i))
+        conns.append(conn)
+    for i in range(8):
+        backend.wait_held(f"many{i}")
+    proxy.terminate()
+    wait_for(lambda: connection_refused(proxy.port), timeout=30,
+             what="the proxy to stop accepting connections")
+    for i, conn in enumerate(conns):
+        backend.release(f"many{i}")
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert resp.body == f"released many{i}\n".encode()
+        conn.close()
+    assert_stopped_cleanly(proxy)
+
+
+def test_graceful_shutdown_completes_request_body_upload(proxy, backend):
+    body = payload(2_000_000)
+    conn = proxy.conn(timeout=60)
+    conn.send(build_request("POST", "/echo", [("Content-Length", str(len(body)))], content_length=False))
+    conn.send(body[:1_000_000])
+    wait_for(lambda: backend.stats()["heads"] == 1, timeout=30, what="the upload to reach the backend")
+    proxy.terminate()
+    conn.send(body[1_000_000:])
+    resp = conn.read_response()
+    assert resp.status == 200
+    assert resp.body == body
+    conn.close()
     assert_stopped_cleanly(proxy)
 
 
