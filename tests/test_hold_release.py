@@ -1,0 +1,171 @@
+"""Holding and releasing requests, end to end: a backend that comes up late, pause and
+resume (in arrival order, all at once or paced), and 5,000 requests held at once.
+
+Every wait polls the proxy's admin ``GET /status`` (held count, mode) or a process's
+output against a deadline; nothing sleeps to synchronize. Arrival order at the
+backend is read from the recording backend's log (``hold_support.RecordingBackend``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from helpers import build_request, free_port, payload, payload_sha256
+
+pytest.register_assert_rewrite("hold_support")  # before it is imported
+from hold_support import cli_ok, in_thread, send_held, send_in_order  # noqa: E402
+
+pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
+
+# --------------------------------------------------------------------------- backend down
+
+
+def test_requests_wait_for_a_backend_that_comes_up_later(hold_proxy, late_backend):
+    """No upstream accepts connections: the requests are held (try_duration, default
+    30s) and the first successful connect releases the whole queue to the backend."""
+    port = free_port()
+    proxy = hold_proxy(
+        route={"try_interval": "100ms", "hold_time_header": "X-Held-Ms"},
+        upstreams=[f"127.0.0.1:{port}"],
+    )
+    pending = []
+    for i in range(3):
+        pending.append(in_thread(proxy.port, build_request("GET", f"/inspect?late={i}")))
+        entry = proxy.admin.wait_held(i + 1)
+    assert entry["mode"] == "running", entry  # held because the backend is down, not paused
+
+    backend = late_backend(port)
+    for i, p in enumerate(pending):
+        resp = p.result(timeout=60)
+        assert resp.status == 200, f"{resp!r}\n{proxy.describe()}"
+        assert resp.json()["target"] == f"/inspect?late={i}"  # answered by that backend
+        held_ms = resp.get("X-Held-Ms")
+        assert held_ms is not None and held_ms.isdigit(), resp
+    assert backend.stats()["paths"] == {"/inspect": 3}
+    proxy.admin.wait_held(0)
+
+
+def test_body_held_while_backend_down_is_replayed_exactly(hold_proxy, late_backend):
+    """A POST whose connection was refused keeps its whole body and is replayed once the
+    backend accepts connections (nothing had reached an upstream)."""
+    port = free_port()
+    proxy = hold_proxy(route={"try_interval": "100ms"}, upstreams=[f"127.0.0.1:{port}"])
+    size = 512 * 1024
+    conn = send_held(proxy, proxy.admin, build_request("POST", "/inspect", body=payload(size)), 1)
+    late_backend(port)
+    resp = conn.read_response()
+    conn.close()
+    assert resp.status == 200, resp
+    seen = resp.json()
+    assert (seen["method"], seen["body_length"], seen["body_sha256"]) == (
+        "POST",
+        size,
+        payload_sha256(size),
+    )
+
+
+# --------------------------------------------------------------------------- pause / resume
+
+
+def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold_proxy, recorder):
+    proxy = hold_proxy(upstreams=[recorder.address])
+    assert proxy.get("/warm-up").status == 200
+
+    done = cli_ok(proxy.admin, "pause", "app")
+    assert "drain" in (done.stdout + done.stderr).lower(), done  # says it drained
+    assert proxy.admin.route()["mode"] == "paused"
+
+    targets = [f"/order/{i:03d}" for i in range(500)]
+    conns = send_in_order(proxy, proxy.admin, targets)
+    assert proxy.admin.metric("fastpause_held", route="app") == 500
+    assert recorder.targets() == ["/warm-up"], "a request passed the pause"
+
+    cli_ok(proxy.admin, "resume", "app")
+    for target, conn in zip(targets, conns, strict=True):
+        resp = conn.read_response()
+        conn.close()
+        assert resp.status == 200, f"{target}: {resp!r}"
+        assert resp.body == f"recorded {target}\n".encode()
+    seen = recorder.targets()[1:]
+    assert sorted(seen) == targets, "the backend did not get each held request exactly once"
+    assert seen == targets, "held requests reached the backend out of arrival order"
+    entry = proxy.admin.wait_held(0)
+    assert entry["mode"] == "running"
+    assert proxy.admin.metric("fastpause_released_total") == 500
+
+
+def test_paced_resume_spreads_the_release(hold_proxy, recorder):
+    """``resume --rate 20``: 30 held requests cannot reach the backend faster than 20/s,
+    so their arrivals span at least (30-1)/20 s (80% allowed for clock granularity)."""
+    n, rate = 30, 20
+    proxy = hold_proxy(upstreams=[recorder.address])
+    proxy.admin.pause()
+    targets = [f"/paced/{i:02d}" for i in range(n)]
+    conns = send_in_order(proxy, proxy.admin, targets)
+
+    cli_ok(proxy.admin, "resume", "app", "--rate", str(rate))
+    for target, conn in zip(targets, conns, strict=True):
+        resp = conn.read_response()
+        conn.close()
+        assert resp.status == 200, f"{target}: {resp!r}"
+    log = recorder.log()
+    assert [e["target"] for e in log] == targets
+    span = log[-1]["t"] - log[0]["t"]
+    assert span >= 0.8 * (n - 1) / rate, (
+        f"{n} requests released at --rate {rate} reached the backend within {span:.3f}s"
+    )
+    assert proxy.admin.wait_held(0)["mode"] == "running"
+
+
+# --------------------------------------------------------------------------- 5,000 held
+
+MANY = 5000
+
+
+async def _hold_and_release_many(proxy, n: int) -> list:
+    conns = []
+    try:
+        for i in range(n):
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(build_request("GET", f"/many/{i}"))
+            conns.append((reader, writer))
+        await asyncio.to_thread(proxy.admin.wait_held, n, "app", 120.0)
+        await asyncio.to_thread(proxy.admin.resume)
+
+        async def one(i, reader):
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            length = next(
+                int(v)
+                for k, _, v in (ln.partition(":") for ln in lines[1:])
+                if k.strip().lower() == "content-length"
+            )
+            body = await reader.readexactly(length)
+            return int(lines[0].split(" ")[1]), body
+
+        return await asyncio.gather(
+            *(one(i, r) for i, (r, _) in enumerate(conns)), return_exceptions=True
+        )
+    finally:
+        for _, w in conns:
+            w.close()
+
+
+def test_5000_concurrent_held_requests_all_succeed(hold_proxy, recorder):
+    proxy = hold_proxy(upstreams=[recorder.address])
+    proxy.admin.pause(max_hold="120s")
+    started = time.monotonic()
+    results = asyncio.run(asyncio.wait_for(_hold_and_release_many(proxy, MANY), 150))
+    errors = [
+        (i, r)
+        for i, r in enumerate(results)
+        if isinstance(r, BaseException) or r != (200, f"recorded /many/{i}\n".encode())
+    ]
+    assert not errors, (
+        f"{len(errors)} of {MANY} held requests failed after "
+        f"{time.monotonic() - started:.1f}s; first: {errors[:5]}\n{proxy.describe()}"
+    )
+    assert sorted(recorder.targets()) == sorted(f"/many/{i}" for i in range(MANY))
+    assert proxy.admin.wait_held(0)["mode"] == "running"
