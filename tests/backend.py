@@ -57,7 +57,7 @@ from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from helpers import payload, payload_chunks  # noqa: E402
+from helpers import payload, payload_chunks
 
 TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -262,9 +262,18 @@ async def read_request(reader, conn_id: int, index: int) -> Request | None:
 
 
 REASONS = {
-    100: "Continue", 103: "Early Hints", 200: "OK", 201: "Created", 204: "No Content",
-    301: "Moved Permanently", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
-    500: "Internal Server Error", 503: "Service Unavailable", 504: "Gateway Timeout",
+    100: "Continue",
+    103: "Early Hints",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    304: "Not Modified",
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -282,9 +291,15 @@ def conn_headers(req: Request, keep: bool) -> list[tuple[str, str]]:
     return []
 
 
-async def respond(writer, req: Request, status: int, body: bytes = b"",
-                  headers: list[tuple[str, str]] | None = None, keep: bool = True,
-                  content_length: bool = True) -> bool:
+async def respond(
+    writer,
+    req: Request,
+    status: int,
+    body: bytes = b"",
+    headers: list[tuple[str, str]] | None = None,
+    keep: bool = True,
+    content_length: bool = True,
+) -> bool:
     keep = keep and req.keep_alive
     hs = list(headers or [])
     if content_length and status != 204:
@@ -337,8 +352,16 @@ async def ep_echo(req, reader, writer):
 
 async def ep_echo_chunked(req, reader, writer):
     keep = req.keep_alive
-    writer.write(head_bytes(200, [("Content-Type", "application/octet-stream"),
-                                  ("Transfer-Encoding", "chunked"), *conn_headers(req, keep)]))
+    writer.write(
+        head_bytes(
+            200,
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("Transfer-Encoding", "chunked"),
+                *conn_headers(req, keep),
+            ],
+        )
+    )
     h = hashlib.sha256()
     async for piece in req.chunks():
         h.update(piece)
@@ -392,12 +415,20 @@ async def ep_chunked(req, reader, writer):
     step = int(req.query.get("chunk", "100"))
     ext = ";name=value;flag" if req.query.get("ext") else ""
     keep = req.keep_alive
-    writer.write(head_bytes(200, [("Content-Type", "application/octet-stream"),
-                                  ("Transfer-Encoding", "chunked"), *conn_headers(req, keep)]))
+    writer.write(
+        head_bytes(
+            200,
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("Transfer-Encoding", "chunked"),
+                *conn_headers(req, keep),
+            ],
+        )
+    )
     if req.method != "HEAD":
         data = payload(size)
         for i in range(0, size, step):
-            piece = data[i:i + step]
+            piece = data[i : i + step]
             writer.write(f"{len(piece):x}{ext}\r\n".encode() + piece + b"\r\n")
             await writer.drain()
         trailers = ""
@@ -435,8 +466,16 @@ async def ep_download(req, reader, writer):
     await req.drain()
     size = int(req.query.get("size", "1000"))
     keep = req.keep_alive
-    writer.write(head_bytes(200, [("Content-Type", "application/octet-stream"),
-                                  ("Content-Length", str(size)), *conn_headers(req, keep)]))
+    writer.write(
+        head_bytes(
+            200,
+            [
+                ("Content-Type", "application/octet-stream"),
+                ("Content-Length", str(size)),
+                *conn_headers(req, keep),
+            ],
+        )
+    )
     if req.method != "HEAD":
         for chunk in payload_chunks(size):
             writer.write(chunk)
@@ -463,8 +502,9 @@ async def ep_hold(req, reader, writer):
     h = hold(key)
     h.arrived.set()
     if await wait_eof_or(reader, h.release):
-        return await respond(writer, req, 200, f"released {key}\n".encode(),
-                             [("Content-Type", "text/plain")])
+        return await respond(
+            writer, req, 200, f"released {key}\n".encode(), [("Content-Type", "text/plain")]
+        )
     h.closed.set()
     return False
 
@@ -499,8 +539,12 @@ async def ep_hop_response(req, reader, writer):
 async def ep_overlong(req, reader, writer):
     """A broken upstream: more bytes than its Content-Length, on a kept-alive connection."""
     await req.drain()
-    writer.write(head_bytes(200, [("Content-Length", "5")]) + b"hello"
-                 + head_bytes(200, [("Content-Length", "8")]) + b"smuggled")
+    writer.write(
+        head_bytes(200, [("Content-Length", "5")])
+        + b"hello"
+        + head_bytes(200, [("Content-Length", "8")])
+        + b"smuggled"
+    )
     await writer.drain()
     return True
 
@@ -592,8 +636,9 @@ def _stats_json() -> dict:
 
 async def ctl_stats(req, reader, writer):
     await req.drain()
-    return await respond(writer, req, 200, json.dumps(_stats_json()).encode(),
-                         [("Content-Type", "application/json")])
+    return await respond(
+        writer, req, 200, json.dumps(_stats_json()).encode(), [("Content-Type", "application/json")]
+    )
 
 
 async def ctl_release(req, reader, writer):
@@ -700,7 +745,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         STATS["parse_errors"] += 1
         print(f"backend: rejected request: {e}", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
-            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             await writer.drain()
     except (Aborted, ConnectionError, asyncio.IncompleteReadError):
         STATS["aborted"] += 1

@@ -83,7 +83,11 @@ class Process:
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL, cwd=cwd,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.output = OutputLines(self.proc.stdout)
@@ -97,7 +101,8 @@ class Process:
 
     def describe(self) -> str:
         return (
-            f"{' '.join(self.argv)}\n--- stdout ---\n" + "\n".join(self.output.snapshot())
+            f"{' '.join(self.argv)}\n--- stdout ---\n"
+            + "\n".join(self.output.snapshot())
             + f"\n--- stderr ---\n{self.stderr()}"
         )
 
@@ -141,7 +146,8 @@ class Backend(Process):
     def __init__(self, tmp: Path, name: str = "backend") -> None:
         super().__init__(
             [sys.executable, str(TESTS_DIR / "backend.py"), "--port", "0"],
-            tmp / f"{name}.stderr", tmp,
+            tmp / f"{name}.stderr",
+            tmp,
         )
         line = self.output.wait_for(lambda s: s.startswith("backend: listening on "))
         if line is None:
@@ -197,7 +203,8 @@ class Proxy(Process):
         self.config_path = config_path
         super().__init__(
             [sys.executable, "-m", "fastpause", "run", "--config", str(config_path)],
-            tmp / f"{name}.stderr", tmp,
+            tmp / f"{name}.stderr",
+            tmp,
         )
         line = self.output.wait_for(lambda s: s.startswith("fastpause: listening on http://"))
         if line is None:
@@ -255,8 +262,9 @@ def proxy_factory(backend, tmp_path):
     """
     started: list[Proxy] = []
 
-    def start(route: dict | None = None, top: dict | None = None,
-              upstreams: list[str] | None = None) -> Proxy:
+    def start(
+        route: dict | None = None, top: dict | None = None, upstreams: list[str] | None = None
+    ) -> Proxy:
         n = len(started)
         top_cfg = {"listen": [f"127.0.0.1:{free_port()}"], "shutdown_timeout": "10s"}
         top_cfg.update(top or {})

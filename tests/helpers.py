@@ -291,7 +291,9 @@ class RawConn:
                 raise ProtocolViolation(f"204 response with framing headers: {resp!r}")
         elif te:
             if cl:
-                raise ProtocolViolation(f"response has both Transfer-Encoding and Content-Length: {resp!r}")
+                raise ProtocolViolation(
+                    f"response has both Transfer-Encoding and Content-Length: {resp!r}"
+                )
             codings = [c.strip().lower() for v in te for c in v.split(",")]
             if codings[-1] != "chunked":
                 raise ProtocolViolation(f"response Transfer-Encoding not ending in chunked: {te}")

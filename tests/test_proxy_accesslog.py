@@ -12,8 +12,9 @@ CLF = re.compile(r'^(\S+) (\S+) (\S+) \[([^\]]+)\] "([^"]*)" (\d{3}) (\d+|-)$')
 
 
 def log_line(proxy, needle: str, start: int = 0) -> str:
-    line = proxy.output.wait_for(lambda s: needle in s and not s.startswith("fastpause:"),
-                                 timeout=30, start=start)
+    line = proxy.output.wait_for(
+        lambda s: needle in s and not s.startswith("fastpause:"), timeout=30, start=start
+    )
     assert line is not None, f"no access log line containing {needle!r}:\n{proxy.describe()}"
     return line
 
@@ -40,7 +41,11 @@ def test_common_format_logs_each_request_with_its_status(proxy_factory):
         for target in ("/status/404?a", "/status/503?b", "/status/204?c"):
             conn.send(build_request("GET", target))
             conn.read_response()
-    for target, status in (("/status/404?a", "404"), ("/status/503?b", "503"), ("/status/204?c", "204")):
+    for target, status in (
+        ("/status/404?a", "404"),
+        ("/status/503?b", "503"),
+        ("/status/204?c", "204"),
+    ):
         m = CLF.match(log_line(proxy, target))
         assert m, target
         assert m.group(6) == status
@@ -57,7 +62,11 @@ def test_common_format_logs_http10_and_post(proxy_factory):
 
 
 def test_proxy_errors_are_logged(proxy_factory):
-    proxy = proxy_factory(top={"access_log": "stdout"}, upstreams=[f"127.0.0.1:{free_port()}"])
+    proxy = proxy_factory(
+        top={"access_log": "stdout"},
+        route={"try_duration": "0s"},  # no holding: a refused upstream is a 502 at once
+        upstreams=[f"127.0.0.1:{free_port()}"],
+    )
     assert proxy.get("/refused-upstream").status == 502
     m = CLF.match(log_line(proxy, "/refused-upstream"))
     assert m and m.group(6) == "502"
@@ -101,7 +110,9 @@ def test_json_lines_one_per_request(proxy_factory):
             assert conn.read_response().status == 200
     log_line(proxy, "/status/200?n=9")
     records = [json.loads(s) for s in proxy.output.snapshot() if s.startswith("{")]
-    targets = [v for r in records for v in r.values() if isinstance(v, str) and v.startswith("/status/")]
+    targets = [
+        v for r in records for v in r.values() if isinstance(v, str) and v.startswith("/status/")
+    ]
     assert targets == [f"/status/200?n={i}" for i in range(10)]
 
 

@@ -70,7 +70,9 @@ def upload(proxy, head: bytes, body_pieces) -> tuple:
 def test_upload_100mb_to_slow_upstream_keeps_rss_bounded(proxy):
     baseline = warm_up(proxy)
     head = build_request(
-        "POST", "/slow-upload?delay=0.002&read=65536", [("Content-Length", str(SIZE))],
+        "POST",
+        "/slow-upload?delay=0.002&read=65536",
+        [("Content-Length", str(SIZE))],
         content_length=False,
     )
     with RssMonitor(proxy) as rss:
@@ -88,8 +90,9 @@ def test_upload_100mb_to_slow_upstream_keeps_rss_bounded(proxy):
 
 def test_chunked_upload_100mb_to_slow_upstream_keeps_rss_bounded(proxy):
     baseline = warm_up(proxy)
-    head = build_request("POST", "/slow-upload?delay=0.002&read=65536",
-                         [("Transfer-Encoding", "chunked")])
+    head = build_request(
+        "POST", "/slow-upload?delay=0.002&read=65536", [("Transfer-Encoding", "chunked")]
+    )
 
     def pieces():
         for block in payload_chunks(SIZE):

@@ -55,13 +55,16 @@ def test_get_with_body_is_forwarded_with_body(proxy):
     assert info["body_sha256"] == sha256(b"query in body")
 
 
-@pytest.mark.parametrize("target", [
-    "/inspect/%2e%2e/a//b/./c?x=%2F&y=a+b&z",
-    "/inspect/../../etc/passwd",
-    "/inspect/;matrix=1/x?q=a%20b&q=%3F",
-    "/inspect?",
-    "/inspect/~user/!$&'()*+,;=:@-._",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/inspect/%2e%2e/a//b/./c?x=%2F&y=a+b&z",
+        "/inspect/../../etc/passwd",
+        "/inspect/;matrix=1/x?q=a%20b&q=%3F",
+        "/inspect?",
+        "/inspect/~user/!$&'()*+,;=:@-._",
+    ],
+)
 def test_target_forwarded_byte_exact_without_normalization(proxy, target):
     resp = proxy.get(target)
     assert resp.status == 200, resp
@@ -135,7 +138,7 @@ def test_echo_all_byte_values(proxy):
 def test_chunked_request_body_byte_exact(proxy, pieces):
     body = payload(300_000)
     step = -(-len(body) // pieces)
-    parts = [body[i:i + step] for i in range(0, len(body), step)]
+    parts = [body[i : i + step] for i in range(0, len(body), step)]
     raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + chunked(*parts)
     resp = proxy.request(raw)
     assert resp.status == 200, resp
@@ -152,7 +155,7 @@ def test_chunked_request_sent_in_small_writes(proxy):
     )
     with proxy.conn() as conn:
         for i in range(0, len(raw), 333):
-            conn.send(raw[i:i + 333])
+            conn.send(raw[i : i + 333])
         resp = conn.read_response()
     assert resp.status == 200
     assert resp.body == body
@@ -162,7 +165,7 @@ def test_head_split_byte_by_byte(proxy):
     raw = build_request("POST", "/echo", [("X-Split", "yes")], body=b"split body")
     with proxy.conn() as conn:
         for i in range(len(raw)):
-            conn.send(raw[i:i + 1])
+            conn.send(raw[i : i + 1])
         resp = conn.read_response()
     assert resp.status == 200
     assert resp.body == b"split body"
@@ -263,4 +266,3 @@ def test_httpx_client_many_requests_mixed(client):
         assert r.content == body
     r = client.get("/status/201")
     assert r.status_code == 201
-

@@ -42,8 +42,13 @@ def assert_connection_consistent(conn: RawConn, resp, follow_status: int = 200) 
 # ----------------------------------------------------------------------------- 502
 
 
+# Holding (try_duration, 30 s by default) would keep these requests waiting for an
+# upstream; with holding off, a refused connection is answered 502 at once.
+NO_HOLD = {"try_duration": "0s"}
+
+
 def test_upstream_refused_gives_502(proxy_factory):
-    proxy = proxy_factory(upstreams=[f"127.0.0.1:{free_port()}"])
+    proxy = proxy_factory(route=NO_HOLD, upstreams=[f"127.0.0.1:{free_port()}"])
     with proxy.conn() as conn:
         conn.send(build_request("GET", "/inspect"))
         resp = conn.read_response()
@@ -52,17 +57,25 @@ def test_upstream_refused_gives_502(proxy_factory):
 
 
 def test_upstream_refused_with_body_gives_502(proxy_factory):
-    proxy = proxy_factory(upstreams=[f"127.0.0.1:{free_port()}"])
+    proxy = proxy_factory(route=NO_HOLD, upstreams=[f"127.0.0.1:{free_port()}"])
     with proxy.conn() as conn:
         conn.send(build_request("POST", "/echo", body=payload(10_000)))
         resp = conn.read_response()
         assert_error_response(resp, 502)
 
 
-@pytest.mark.parametrize("kind", [
-    "junk", "bad-status", "bad-version", "no-colon", "bad-content-length",
-    "conflicting-content-length", "nul-in-header",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "junk",
+        "bad-status",
+        "bad-version",
+        "no-colon",
+        "bad-content-length",
+        "conflicting-content-length",
+        "nul-in-header",
+    ],
+)
 def test_invalid_upstream_response_gives_502(proxy, backend, kind):
     with proxy.conn() as conn:
         conn.send(build_request("GET", f"/garbage?kind={kind}"))
@@ -109,8 +122,11 @@ def test_upstream_body_timeout_cuts_client(proxy_factory, backend):
             conn.read_response()
     assert info.value.status == 200
     assert info.value.body == payload(20000)[: len(info.value.body)]
-    wait_for(lambda: backend.stats()["open_connections"] == 0, timeout=30,
-             what="the proxy to drop the stalled upstream connection")
+    wait_for(
+        lambda: backend.stats()["open_connections"] == 0,
+        timeout=30,
+        what="the proxy to drop the stalled upstream connection",
+    )
 
 
 def test_upstream_reset_after_interim_response_gives_502(proxy):
@@ -162,8 +178,11 @@ def test_response_header_timeout_gives_504(proxy_factory, backend):
         assert_error_response(resp, 504)
         assert_connection_consistent(conn, resp)
     # the upstream connection that never answered is discarded, not pooled
-    wait_for(lambda: backend.stats()["open_connections"] <= 1, timeout=30,
-             what="the proxy to close the timed-out upstream connection")
+    wait_for(
+        lambda: backend.stats()["open_connections"] <= 1,
+        timeout=30,
+        what="the proxy to close the timed-out upstream connection",
+    )
     assert backend.stats()["paths"].get("/no-response") == 1
     assert proxy.get("/status/200").status == 200
 
@@ -172,9 +191,11 @@ def test_response_header_timeout_starts_after_request_is_sent(proxy_factory):
     """A slow upload is not a slow upstream: the upstream answers as soon as the body is
     complete, which is long after response_header_timeout measured from the start."""
     proxy = proxy_factory(route={"response_header_timeout": "2s"})
-    pieces = [payload(50_000)[i:i + 5000] for i in range(0, 50_000, 5000)]
+    pieces = [payload(50_000)[i : i + 5000] for i in range(0, 50_000, 5000)]
     with proxy.conn(timeout=60) as conn:
-        conn.send(build_request("POST", "/inspect", [("Content-Length", "50000")], content_length=False))
+        conn.send(
+            build_request("POST", "/inspect", [("Content-Length", "50000")], content_length=False)
+        )
         for piece in pieces:
             conn.send(piece)
             time.sleep(0.4)  # the workload: a slowly-sending client (4 s in all)
@@ -293,7 +314,9 @@ def test_client_head_timeout_closes_connection(proxy_factory, backend):
 def test_client_body_timeout_closes_connection(proxy_factory, backend):
     proxy = proxy_factory(top={"client_body_timeout": "1s"})
     with proxy.conn() as conn:
-        conn.send(b"POST /echo HTTP/1.1\r\nHost: example.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        conn.send(
+            b"POST /echo HTTP/1.1\r\nHost: example.test\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
         _closed_with_optional(conn, 408)
     assert backend.stats()["completed"] == 0
     assert proxy.get("/status/200").status == 200
@@ -304,13 +327,17 @@ def test_send_timeout_drops_client_that_stops_reading(proxy_factory, backend):
     conn = proxy.conn()
     try:
         conn.send(build_request("GET", "/download?size=200000000"))
+
         # the client reads nothing; the proxy gives up on it and frees the upstream side
         def upstream_dropped():
             stats = backend.stats()
             return stats["paths"].get("/download") == 1 and stats["open_connections"] == 0
 
-        wait_for(upstream_dropped, timeout=60,
-                 what="the proxy to drop the download of a client that stopped reading")
+        wait_for(
+            upstream_dropped,
+            timeout=60,
+            what="the proxy to drop the download of a client that stopped reading",
+        )
         with pytest.raises(IncompleteResponse):
             conn.read_response()
     finally:
@@ -344,7 +371,9 @@ def test_client_leaving_mid_download_leaves_proxy_healthy(proxy):
 
 def test_client_leaving_mid_upload_leaves_proxy_healthy(proxy, backend):
     conn = proxy.conn()
-    conn.send(build_request("POST", "/echo", [("Content-Length", "10000000")], content_length=False))
+    conn.send(
+        build_request("POST", "/echo", [("Content-Length", "10000000")], content_length=False)
+    )
     conn.send(payload(100_000))
     conn.close()
     resp = proxy.post("/echo", b"after")

@@ -74,7 +74,7 @@ def test_chunked_request_with_extensions_and_trailers(proxy):
         "POST", "/inspect", [("Transfer-Encoding", "chunked"), ("Trailer", "X-Checksum")]
     ) + (
         b"5;name=value\r\nhello\r\n"
-        b"1;a;b=\"quoted;\\\"str\"\r\n \r\n"
+        b'1;a;b="quoted;\\"str"\r\n \r\n'
         b"5 ; ws=1\r\nworld\r\n"
         b"0;last=1\r\nX-Checksum: abc123\r\nX-Other: two\r\n\r\n"
     )
@@ -112,7 +112,9 @@ def test_empty_chunked_request_body(proxy):
 
 
 def test_chunked_response_with_extensions_and_trailers(proxy):
-    raw = build_request("GET", "/chunked?size=10000&chunk=999&ext=1&trailers=1", [("TE", "trailers")])
+    raw = build_request(
+        "GET", "/chunked?size=10000&chunk=999&ext=1&trailers=1", [("TE", "trailers")]
+    )
     resp = proxy.request(raw)
     assert resp.status == 200
     assert resp.framing == "chunked"
@@ -159,7 +161,10 @@ def test_close_delimited_response_rechunked_for_http11_client(proxy, conn_header
 
 def test_pipelined_request_after_close_delimited_response(proxy):
     with proxy.conn() as conn:
-        conn.send(build_request("GET", "/close-delimited?size=70000") + build_request("GET", "/inspect?next"))
+        conn.send(
+            build_request("GET", "/close-delimited?size=70000")
+            + build_request("GET", "/inspect?next")
+        )
         first = conn.read_response()
         second = conn.read_response()
     assert first.body == payload(70_000)
@@ -237,7 +242,9 @@ def test_expect_100_continue_answered_by_proxy(proxy, backend):
 
 
 def test_expect_100_continue_with_chunked_body(proxy):
-    head = build_request("PUT", "/echo", [("Expect", "100-continue"), ("Transfer-Encoding", "chunked")])
+    head = build_request(
+        "PUT", "/echo", [("Expect", "100-continue"), ("Transfer-Encoding", "chunked")]
+    )
     with proxy.conn() as conn:
         conn.send(head)
         assert conn.read_interim().status == 100

@@ -28,16 +28,19 @@ def assert_upstream_connection_header_ok(headers):
 
 
 def test_hop_by_hop_request_headers_removed(proxy):
-    resp = proxy.get("/inspect", [
-        ("Connection", "keep-alive, X-Custom-Hop, x-other-hop"),
-        ("X-Custom-Hop", "secret"),
-        ("X-Other-Hop", "secret2"),
-        ("Keep-Alive", "timeout=5"),
-        ("Proxy-Connection", "keep-alive"),
-        ("TE", "gzip"),
-        ("Upgrade", "websocket"),
-        ("X-End-To-End", "yes"),
-    ])
+    resp = proxy.get(
+        "/inspect",
+        [
+            ("Connection", "keep-alive, X-Custom-Hop, x-other-hop"),
+            ("X-Custom-Hop", "secret"),
+            ("X-Other-Hop", "secret2"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "gzip"),
+            ("Upgrade", "websocket"),
+            ("X-End-To-End", "yes"),
+        ],
+    )
     headers = upstream_headers(resp)
     present = names(headers)
     for hop in ("x-custom-hop", "x-other-hop", "keep-alive", "proxy-connection", "te", "upgrade"):
@@ -47,13 +50,16 @@ def test_hop_by_hop_request_headers_removed(proxy):
 
 
 def test_connection_header_split_over_several_lines(proxy):
-    resp = proxy.get("/inspect", [
-        ("Connection", "X-A"),
-        ("Connection", "X-B"),
-        ("X-A", "1"),
-        ("X-B", "2"),
-        ("X-C", "3"),
-    ])
+    resp = proxy.get(
+        "/inspect",
+        [
+            ("Connection", "X-A"),
+            ("Connection", "X-B"),
+            ("X-A", "1"),
+            ("X-B", "2"),
+            ("X-C", "3"),
+        ],
+    )
     headers = upstream_headers(resp)
     assert "x-a" not in names(headers) and "x-b" not in names(headers)
     assert values(headers, "x-c") == ["3"]
@@ -66,7 +72,10 @@ def test_te_trailers_is_kept(proxy):
 
 
 def test_transfer_encoding_not_forwarded_as_received(proxy):
-    raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + b"3\r\nabc\r\n0\r\n\r\n"
+    raw = (
+        build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")])
+        + b"3\r\nabc\r\n0\r\n\r\n"
+    )
     headers = upstream_headers(proxy.request(raw))
     # whatever framing the proxy chose, there is exactly one and it is valid
     te = values(headers, "transfer-encoding")
@@ -97,20 +106,30 @@ def test_x_forwarded_for_appended_to_existing(proxy):
 
 
 def test_x_forwarded_for_appended_to_several_existing_lines(proxy):
-    headers = upstream_headers(proxy.get("/inspect", [
-        ("X-Forwarded-For", "203.0.113.7"),
-        ("X-Forwarded-For", "198.51.100.1, 198.51.100.2"),
-    ]))
+    headers = upstream_headers(
+        proxy.get(
+            "/inspect",
+            [
+                ("X-Forwarded-For", "203.0.113.7"),
+                ("X-Forwarded-For", "198.51.100.1, 198.51.100.2"),
+            ],
+        )
+    )
     assert ", ".join(values(headers, "x-forwarded-for")) == (
         "203.0.113.7, 198.51.100.1, 198.51.100.2, 127.0.0.1"
     )
 
 
 def test_x_forwarded_proto_and_host_set(proxy):
-    headers = upstream_headers(proxy.get("/inspect", [
-        ("X-Forwarded-Proto", "https"),  # a client cannot claim https on a plain listener
-        ("X-Forwarded-Host", "evil.example"),
-    ]))
+    headers = upstream_headers(
+        proxy.get(
+            "/inspect",
+            [
+                ("X-Forwarded-Proto", "https"),  # a client cannot claim https on a plain listener
+                ("X-Forwarded-Host", "evil.example"),
+            ],
+        )
+    )
     assert values(headers, "x-forwarded-proto") == ["http"]
     assert values(headers, "x-forwarded-host") == ["example.test"]
 
@@ -139,7 +158,9 @@ def test_absolute_form_target_forwarded_as_origin_form(proxy):
     assert values(info["headers"], "host") == ["abs.example"]
 
 
-UUIDISH = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+UUIDISH = re.compile(
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+)
 
 
 def test_request_id_added_when_enabled(proxy_factory):
@@ -200,4 +221,3 @@ def test_large_but_allowed_head(proxy):
     big = "v" * 20000
     headers = upstream_headers(proxy.get("/inspect", [("X-Big", big)]))
     assert values(headers, "x-big") == [big]
-

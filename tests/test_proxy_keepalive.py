@@ -85,10 +85,8 @@ def test_http10_client_without_keepalive_gets_response_then_close(proxy, backend
 def test_http10_client_with_keepalive(proxy):
     with proxy.conn() as conn:
         for i in range(3):
-            conn.send(
-                f"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {i}\r\n\r\n"
-                .encode() + b"z" * i
-            )
+            head = f"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: {i}\r\n"
+            conn.send(head.encode() + b"\r\n" + b"z" * i)
             resp = conn.read_response()
             assert resp.status == 200
             assert resp.body == b"z" * i
@@ -154,7 +152,8 @@ def test_200_pipelined_requests_in_one_write(proxy, backend):
 def test_pipelined_posts_with_bodies_in_one_write(proxy):
     bodies = [payload(i * 3001) for i in range(40)]
     raw = b"".join(
-        build_request("POST", f"/echo?n={i}", body=b, content_length=True) for i, b in enumerate(bodies)
+        build_request("POST", f"/echo?n={i}", body=b, content_length=True)
+        for i, b in enumerate(bodies)
     )
     with proxy.conn() as conn:
         conn.send(raw)
@@ -166,7 +165,9 @@ def test_pipelined_posts_with_bodies_in_one_write(proxy):
 
 def test_pipelined_head_and_get(proxy):
     with proxy.conn() as conn:
-        conn.send(build_request("HEAD", "/download?size=1000") + build_request("GET", "/download?size=10"))
+        conn.send(
+            build_request("HEAD", "/download?size=1000") + build_request("GET", "/download?size=10")
+        )
         r1 = conn.read_response("HEAD")
         r2 = conn.read_response()
     assert r1.status == 200 and r1.get("content-length") == "1000" and r1.body == b""
@@ -225,8 +226,11 @@ def test_client_keepalive_timeout_closes_idle_connection(proxy_factory):
 def test_upstream_keepalive_timeout_closes_idle_upstream(proxy_factory, backend):
     proxy = proxy_factory(route={"upstream_keepalive_timeout": "1s"})
     assert proxy.get("/status/200").status == 200
-    wait_for(lambda: backend.stats()["open_connections"] == 0, timeout=30,
-             what="the proxy to close its idle upstream connection")
+    wait_for(
+        lambda: backend.stats()["open_connections"] == 0,
+        timeout=30,
+        what="the proxy to close its idle upstream connection",
+    )
     assert proxy.get("/status/200").status == 200
 
 
@@ -236,15 +240,23 @@ def _worker(port: int, worker: int, n: int) -> list[str]:
         for i in range(n):
             body = payload((worker * 7919 + i * 104729) % 200_000)
             if i % 2:
-                conn.send(build_request("POST", f"/echo?w={worker}&i={i}", body=body, content_length=True))
+                conn.send(
+                    build_request("POST", f"/echo?w={worker}&i={i}", body=body, content_length=True)
+                )
                 resp = conn.read_response()
                 if resp.status != 200 or resp.body != body:
                     errors.append(f"worker {worker} request {i}: {resp!r}")
             else:
-                conn.send(build_request("PUT", f"/inspect?w={worker}&i={i}", body=body, content_length=True))
+                conn.send(
+                    build_request(
+                        "PUT", f"/inspect?w={worker}&i={i}", body=body, content_length=True
+                    )
+                )
                 resp = conn.read_response()
                 info = resp.json()
-                if info["target"] != f"/inspect?w={worker}&i={i}" or info["body_sha256"] != sha256(body):
+                if info["target"] != f"/inspect?w={worker}&i={i}" or info["body_sha256"] != sha256(
+                    body
+                ):
                     errors.append(f"worker {worker} request {i}: {info!r}")
     return errors
 

@@ -34,12 +34,13 @@ def request_line(line: bytes) -> bytes:
     return line + b"\r\n" + H + b"\r\n"
 
 
+# fmt: off
 CASES = [
     # --- message framing (RFC 9112 section 6)
     ("cl-and-te", b"POST /echo HTTP/1.1\r\n" + H
-     + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400, HEAD),
+     + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400, HEAD),  # noqa: E501
     ("te-and-cl", b"POST /echo HTTP/1.1\r\n" + H
-     + b"Transfer-Encoding: chunked\r\nContent-Length: 15\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400, HEAD),
+     + b"Transfer-Encoding: chunked\r\nContent-Length: 15\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400, HEAD),  # noqa: E501
     ("cl-duplicate-different", b"POST /echo HTTP/1.1\r\n" + H
      + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, HEAD),
     ("cl-list-different", post_cl(b"5, 6", b"hello!"), 400, HEAD),
@@ -58,7 +59,7 @@ CASES = [
      + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400, HEAD),
     # --- chunked body
     ("chunk-size-not-hex", post_chunked(b"zz\r\nhello\r\n0\r\n\r\n"), 400, BODY),
-    ("chunk-size-overflow-17-digits", post_chunked(b"10000000000000000\r\nhello\r\n0\r\n\r\n"), 400, BODY),
+    ("chunk-size-overflow-17-digits", post_chunked(b"10000000000000000\r\nhello\r\n0\r\n\r\n"), 400, BODY),  # noqa: E501
     ("chunk-size-negative", post_chunked(b"-5\r\nhello\r\n0\r\n\r\n"), 400, BODY),
     ("chunk-size-empty", post_chunked(b"\r\nhello\r\n0\r\n\r\n"), 400, BODY),
     ("chunk-size-0x-prefix", post_chunked(b"0x5\r\nhello\r\n0\r\n\r\n"), 400, BODY),
@@ -75,7 +76,7 @@ CASES = [
     ("bare-lf-mixed", b"GET /inspect HTTP/1.1\r\nHost: example.test\nX-A: b\r\n\r\n", 400, HEAD),
     ("obs-fold-space", get_with(b"X-A: a", b" folded"), 400, HEAD),
     ("obs-fold-tab", get_with(b"X-A: a", b"\tfolded"), 400, HEAD),
-    ("whitespace-before-first-header", b"GET /inspect HTTP/1.1\r\n Host: example.test\r\n\r\n", 400, HEAD),
+    ("whitespace-before-first-header", b"GET /inspect HTTP/1.1\r\n Host: example.test\r\n\r\n", 400, HEAD),  # noqa: E501
     ("space-before-colon", b"GET /inspect HTTP/1.1\r\nHost : example.test\r\n\r\n", 400, HEAD),
     ("tab-before-colon", get_with(b"X-A\t: b"), 400, HEAD),
     # --- header field syntax
@@ -108,7 +109,7 @@ CASES = [
     ("http09-request-line", b"GET /inspect\r\n\r\n", 400, HEAD),
     ("garbage-target", request_line(b"GET foo HTTP/1.1"), 400, HEAD),
     ("asterisk-target-with-get", request_line(b"GET * HTTP/1.1"), 400, HEAD),
-    ("binary-garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", 400, HEAD),
+    ("binary-garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", 400, HEAD),  # noqa: E501
     # --- versions
     ("version-lowercase", request_line(b"GET /inspect http/1.1"), 400, HEAD),
     ("version-no-minor", request_line(b"GET /inspect HTTP/1"), 400, HEAD),
@@ -122,16 +123,19 @@ CASES = [
     ("connect", b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", 405, HEAD),
     # --- limits (defaults: 32 KiB head, 100 headers, 8 KiB URI)
     ("oversized-head", get_with(b"X-Big: " + b"b" * 40000), 431, HEAD),
-    ("oversized-head-many-lines", get_with(*(b"X-P%d: " % i + b"p" * 1000 for i in range(40))), 431, HEAD),
+    ("oversized-head-many-lines", get_with(*(b"X-P%d: " % i + b"p" * 1000 for i in range(40))), 431, HEAD),  # noqa: E501
     ("too-many-headers", get_with(*(b"X-N%d: v" % i for i in range(100))), 431, HEAD),
     ("long-uri", request_line(b"GET /inspect?q=" + b"u" * 9000 + b" HTTP/1.1"), 414, HEAD),
 ]
+# fmt: on
 
 assert len(CASES) >= 30
 assert len({c[0] for c in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("raw", "status", "kind"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("raw", "status", "kind"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_malformed_request_rejected(proxy, backend, raw, status, kind):
     with RawConn(proxy.port) as conn:
         conn.send(raw)
@@ -155,7 +159,9 @@ def test_malformed_request_after_good_one_on_same_connection(proxy, backend):
     with RawConn(proxy.port) as conn:
         conn.send(get_with())
         assert conn.read_response().status == 200
-        conn.send(b"GET /inspect HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab")
+        conn.send(
+            b"GET /inspect HTTP/1.1\r\n" + H + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+        )
         resp = conn.read_response()
         assert resp.status == 400
         assert resp.closes
@@ -168,8 +174,13 @@ def test_smuggling_attempt_is_not_forwarded(proxy, backend):
     request at the backend."""
     smuggled = b"GET /status/200?smuggled=1 HTTP/1.1\r\n" + H + b"\r\n"
     body = b"0\r\n\r\n" + smuggled
-    raw = (b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n" % len(body)
-           + b"Transfer-Encoding: chunked\r\n\r\n" + body)
+    raw = (
+        b"POST /echo HTTP/1.1\r\n"
+        + H
+        + b"Content-Length: %d\r\n" % len(body)
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + body
+    )
     with RawConn(proxy.port) as conn:
         conn.send(raw)
         resp = conn.read_response()

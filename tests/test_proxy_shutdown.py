@@ -41,8 +41,11 @@ def test_graceful_shutdown_completes_in_flight_request(proxy, backend):
     backend.wait_held("inflight")
 
     proxy.terminate()
-    wait_for(lambda: connection_refused(proxy.port), timeout=30,
-             what="the proxy to stop accepting connections")
+    wait_for(
+        lambda: connection_refused(proxy.port),
+        timeout=30,
+        what="the proxy to stop accepting connections",
+    )
     assert idle.is_closed_by_peer(), "idle keep-alive connection not closed at shutdown"
     assert proxy.proc.poll() is None, "the proxy exited with a request in flight"
 
@@ -66,8 +69,11 @@ def test_graceful_shutdown_completes_several_in_flight_requests(proxy, backend):
     for i in range(8):
         backend.wait_held(f"many{i}")
     proxy.terminate()
-    wait_for(lambda: connection_refused(proxy.port), timeout=30,
-             what="the proxy to stop accepting connections")
+    wait_for(
+        lambda: connection_refused(proxy.port),
+        timeout=30,
+        what="the proxy to stop accepting connections",
+    )
     for i, conn in enumerate(conns):
         backend.release(f"many{i}")
         resp = conn.read_response()
@@ -80,9 +86,13 @@ def test_graceful_shutdown_completes_several_in_flight_requests(proxy, backend):
 def test_graceful_shutdown_completes_request_body_upload(proxy, backend):
     body = payload(2_000_000)
     conn = proxy.conn(timeout=60)
-    conn.send(build_request("POST", "/echo", [("Content-Length", str(len(body)))], content_length=False))
+    conn.send(
+        build_request("POST", "/echo", [("Content-Length", str(len(body)))], content_length=False)
+    )
     conn.send(body[:1_000_000])
-    wait_for(lambda: backend.stats()["heads"] == 1, timeout=30, what="the upload to reach the backend")
+    wait_for(
+        lambda: backend.stats()["heads"] == 1, timeout=30, what="the upload to reach the backend"
+    )
     proxy.terminate()
     conn.send(body[1_000_000:])
     resp = conn.read_response()
