@@ -97,6 +97,25 @@ def test_chunked_request_uppercase_hex_and_leading_zeros(proxy):
     assert resp.body == body
 
 
+def test_chunk_size_with_sixteen_hex_digits_is_valid(proxy):
+    raw = build_request("POST", "/echo", [("Transfer-Encoding", "chunked")]) + (
+        b"000000000000000a\r\n0123456789\r\n0\r\n\r\n"
+    )
+    resp = proxy.request(raw)
+    assert resp.status == 200, resp
+    assert resp.body == b"0123456789"
+
+
+def test_many_one_byte_chunks(proxy):
+    body = payload(20_000)
+    raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + chunked(
+        *(body[i : i + 1] for i in range(len(body)))
+    )
+    resp = proxy.request(raw)
+    assert resp.status == 200, resp
+    assert resp.json()["body_sha256"] == sha256(body)
+
+
 def test_transfer_encoding_is_case_insensitive(proxy):
     raw = build_request("POST", "/echo", [("Transfer-Encoding", "Chunked")]) + chunked(b"abc")
     resp = proxy.request(raw)
@@ -239,6 +258,16 @@ def test_expect_100_continue_answered_by_proxy(proxy, backend):
     assert info["body_length"] == len(body)
     assert info["body_sha256"] == sha256(body)
     assert "expect" not in {k.lower() for k, _ in info["headers"]}
+
+
+def test_expect_100_continue_from_http10_client_gets_no_interim(proxy):
+    raw = b"POST /echo HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody"
+    with proxy.conn() as conn:
+        conn.send(raw)
+        resp = conn.read_response()
+    assert resp.interim == []
+    assert resp.status == 200
+    assert resp.body == b"body"
 
 
 def test_expect_100_continue_with_chunked_body(proxy):
