@@ -1,20 +1,43 @@
-"""The ``fastpause`` command: ``run``, ``validate`` and ``version``.
+"""The ``fastpause`` command: ``run``, ``validate``, ``version`` and the admin
+commands ``pause``, ``resume``, ``stop``, ``start`` and ``status``.
 
-Exit status: 0 success, 1 the proxy could not start or run (port in use), 2 the
-user asked for something invalid (bad config, bad options). User errors are
-one clear line on stderr, never a traceback.
+Exit status: 0 success, 1 the proxy could not start or run (port in use), or an
+admin command failed (no proxy answering, an unknown route), 2 the user asked
+for something invalid (bad config, bad options). Errors are one clear line on
+stderr, never a traceback.
 """
 
 import argparse
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import quote
 
 from fastpause import __version__
-from fastpause.config import ConfigError, default_config, load, quick_config
+from fastpause.admin import DEFAULT_DRAIN_TIMEOUT
+from fastpause.admin_client import AdminClient, AdminRefused, AdminUnavailable
+from fastpause.config import (
+    AdminAddress,
+    ConfigError,
+    default_admin_address,
+    default_config,
+    load,
+    parse_admin_address,
+    quick_config,
+    with_admin,
+)
 from fastpause.router import build_table
 from fastpause.server import Server
+from fastpause.units import parse_duration, parse_whole_seconds
 
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
+ADMIN_ENV = "FASTPAUSE_ADMIN"
+TOKEN_ENV = "FASTPAUSE_ADMIN_TOKEN"
+# How much longer than the drain timeout ``pause`` waits for the proxy's answer.
+ANSWER_MARGIN = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_USAGE
+    except (AdminUnavailable, AdminRefused) as error:
+        print(f"fastpause: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return 130
 
@@ -59,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="upstream to forward to (repeatable; default 127.0.0.1:8003)",
     )
+    run.add_argument(
+        "--admin",
+        metavar="ADDR",
+        help="admin API address: unix:PATH, HOST:PORT or off (overrides the config file)",
+    )
     run.set_defaults(handler=_run, subparser=run)
 
     validate = commands.add_parser(
@@ -69,7 +100,90 @@ def _parser() -> argparse.ArgumentParser:
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=_version)
+    _add_admin_commands(commands)
     return parser
+
+
+def _add_admin_commands(commands: Any) -> None:
+    """``pause``, ``resume``, ``stop``, ``start`` and ``status``: requests to a running proxy."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument(
+        "--admin",
+        metavar="ADDR",
+        help=f"admin API of the proxy: unix:PATH or HOST:PORT (default: ${ADMIN_ENV}, "
+        f"else {default_admin_address()})",
+    )
+    connection.add_argument("--token", metavar="TOKEN", help=f"admin token (default: ${TOKEN_ENV})")
+
+    pause = commands.add_parser(
+        "pause",
+        parents=[connection],
+        help="hold a route's new requests",
+        description="Hold new requests of ROUTE and wait until its in-flight requests finish.",
+    )
+    pause.add_argument("route", metavar="ROUTE")
+    pause.add_argument(
+        "--max-hold",
+        metavar="DURATION",
+        type=_duration_option(allow_zero=False),
+        help="answer 503 to a request held longer than this (default 30s)",
+    )
+    pause.add_argument(
+        "--drain-timeout",
+        metavar="DURATION",
+        type=_duration_option(allow_zero=True),
+        help="wait at most this long for in-flight requests (default 30s)",
+    )
+    pause.set_defaults(handler=_pause)
+
+    resume = commands.add_parser(
+        "resume",
+        parents=[connection],
+        help="release a paused route's held requests",
+        description="Release the held requests of ROUTE in arrival order and serve normally.",
+    )
+    resume.add_argument("route", metavar="ROUTE")
+    resume.add_argument(
+        "--rate",
+        metavar="N",
+        type=_rate_option,
+        help="release N held requests per second (default: all at once)",
+    )
+    resume.set_defaults(handler=_resume)
+
+    stop = commands.add_parser(
+        "stop",
+        parents=[connection],
+        help="answer a route's requests with 503 (maintenance)",
+        description="Answer held and new requests of ROUTE with 503 until 'start'.",
+    )
+    stop.add_argument("route", metavar="ROUTE")
+    stop.add_argument("--message", metavar="TEXT", help="text of the 503 answer")
+    stop.add_argument(
+        "--retry-after",
+        metavar="DURATION",
+        type=_whole_seconds_option,
+        help="Retry-After of the 503 answer (default: the route's retry_after)",
+    )
+    stop.set_defaults(handler=_stop)
+
+    start = commands.add_parser(
+        "start",
+        parents=[connection],
+        help="serve a stopped or paused route again",
+        description="Serve ROUTE normally again; held requests are released.",
+    )
+    start.add_argument("route", metavar="ROUTE")
+    start.set_defaults(handler=_start)
+
+    status = commands.add_parser(
+        "status",
+        parents=[connection],
+        help="show the routes of a running proxy",
+        description="Show each route's mode, held and in-flight requests and upstreams.",
+    )
+    status.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    status.set_defaults(handler=_status)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -85,6 +199,8 @@ def _run(args: argparse.Namespace) -> int:
         config = quick_config(args.listen, args.to)
     else:
         config = default_config()
+    if args.admin is not None:
+        config = with_admin(config, args.admin)
     return Server(config).run()
 
 
@@ -101,6 +217,164 @@ def _version(args: argparse.Namespace) -> int:
     """Also available as ``--version``, for scripts that expect either."""
     print(f"fastpause {__version__}")
     return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    """Pause, and say whether the route drained: a deploy script proceeds on it."""
+    body: dict[str, Any] = {}
+    if args.max_hold is not None:
+        body["max_hold"] = args.max_hold
+    if args.drain_timeout is not None:
+        body["drain_timeout"] = args.drain_timeout
+    drain = parse_duration(args.drain_timeout) if args.drain_timeout else DEFAULT_DRAIN_TIMEOUT
+    outcome = _client(args).post(_action(args.route, "pause"), body, drain + ANSWER_MARGIN)
+    if outcome["drained"]:
+        print(f"{args.route}: paused; drained, {outcome['in_flight']} in flight")
+    else:
+        waited = f"{outcome['waited_seconds']:.3g}s"
+        print(f"{args.route}: paused; {outcome['in_flight']} still in flight after {waited}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    body = {} if args.rate is None else {"rate": args.rate}
+    outcome = _client(args).post(_action(args.route, "resume"), body)
+    held = _count(outcome["released"], "held request")
+    if outcome["rate"] is None:
+        print(f"{args.route}: resumed; released {held}")
+    else:
+        print(f"{args.route}: resumed; releasing {held} at {outcome['rate']:g}/s")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.message is not None:
+        body["message"] = args.message
+    if args.retry_after is not None:
+        body["retry_after"] = args.retry_after
+    outcome = _client(args).post(_action(args.route, "stop"), body)
+    held = _count(outcome["answered"], "held request")
+    print(f"{args.route}: stopped; answered {held} with 503")
+    return 0
+
+
+def _start(args: argparse.Namespace) -> int:
+    _client(args).post(_action(args.route, "start"))
+    print(f"{args.route}: started")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _client(args).get("/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(_status_text(status))
+    return 0
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    """A summary line, then one table row per route."""
+    listeners = ", ".join(status["listeners"]) or "nothing"
+    summary = (
+        f"fastpause {status['version']} (pid {status['pid']}), "
+        f"up {_age(status['uptime_seconds'])}, listening on {listeners}"
+    )
+    rows = [["ROUTE", "MODE", "HELD", "OLDEST HELD", "IN FLIGHT", "UPSTREAMS"]]
+    for route in status["routes"]:
+        age = route["oldest_held_age_seconds"]
+        rows.append(
+            [
+                route["name"],
+                route["mode"],
+                str(route["held"]),
+                "-" if age is None else _age(age),
+                str(route["in_flight"]),
+                ", ".join(upstream["address"] for upstream in route["upstreams"]),
+            ]
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    return "\n".join([summary, "", *(line.rstrip() for line in lines)])
+
+
+def _age(seconds: float) -> str:
+    """``0.4s``, ``12s``, ``3m05s``, ``2h01m``: precise when short, short when long."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    """The admin API named by --admin, $FASTPAUSE_ADMIN or the default socket."""
+    return AdminClient(_admin_address(args.admin), args.token or os.environ.get(TOKEN_ENV))
+
+
+def _admin_address(option: str | None) -> AdminAddress:
+    """The admin address from the option, else the environment, else the default."""
+    if option is not None:
+        return _parse_admin(option, "command line", "--admin")
+    if os.environ.get(ADMIN_ENV):
+        return _parse_admin(os.environ[ADMIN_ENV], "environment", ADMIN_ENV)
+    return default_admin_address()
+
+
+def _parse_admin(text: str, source: str, where: str) -> AdminAddress:
+    """A client needs a real address: errors name the option or variable it came from."""
+    try:
+        address = parse_admin_address(text)
+    except ValueError as error:
+        raise ConfigError(source, where, str(error)) from None
+    if address is None:
+        raise ConfigError(source, where, "'off' names no proxy: give unix:PATH or HOST:PORT")
+    return address
+
+
+def _action(route: str, action: str) -> str:
+    """``/routes/ROUTE/ACTION``; the name is quoted so a stray '/' cannot change the path."""
+    return f"/routes/{quote(route, safe='')}/{action}"
+
+
+def _duration_option(*, allow_zero: bool) -> Callable[[str], str]:
+    """Check a duration option as the proxy would, so a typo is a usage error (exit 2)."""
+
+    def check(text: str) -> str:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if seconds == 0 and not allow_zero:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be greater than 0")
+        return text
+
+    return check
+
+
+def _rate_option(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: expected a number") from None
+    if not 0 < rate < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: must be greater than 0")
+    return rate
+
+
+def _whole_seconds_option(text: str) -> str:
+    try:
+        parse_whole_seconds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _count(number: int, noun: str) -> str:

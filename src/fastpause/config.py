@@ -8,15 +8,16 @@ half-understood config fails later, under traffic, far from the typo.
 
 import difflib
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import Any, Literal
 
-from fastpause.units import describe, parse_duration, parse_size
+from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 
 AccessLogFormat = Literal["common", "json"]
 # Turns one TOML value into a config value, or raises ValueError saying what is wrong.
@@ -48,6 +49,20 @@ class Address:
 
 
 @dataclass(frozen=True)
+class UnixAddress:
+    """A Unix socket path, written ``unix:/path.sock`` in the config and on the command line."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+# Where the admin API listens: a Unix socket, a TCP endpoint, or None (off).
+AdminAddress = UnixAddress | Address
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     """One ``[[routes]]`` table: where requests go and the limits on the way."""
 
@@ -61,6 +76,25 @@ class RouteConfig:
     upstream_body_timeout: float = 60.0
     upstream_keepalive: int = 64
     upstream_keepalive_timeout: float = 60.0
+    try_duration: float = 30.0
+    try_interval: float = 0.25
+    max_held: int = 10_000
+    max_held_body: int = 1 << 20
+    health_path: str | None = None
+    hold_time_header: str | None = None
+    retry_after: int = 5
+
+
+def default_admin_address() -> UnixAddress:
+    """The admin socket both ``fastpause run`` and the admin commands use unless told.
+
+    ``$XDG_RUNTIME_DIR`` is private to the user; the ``/tmp`` fallback carries the
+    uid so two users on one host do not collide.
+    """
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir:
+        return UnixAddress(os.path.join(runtime_dir, "fastpause.sock"))
+    return UnixAddress(f"/tmp/fastpause-{os.getuid()}.sock")
 
 
 @dataclass(frozen=True)
@@ -79,6 +113,9 @@ class Config:
     shutdown_timeout: float = 10.0
     access_log: str | None = None
     access_log_format: AccessLogFormat = "common"
+    max_held_bytes: int = 256 << 20
+    admin: AdminAddress | None = field(default_factory=default_admin_address)
+    admin_token: str | None = None
     source: str | None = field(default=None, compare=False)
 
 
@@ -93,6 +130,19 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # What may follow "Host:" on the wire: a uri-host with an optional port, nothing
 # that could end the header line or smuggle a second one.
 _HOST_HEADER = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+")
+# An origin-form path (RFC 3986 pchars and "/"), no query: the data plane compares
+# it byte for byte with the request path.
+_PATH = re.compile(r"/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Response headers the proxy itself frames the response with: a header added
+# under one of these names would corrupt the response.
+_FRAMING_HEADERS = frozenset(
+    ["connection", "content-length", "keep-alive", "trailer", "transfer-encoding", "upgrade"]
+)
+# The kernel's limit on a Unix socket path (sun_path is 108 bytes with the NUL on Linux).
+_UNIX_PATH_MAX = 107
+_ADMIN_HELP = "expected 'unix:/path/to.sock', 'HOST:PORT' or 'off'"
+_ADMIN_TOKEN_MIN = 16
 
 
 def load(path: str | PathLike[str]) -> Config:
@@ -120,9 +170,12 @@ def parse(data: Mapping[str, Any], source: str | None) -> Config:
         values = _read_table(data, _TOP_LEVEL)
         if "routes" not in values:
             raise _Invalid("routes", _NO_ROUTE)
+        config = Config(**values, source=source)
+        with _at("admin"):
+            check_admin_access(config)
     except _Invalid as error:
         raise ConfigError(source, error.where, error.problem) from None
-    return Config(**values, source=source)
+    return config
 
 
 def default_config() -> Config:
@@ -143,6 +196,62 @@ def quick_config(listen: Sequence[str], to: Sequence[str]) -> Config:
         raise ConfigError(source, option, error.problem) from None
     route = RouteConfig(name="default", upstreams=upstreams)
     return Config(listen=listeners, routes=(route,), source=source)
+
+
+def with_admin(config: Config, text: str) -> Config:
+    """``config`` with the admin address from ``run --admin``, checked like the file's."""
+    try:
+        admin = parse_admin_address(text)
+        updated = replace(config, admin=admin)
+        check_admin_access(updated)
+    except ValueError as error:
+        raise ConfigError("command line", "--admin", str(error)) from None
+    return updated
+
+
+def parse_admin_address(text: str) -> AdminAddress | None:
+    """``unix:/path.sock``, ``HOST:PORT`` (port 0 picks a free one) or ``off`` (None)."""
+    if text == "off":
+        return None
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise ValueError(f"invalid admin address {text!r}: the socket path is missing")
+        if "\0" in path:
+            raise ValueError(f"invalid admin address {text!r}: the path contains a NUL byte")
+        if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+            raise ValueError(
+                f"invalid admin address {text!r}: a Unix socket path must be at most "
+                f"{_UNIX_PATH_MAX} bytes"
+            )
+        return UnixAddress(path)
+    if ":" not in text:
+        raise ValueError(f"invalid admin address {text!r}: {_ADMIN_HELP}")
+    return parse_address(text, allow_port_zero=True)
+
+
+def check_admin_access(config: Config) -> None:
+    """Refuse an admin API that other hosts can reach without a token.
+
+    Whoever reaches the admin API can pause or stop every route; a Unix socket is
+    protected by its file mode and loopback by the host, anything else by the token.
+    """
+    admin = config.admin
+    if isinstance(admin, Address) and config.admin_token is None and not _is_loopback(admin):
+        raise ValueError(
+            f"{admin} can be reached from other hosts: set admin_token, or listen on "
+            "loopback (127.0.0.1) or a Unix socket"
+        )
+
+
+def _is_loopback(address: Address) -> bool:
+    """Only ``localhost`` and loopback IP literals: any other name may resolve anywhere."""
+    if address.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
@@ -294,6 +403,49 @@ def _host_header(value: Any) -> str:
     return host
 
 
+def _health_path(value: Any) -> str:
+    """The path the proxy answers itself while a route is paused or stopped."""
+    path = _string(value)
+    if not path.startswith("/"):
+        raise ValueError(f"invalid health_path {path!r}: must start with '/'")
+    if not _PATH.fullmatch(path):
+        raise ValueError(
+            f"invalid health_path {path!r}: expected a URL path without query, spaces "
+            "or control characters"
+        )
+    return path
+
+
+def _hold_time_header(value: Any) -> str:
+    """A response header name; framing headers would break the response they are added to."""
+    name = _string(value)
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}: use letters, digits and '-'")
+    if name.lower() in _FRAMING_HEADERS:
+        raise ValueError(f"invalid header name {name!r}: the proxy frames responses with it")
+    return name
+
+
+def _admin(value: Any) -> AdminAddress | None:
+    """Where the admin API listens; see ``parse_admin_address``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_ADMIN_HELP}, got {describe(value)}")
+    return parse_admin_address(value)
+
+
+def _admin_token(value: Any) -> str:
+    """A bearer token: visible ASCII, long enough not to be guessed."""
+    token = _string(value)
+    if not all("!" <= char <= "~" for char in token):
+        raise ValueError("must be visible ASCII characters without spaces")
+    if len(token) < _ADMIN_TOKEN_MIN:
+        raise ValueError(
+            f"too short ({len(token)} characters): use at least {_ADMIN_TOKEN_MIN}, "
+            "e.g. from 'openssl rand -hex 16'"
+        )
+    return token
+
+
 def _access_log(value: Any) -> str | None:
     """``"off"`` disables the log; ``"stdout"`` and file paths are kept as given."""
     target = _string(value)
@@ -374,6 +526,9 @@ _TOP_LEVEL: dict[str, Parser] = {
     "shutdown_timeout": _duration(allow_zero=True),
     "access_log": _access_log,
     "access_log_format": _access_log_format,
+    "max_held_bytes": _size(at_least="0B"),
+    "admin": _admin,
+    "admin_token": _admin_token,
 }
 
 _ROUTE: dict[str, Parser] = {
@@ -387,4 +542,11 @@ _ROUTE: dict[str, Parser] = {
     "upstream_body_timeout": _duration(allow_zero=False),
     "upstream_keepalive": _integer(0, 65_535),
     "upstream_keepalive_timeout": _duration(allow_zero=False),
+    "try_duration": _duration(allow_zero=True),  # 0s: no holding, 502 at once
+    "try_interval": _duration(allow_zero=False),
+    "max_held": _integer(0, 1_000_000_000),
+    "max_held_body": _size(at_least="0B"),
+    "health_path": _health_path,
+    "hold_time_header": _hold_time_header,
+    "retry_after": parse_whole_seconds,
 }

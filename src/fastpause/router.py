@@ -3,6 +3,10 @@
 Host names are resolved here, once per build, so the hot path only ever dials
 IP addresses and a name that does not resolve is a config error at start (or at
 reload), not a 502 under traffic.
+
+A route's runtime state (paused, stopped, its held requests) is not config: each
+build hands the new route the ``RouteState`` of the previous table's route of the
+same name, so a reload neither resumes a paused route nor drops what it holds.
 """
 
 import ipaddress
@@ -28,6 +32,7 @@ def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _
     address, resolved IP or pool settings changed starts with an empty pool.
     """
     reusable = _reusable(previous)
+    states = {route.name: route.state for route in previous.routes} if previous else {}
     built: dict[UpstreamKey, _core.Upstream] = {}
     routes = []
     for index, route in enumerate(config.routes):
@@ -45,7 +50,8 @@ def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _
             if key not in built:
                 built[key] = reusable[key] if key in reusable else _new_upstream(key)
             upstreams.append(built[key])
-        routes.append(_route(route, upstreams))
+        state = states.get(route.name) or _core.RouteState(route.name)
+        routes.append(_route(route, upstreams, state))
     table = _core.RoutingTable(
         routes,
         max_head_size=config.max_head_size,
@@ -100,7 +106,9 @@ def _new_upstream(key: UpstreamKey) -> _core.Upstream:
     )
 
 
-def _route(route: RouteConfig, upstreams: list[_core.Upstream]) -> _core.Route:
+def _route(
+    route: RouteConfig, upstreams: list[_core.Upstream], state: _core.RouteState
+) -> _core.Route:
     """The data plane's view of one route."""
     return _core.Route(
         route.name,
@@ -111,4 +119,12 @@ def _route(route: RouteConfig, upstreams: list[_core.Upstream]) -> _core.Route:
         connect_timeout=route.connect_timeout,
         response_header_timeout=route.response_header_timeout,
         upstream_body_timeout=route.upstream_body_timeout,
+        state=state,
+        try_duration=route.try_duration,
+        try_interval=route.try_interval,
+        max_held=route.max_held,
+        max_held_body=route.max_held_body,
+        health_path=route.health_path,
+        hold_time_header=route.hold_time_header,
+        retry_after=route.retry_after,
     )

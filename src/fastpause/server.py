@@ -1,8 +1,9 @@
 """Run the proxy: bind the listeners, serve, and shut down gracefully on a signal.
 
-Output on stdout is a contract: the route lines, then one ``listening on`` line
-per bound socket, printed only once every listener is bound, so a supervisor or
-test that waits for "listening on" knows the proxy accepts connections.
+Output on stdout is a contract: the route lines, the ``admin on`` line, then one
+``listening on`` line per bound socket, printed only once every listener is
+bound and the admin API answers, so a supervisor or test that waits for
+"listening on" knows the proxy accepts connections and commands.
 """
 
 import asyncio
@@ -15,6 +16,7 @@ import uvloop
 
 from fastpause import _core
 from fastpause.accesslog import AccessLog
+from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.config import Address, Config
 from fastpause.router import build_table
 
@@ -63,15 +65,25 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
         access_log = self._open_access_log()
+        admin = AdminServer(self.config.admin) if self.config.admin is not None else None
         try:
-            engine = _core.Engine(loop, table, access_log)
+            engine = _core.Engine(
+                loop, table, access_log, max_held_bytes=self.config.max_held_bytes
+            )
+            if admin is not None:
+                await _bind_admin(admin)
             listeners = await self._listen(loop, engine)
+            urls = _listener_urls(listeners)
+            if admin is not None:
+                await admin.serve(AdminApi(engine, token=self.config.admin_token, listeners=urls))
             if access_log is not None:
                 access_log.start(loop)
-            self._announce(table, listeners)
+            self._announce(table, admin, urls)
             await self._stop_requested.wait()
-            await self._shut_down(engine, listeners)
+            await self._shut_down(engine, listeners, admin)
         finally:
+            if admin is not None:
+                admin.close()
             if access_log is not None:
                 access_log.close()
 
@@ -115,21 +127,31 @@ class Server:
             listeners.append(listener)
         return listeners
 
-    def _announce(self, table: _core.RoutingTable, listeners: list[asyncio.Server]) -> None:
-        """Print the routes, then the bound addresses (real ports, even for port 0)."""
+    def _announce(
+        self, table: _core.RoutingTable, admin: AdminServer | None, urls: list[str]
+    ) -> None:
+        """Print the routes, the admin address, then the bound addresses (real ports)."""
         for route in table.routes:
             targets = ", ".join(_describe_upstream(upstream) for upstream in route.upstreams)
             _say(f"route {route.name} -> {targets}")
-        for listener in listeners:
-            for sock in listener.sockets:
-                host, port = sock.getsockname()[:2]
-                _say(f"listening on http://{Address(host, port)}")
+        if admin is not None:
+            _say(f"admin on {admin.describe()}")
+        for url in urls:
+            _say(f"listening on {url}")
 
-    async def _shut_down(self, engine: _core.Engine, listeners: list[asyncio.Server]) -> None:
-        """Stop accepting, let in-flight requests finish within the grace period, then cut."""
+    async def _shut_down(
+        self, engine: _core.Engine, listeners: list[asyncio.Server], admin: AdminServer | None
+    ) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then cut.
+
+        The admin listener closes with the public ones, so a replacement proxy can
+        take over the socket while this one drains.
+        """
         assert self._cut is not None
         for listener in listeners:
             listener.close()
+        if admin is not None:
+            admin.close()
         engine.shutdown()
         grace = self.config.shutdown_timeout
         open_connections = engine.connections()
@@ -145,6 +167,24 @@ class Server:
         cut.cancel()
         engine.close_all()
         await asyncio.wait([drained], timeout=CUT_WAIT)
+
+
+async def _bind_admin(admin: AdminServer) -> None:
+    """Bind the admin listener; a socket in use or a port taken stops the start."""
+    try:
+        await admin.bind()
+    except BindError as error:
+        raise StartupError(str(error)) from None
+
+
+def _listener_urls(listeners: list[asyncio.Server]) -> list[str]:
+    """``http://HOST:PORT`` per bound socket, with the real port even for port 0."""
+    urls = []
+    for listener in listeners:
+        for sock in listener.sockets:
+            host, port = sock.getsockname()[:2]
+            urls.append(f"http://{Address(host, port)}")
+    return urls
 
 
 def _describe_upstream(upstream: _core.Upstream) -> str:

@@ -63,6 +63,16 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def parse_whole_seconds(value: object) -> int:
+    """A duration of at least one whole second, for ``Retry-After`` (it has no fractions)."""
+    seconds = parse_duration(value)
+    if seconds < 1 or not seconds.is_integer():
+        raise ValueError(
+            f"invalid duration {value!r}: Retry-After is a whole number of seconds, at least '1s'"
+        )
+    return int(seconds)
+
+
 def parse_size(value: object) -> int:
     """Return the size ``value`` (e.g. ``"32KiB"`` or ``4096``) in bytes.
 

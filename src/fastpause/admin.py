@@ -1,0 +1,558 @@
+"""The admin API: JSON over HTTP/1.1 on its own listener, never the public one.
+
+By default the listener is a Unix socket only its owner can open (mode 0600);
+a TCP listener is allowed too, and needs a bearer token when other hosts can
+reach it (the config refuses it otherwise). Each connection carries one
+request and is closed after the response: the callers are a CLI and scripts,
+so keep-alive would only add state.
+
+Route actions are command objects (``fastpause.commands``) applied to the
+current routing table; everything else here is reading requests, checking
+them and writing JSON.
+"""
+
+import asyncio
+import contextlib
+import hmac
+import json
+import math
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from fastpause import __version__, _core, metrics
+from fastpause.commands import Outcome, Pause, Resume, Start, Stop, UnknownRoute, apply, route_state
+from fastpause.config import Address, AdminAddress, UnixAddress
+from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
+
+MAX_HEAD = 16 * 1024
+MAX_BODY = 64 * 1024
+# A client gets this long to send its whole request (not to wait for the answer:
+# a pause waits for its route to drain); an admin request is tiny.
+READ_TIMEOUT = 10.0
+# After an error answered before the request was read to its end, the rest is read
+# and dropped for a moment before closing, so the kernel does not reset the
+# connection (and destroy the answer) because of unread data.
+LINGER_TIMEOUT = 1.0
+LINGER_BYTES = 1 << 20
+MAX_MESSAGE = 4096
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_MAX_HOLD = 30.0
+
+# A field parser turns one JSON value into a command argument or raises ValueError.
+FieldParser = Callable[[Any], Any]
+
+
+class AdminError(Exception):
+    """An answer other than success: the HTTP status and a message for the caller."""
+
+    def __init__(
+        self, status: HTTPStatus, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BindError(Exception):
+    """The admin listener cannot be created; the proxy does not start."""
+
+
+@dataclass
+class Response:
+    """One HTTP response, written whole; the connection closes after it."""
+
+    status: HTTPStatus
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, value: object, status: HTTPStatus = HTTPStatus.OK) -> "Response":
+        return cls(status, json.dumps(value).encode() + b"\n")
+
+    @classmethod
+    def error(cls, error: AdminError) -> "Response":
+        response = cls.json({"error": error.message}, error.status)
+        response.headers.update(error.headers)
+        return response
+
+    def encode(self) -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status.value} {self.status.phrase}",
+            f"Content-Type: {self.content_type}",
+            f"Content-Length: {len(self.body)}",
+            "Connection: close",
+            *(f"{name}: {value}" for name, value in self.headers.items()),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+# ---------------------------------------------------------------- reading requests
+
+
+@dataclass
+class Request:
+    """One admin request, filled in by httptools' parser callbacks."""
+
+    url: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytearray = field(default_factory=bytearray)
+    head_bytes: int = 0
+    head_done: bool = False
+    complete: bool = False
+    too_large: bool = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        declared = self.headers.get("content-length", "0")
+        self.too_large = declared.isdigit() and int(declared) > MAX_BODY
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) + len(body) > MAX_BODY:
+            self.too_large = True
+        else:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class RequestReader:
+    """Feeds one connection's bytes to httptools within the admin API's bounds."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self._deadline = asyncio.get_running_loop().time() + READ_TIMEOUT
+        self.request = Request()
+        self._parser = httptools.HttpRequestParser(self.request)
+
+    @property
+    def method(self) -> str:
+        return self._parser.get_method().decode("ascii")
+
+    async def read_head(self) -> None:
+        """Read until the head is complete; 431 past ``MAX_HEAD``."""
+        while not self.request.head_done:
+            data = await self._read()
+            if not self.request.head_done:
+                self.request.head_bytes += len(data)  # bytes before the head ends
+            if self.request.head_bytes > MAX_HEAD:
+                raise AdminError(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"request head larger than {MAX_HEAD} bytes",
+                )
+
+    async def read_body(self) -> bytes:
+        """Read the rest of the request; 413 past ``MAX_BODY``."""
+        while not self.request.complete and not self.request.too_large:
+            await self._read()
+        if self.request.too_large:
+            raise AdminError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body larger than {MAX_BODY} bytes"
+            )
+        return bytes(self.request.body)
+
+    async def _read(self) -> bytes:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                data = await self._reader.read(65536)
+        except TimeoutError:
+            raise AdminError(
+                HTTPStatus.REQUEST_TIMEOUT, f"the request did not arrive within {READ_TIMEOUT:g}s"
+            ) from None
+        if not data:
+            raise ConnectionResetError("the client closed before sending a whole request")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # the request itself is complete; the upgrade is simply not done
+        except httptools.HttpParserError as error:
+            raise AdminError(HTTPStatus.BAD_REQUEST, f"malformed request: {error}") from None
+        return data
+
+
+# ---------------------------------------------------------------- request fields
+
+
+def _duration(*, allow_zero: bool) -> FieldParser:
+    """A duration as in the config ("30s") or a number of seconds."""
+
+    def parse(value: Any) -> float:
+        if isinstance(value, str):
+            seconds = parse_duration(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+            if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+                raise ValueError(f"{value!r} is out of range: expected 0 to {MAX_DURATION:g}")
+        else:
+            raise ValueError(
+                f"expected a duration like '30s' or a number of seconds, got {value!r}"
+            )
+        if seconds == 0 and not allow_zero:
+            raise ValueError("must be greater than 0")
+        return seconds
+
+    return parse
+
+
+def _rate(value: Any) -> float | None:
+    """Requests per second for a paced release; null releases everything at once."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number of requests per second, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a number greater than 0, got {value!r}")
+    return float(value)
+
+
+def _message(value: Any) -> str:
+    """The text of the 503 answered while a route is stopped."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    if len(value) > MAX_MESSAGE:
+        raise ValueError(f"longer than {MAX_MESSAGE} characters")
+    return value
+
+
+def _retry_after(value: Any) -> int:
+    """Whole seconds for ``Retry-After``: a duration string or an integer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_DURATION:
+            raise ValueError(f"{value} is out of range: expected at least 1 second")
+        return value
+    return parse_whole_seconds(value)
+
+
+def _fields(body: bytes, parsers: Mapping[str, FieldParser]) -> dict[str, Any]:
+    """Decode a JSON object body and parse its fields; an empty body is ``{}``."""
+    if not body.strip():
+        return {}
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AdminError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise AdminError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+    values = {}
+    for key, value in document.items():
+        parser = parsers.get(key)
+        if parser is None:
+            known = ", ".join(parsers) or "none"
+            raise AdminError(HTTPStatus.BAD_REQUEST, f"unknown field {key!r} (known: {known})")
+        try:
+            values[key] = parser(value)
+        except ValueError as error:
+            raise AdminError(HTTPStatus.BAD_REQUEST, f"{key}: {error}") from None
+    return values
+
+
+# ---------------------------------------------------------------- the API
+
+
+# An endpoint answers a route action: (route name, request body) -> response fields.
+Action = Callable[[str, bytes], Awaitable[Outcome]]
+
+
+class AdminApi:
+    """The endpoints, over one engine; the routing table is read at each request."""
+
+    def __init__(self, engine: _core.Engine, *, token: str | None, listeners: list[str]) -> None:
+        self._engine = engine
+        self._token = token
+        self._listeners = listeners
+        self._started = time.monotonic()
+        self._actions: dict[str, Action] = {
+            "pause": self._pause,
+            "resume": self._resume,
+            "stop": self._stop,
+            "start": self._start,
+        }
+
+    async def respond(self, reader: RequestReader) -> Response:
+        """Authenticate, route, then read the body: a refused caller never sends one."""
+        await reader.read_head()
+        self._authenticate(reader.request.headers.get("authorization", ""))
+        method = reader.method
+        path = _path(reader.request.url)
+        if path == "/status":
+            _allow(method, "GET")
+            return Response.json(self._status())
+        if path == "/metrics":
+            _allow(method, "GET")
+            return Response(HTTPStatus.OK, metrics.render(self._engine), metrics.CONTENT_TYPE)
+        route, action = _route_action(path)
+        endpoint = self._actions.get(action)
+        if endpoint is None:
+            raise AdminError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+        _allow(method, "POST")
+        body = await reader.read_body()
+        try:
+            return Response.json(await endpoint(route, body))
+        except UnknownRoute as error:
+            raise AdminError(HTTPStatus.NOT_FOUND, str(error)) from None
+
+    def _authenticate(self, authorization: str) -> None:
+        """Constant-time comparison, so the token cannot be guessed byte by byte."""
+        if self._token is None:
+            return
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), self._token.encode()
+        ):
+            raise AdminError(
+                HTTPStatus.UNAUTHORIZED,
+                "a valid admin token is required (Authorization: Bearer TOKEN)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def _status(self) -> dict[str, object]:
+        routes = self._engine.table.routes
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "listeners": self._listeners,
+            "routes": [_route_status(route) for route in routes],
+        }
+
+    async def _pause(self, route: str, body: bytes) -> Outcome:
+        """Pause at once, then wait (bounded) for the requests already sent upstream."""
+        fields = _fields(
+            body,
+            {"max_hold": _duration(allow_zero=False), "drain_timeout": _duration(allow_zero=True)},
+        )
+        command = Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD))
+        outcome = apply(command, self._engine.table)
+        state = route_state(self._engine.table, route)
+        started = time.monotonic()
+        drained = await _drain(state, fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+        return outcome | {
+            "drained": drained,
+            "in_flight": state.in_flight,
+            "waited_seconds": round(time.monotonic() - started, 3),
+        }
+
+    async def _resume(self, route: str, body: bytes) -> Outcome:
+        fields = _fields(body, {"rate": _rate})
+        return apply(Resume(route, fields.get("rate")), self._engine.table)
+
+    async def _stop(self, route: str, body: bytes) -> Outcome:
+        fields = _fields(body, {"message": _message, "retry_after": _retry_after})
+        return apply(Stop(route, **fields), self._engine.table)
+
+    async def _start(self, route: str, body: bytes) -> Outcome:
+        _fields(body, {})
+        return apply(Start(route), self._engine.table)
+
+
+def _path(url: bytes) -> str:
+    """The path of the request target, without the query."""
+    try:
+        return httptools.parse_url(url).path.decode("latin-1")
+    except httptools.HttpParserInvalidURLError:
+        raise AdminError(HTTPStatus.BAD_REQUEST, "invalid request target") from None
+
+
+def _route_action(path: str) -> tuple[str, str]:
+    """``/routes/NAME/ACTION`` -> (NAME, ACTION); anything else is 404."""
+    parts = path.split("/")
+    if len(parts) != 4 or parts[:2] != ["", "routes"] or not parts[2]:
+        raise AdminError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
+    return parts[2], parts[3]
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise AdminError(
+            HTTPStatus.METHOD_NOT_ALLOWED, f"use {allowed} for this endpoint", {"Allow": allowed}
+        )
+
+
+def _route_status(route: _core.Route) -> dict[str, object]:
+    state = route.state
+    age = state.oldest_held_age
+    return {
+        "name": route.name,
+        "mode": state.mode_name,
+        "held": state.held,
+        "oldest_held_age_seconds": None if age is None else round(age, 3),
+        "in_flight": state.in_flight,
+        "max_hold_seconds": state.max_hold,
+        "stop_message": state.stop_message or None,
+        "upstreams": [upstream.stats() for upstream in route.upstreams],
+    }
+
+
+async def _drain(state: _core.RouteState, timeout: float) -> bool:
+    """True once nothing of the route is in flight, False if ``timeout`` passes first."""
+    if state.in_flight == 0:
+        return True
+    try:
+        await asyncio.wait_for(state.wait_drained(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- the listener
+
+
+class AdminServer:
+    """The admin listener: bound before the public listeners, serving once they are up.
+
+    Binding early means a second proxy started by mistake fails before it takes any
+    public port; serving late means ``GET /status`` always lists every listener.
+    """
+
+    def __init__(self, address: AdminAddress) -> None:
+        self.address = address
+        self._server: asyncio.Server | None = None
+        self._api: AdminApi | None = None
+        self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket
+
+    async def bind(self) -> None:
+        """Create the listener without serving; ``BindError`` says why it cannot be."""
+        if isinstance(self.address, UnixAddress):
+            sock = _bind_unix(self.address.path)
+            info = os.stat(self.address.path)
+            self._socket_file = (info.st_dev, info.st_ino)
+            self._server = await asyncio.start_unix_server(
+                self._connection, sock=sock, start_serving=False
+            )
+        else:
+            try:
+                self._server = await asyncio.start_server(
+                    self._connection,
+                    self.address.host,
+                    self.address.port,
+                    reuse_address=True,
+                    start_serving=False,
+                )
+            except OSError as error:
+                problem = f"cannot listen for admin on {self.address}: {_reason(error)}"
+                raise BindError(problem) from None
+
+    def describe(self) -> str:
+        """The address as ``--admin`` takes it, with the real port when port 0 was asked."""
+        if isinstance(self.address, UnixAddress) or self._server is None:
+            return str(self.address)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(Address(host, port))
+
+    async def serve(self, api: AdminApi) -> None:
+        assert self._server is not None
+        self._api = api
+        await self._server.start_serving()
+
+    def close(self) -> None:
+        """Stop listening; remove the socket file unless another process replaced it."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._socket_file is not None and isinstance(self.address, UnixAddress):
+            with contextlib.suppress(OSError):
+                info = os.stat(self.address.path)
+                if (info.st_dev, info.st_ino) == self._socket_file:
+                    os.unlink(self.address.path)
+            self._socket_file = None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One request, one response, close; no error escapes to the event loop."""
+        assert self._api is not None
+        request = RequestReader(reader)
+        try:
+            try:
+                response = await self._api.respond(request)
+            except AdminError as error:
+                response = Response.error(error)
+            writer.write(response.encode())
+            await writer.drain()
+            if not request.request.complete:
+                await _linger(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the caller left; nothing to answer
+        except Exception as error:  # a bug: say so in one line, keep serving
+            print(f"fastpause: admin: internal error: {error!r}", file=sys.stderr, flush=True)
+        finally:
+            writer.close()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Half-close, then drop what the client is still sending, for a bounded time."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_TIMEOUT):
+            while dropped < LINGER_BYTES and (data := await reader.read(65536)):
+                dropped += len(data)
+
+
+def _bind_unix(path: str) -> socket.socket:
+    """A listening Unix socket at ``path`` that only this user can connect to.
+
+    The umask makes the file 0600 as the kernel creates it: a chmod afterwards
+    would leave a moment in which anyone could connect.
+    """
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(path)
+        sock.listen(64)
+    except OSError as error:
+        sock.close()
+        raise BindError(f"cannot create admin socket {path}: {_reason(error)}") from None
+    finally:
+        os.umask(previous)
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a proxy that died; refuse one that still answers."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise BindError(f"cannot use admin socket {path}: {_reason(error)}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise BindError(f"cannot use admin socket {path}: the file exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            pass  # nothing listens: stale
+        except OSError as error:
+            raise BindError(f"cannot use admin socket {path}: {_reason(error)}") from None
+        else:
+            raise BindError(f"admin socket {path} is in use by another fastpause")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass  # another process removed it meanwhile
+    except OSError as error:
+        raise BindError(f"cannot remove stale admin socket {path}: {_reason(error)}") from None
+
+
+def _reason(error: OSError) -> str:
+    """The short OS reason ("Address already in use")."""
+    return os.strerror(error.errno) if error.errno else str(error)
