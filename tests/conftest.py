@@ -198,6 +198,12 @@ def render_config(top: dict, routes: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+class ProxyStartError(RuntimeError):
+    def __init__(self, proxy: Proxy) -> None:
+        super().__init__(f"proxy did not start:\n{proxy.describe()}")
+        self.proxy = proxy
+
+
 class Proxy(Process):
     def __init__(self, config_path: Path, tmp: Path, name: str) -> None:
         self.config_path = config_path
@@ -206,9 +212,13 @@ class Proxy(Process):
             tmp / f"{name}.stderr",
             tmp,
         )
-        line = self.output.wait_for(lambda s: s.startswith("fastpause: listening on http://"))
+        try:
+            line = self.output.wait_for(lambda s: s.startswith("fastpause: listening on http://"))
+        except TimeoutError:
+            line = None
         if line is None:
-            raise RuntimeError(f"proxy did not start:\n{self.describe()}")
+            self.stop(timeout=10)
+            raise ProxyStartError(self)
         hostport = line.rsplit("http://", 1)[1].strip().rstrip("/")
         self.host, port = hostport.rsplit(":", 1)
         self.port = int(port)
@@ -265,16 +275,26 @@ def proxy_factory(backend, tmp_path):
     def start(
         route: dict | None = None, top: dict | None = None, upstreams: list[str] | None = None
     ) -> Proxy:
-        n = len(started)
-        top_cfg = {"listen": [f"127.0.0.1:{free_port()}"], "shutdown_timeout": "10s"}
-        top_cfg.update(top or {})
         route_cfg = {"name": "app", "upstreams": upstreams or [backend.address]}
         route_cfg.update(route or {})
-        path = tmp_path / f"proxy{n}.toml"
-        path.write_text(render_config(top_cfg, [route_cfg]))
-        p = Proxy(path, tmp_path, f"proxy{n}")
-        started.append(p)
-        return p
+        # A free port can be taken by another process between our check and the proxy's
+        # bind (other suites run on this machine too): then try another port.
+        attempts = 1 if top and "listen" in top else 3
+        for attempt in range(attempts):
+            n = len(started)
+            top_cfg = {"listen": [f"127.0.0.1:{free_port()}"], "shutdown_timeout": "10s"}
+            top_cfg.update(top or {})
+            path = tmp_path / f"proxy{n}.toml"
+            path.write_text(render_config(top_cfg, [route_cfg]))
+            try:
+                p = Proxy(path, tmp_path, f"proxy{n}")
+            except ProxyStartError as e:
+                if attempt + 1 < attempts and "in use" in e.proxy.stderr():
+                    continue
+                raise
+            started.append(p)
+            return p
+        raise AssertionError("unreachable")
 
     yield start
     problems = []
