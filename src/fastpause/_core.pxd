@@ -209,7 +209,6 @@ cdef class RouteState:
     cdef void unlink(self, ClientProtocol c)
     cdef ClientProtocol pop(self)
     cdef void _observe(self, double seconds)
-    cdef bint must_queue(self)
     cdef void release_all(self)
     cdef void _start_pacing(self)
     cdef void note_unavailable(self, Route route)

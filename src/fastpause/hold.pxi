@@ -85,10 +85,6 @@ cdef class RouteState:
                 return
         self.hold_buckets[14] += 1
 
-    cdef bint must_queue(self):
-        """New requests wait while paused, or behind requests already waiting."""
-        return self.mode == MODE_PAUSED or self.head is not None
-
     # -- events ----------------------------------------------------------------------
 
     def _expire_cb(self):
