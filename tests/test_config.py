@@ -4,6 +4,7 @@ Every error test asserts the whole message shape, ``FILE: KEY.PATH: problem``,
 because an error that does not say where is the error users file issues about.
 """
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -15,12 +16,16 @@ from fastpause.config import (
     Config,
     ConfigError,
     RouteConfig,
+    UnixAddress,
+    default_admin_address,
     default_config,
     load,
     parse,
+    parse_admin_address,
     quick_config,
+    with_admin,
 )
-from fastpause.units import parse_duration, parse_size
+from fastpause.units import parse_duration, parse_size, parse_whole_seconds
 
 ROUTE = """
 [[routes]]
@@ -100,6 +105,18 @@ def test_bad_sizes(value: object, problem: str) -> None:
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize(("text", "seconds"), [("1s", 1), ("30s", 30), ("2m", 120)])
+def test_whole_seconds(text: str, seconds: int) -> None:
+    assert parse_whole_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0s", "500ms", "1.5s"])
+def test_whole_seconds_refuses_fractions_and_zero(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_whole_seconds(text)
+    assert "Retry-After is a whole number of seconds, at least '1s'" in str(caught.value)
+
+
 # ---------------------------------------------------------------- loading
 
 
@@ -124,6 +141,11 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.connect_timeout, route.response_header_timeout) == (5.0, 60.0)
     assert (route.upstream_body_timeout, route.upstream_keepalive) == (60.0, 64)
     assert route.upstream_keepalive_timeout == 60.0
+    assert (route.try_duration, route.try_interval, route.max_held) == (30.0, 0.25, 10_000)
+    assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
+    assert route.retry_after == 5
+    assert config.max_held_bytes == 256 << 20
+    assert (config.admin, config.admin_token) == (default_admin_address(), None)
 
 
 def test_every_key(tmp_path: Path) -> None:
@@ -141,6 +163,9 @@ def test_every_key(tmp_path: Path) -> None:
         shutdown_timeout = "0s"
         access_log = "/var/log/fastpause.log"
         access_log_format = "json"
+        max_held_bytes = "1GiB"
+        admin = "0.0.0.0:9900"
+        admin_token = "0123456789abcdef0123"
 
         [[routes]]
         name = "web-1.prod_a"
@@ -153,6 +178,13 @@ def test_every_key(tmp_path: Path) -> None:
         upstream_body_timeout = "2m"
         upstream_keepalive = 0
         upstream_keepalive_timeout = "90s"
+        try_duration = "0s"
+        try_interval = "1s"
+        max_held = 0
+        max_held_body = "64KiB"
+        health_path = "/up"
+        hold_time_header = "X-Fastpause-Held-Ms"
+        retry_after = "1m"
         """,
     )
     config = load(path)
@@ -174,6 +206,8 @@ def test_every_key(tmp_path: Path) -> None:
         0,
     )
     assert (config.access_log, config.access_log_format) == ("/var/log/fastpause.log", "json")
+    assert config.max_held_bytes == 1 << 30
+    assert (config.admin, config.admin_token) == (Address("0.0.0.0", 9900), "0123456789abcdef0123")
     assert config.routes == (
         RouteConfig(
             name="web-1.prod_a",
@@ -190,6 +224,13 @@ def test_every_key(tmp_path: Path) -> None:
             upstream_body_timeout=120.0,
             upstream_keepalive=0,
             upstream_keepalive_timeout=90.0,
+            try_duration=0.0,
+            try_interval=1.0,
+            max_held=0,
+            max_held_body=64 * 1024,
+            health_path="/up",
+            hold_time_header="X-Fastpause-Held-Ms",
+            retry_after=60,
         ),
     )
 
@@ -197,6 +238,49 @@ def test_every_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("value", "expected"), [('"off"', None), ('"stdout"', "stdout")])
 def test_access_log_targets(tmp_path: Path, value: str, expected: str | None) -> None:
     assert load(write(tmp_path, f"access_log = {value}\n{ROUTE}")).access_log == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("unix:/run/fastpause.sock", UnixAddress("/run/fastpause.sock")),
+        ("unix:admin.sock", UnixAddress("admin.sock")),
+        ("127.0.0.1:9900", Address("127.0.0.1", 9900)),
+        ("[::1]:0", Address("::1", 0)),
+        ("off", None),
+    ],
+)
+def test_admin_addresses(tmp_path: Path, value: str, expected: object) -> None:
+    assert load(write(tmp_path, f"admin = '{value}'\n{ROUTE}")).admin == expected
+    assert parse_admin_address(value) == expected
+    if expected is not None:
+        assert str(expected) == value
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.9.9.9", "[::1]", "localhost"])
+def test_loopback_tcp_admin_needs_no_token(tmp_path: Path, host: str) -> None:
+    assert load(write(tmp_path, f"admin = '{host}:9900'\n{ROUTE}")).admin_token is None
+
+
+def test_default_admin_socket_is_in_the_runtime_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert default_admin_address() == UnixAddress("/run/user/1000/fastpause.sock")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_admin_address() == UnixAddress(f"/tmp/fastpause-{os.getuid()}.sock")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    assert default_admin_address() == UnixAddress(f"/tmp/fastpause-{os.getuid()}.sock")
+
+
+def test_admin_from_the_command_line_is_checked_like_the_file() -> None:
+    config = with_admin(default_config(), "unix:/tmp/x.sock")
+    assert config.admin == UnixAddress("/tmp/x.sock")
+    assert with_admin(config, "off").admin is None
+    with pytest.raises(ConfigError) as caught:
+        with_admin(config, "0.0.0.0:9900")
+    assert str(caught.value) == (
+        "command line: --admin: 0.0.0.0:9900 can be reached from other hosts: set admin_token, "
+        "or listen on loopback (127.0.0.1) or a Unix socket"
+    )
 
 
 # Each case: TOML text, the key path the message must name, the problem it must state.
@@ -358,6 +442,126 @@ ERRORS = [
         "access_log_format",
         "expected 'common' or 'json', got string 'xml'",
         id="bad-log-format",
+    ),
+    pytest.param(
+        f"{ROUTE}try_interval = '0s'\n",
+        "routes[0].try_interval",
+        "invalid duration '0s': must be greater than 0",
+        id="zero-try-interval",
+    ),
+    pytest.param(
+        f"{ROUTE}try_duration = 30\n",
+        "routes[0].try_duration",
+        "expected a duration string with a unit",
+        id="try-duration-without-unit",
+    ),
+    pytest.param(
+        f"{ROUTE}max_held = -1\n",
+        "routes[0].max_held",
+        "-1 is out of range: expected 0 to 1000000000",
+        id="negative-max-held",
+    ),
+    pytest.param(
+        f"{ROUTE}max_held_body = '1XB'\n",
+        "routes[0].max_held_body",
+        "invalid size '1XB'",
+        id="bad-max-held-body",
+    ),
+    pytest.param(
+        f"{ROUTE}health_path = 'up'\n",
+        "routes[0].health_path",
+        "invalid health_path 'up': must start with '/'",
+        id="health-path-not-absolute",
+    ),
+    pytest.param(
+        f"{ROUTE}health_path = '/up?full=1'\n",
+        "routes[0].health_path",
+        "expected a URL path without query, spaces or control characters",
+        id="health-path-with-query",
+    ),
+    pytest.param(
+        f"{ROUTE}hold_time_header = 'X Held'\n",
+        "routes[0].hold_time_header",
+        "invalid header name 'X Held': use letters, digits and '-'",
+        id="hold-time-header-not-a-token",
+    ),
+    pytest.param(
+        f"{ROUTE}hold_time_header = 'Content-Length'\n",
+        "routes[0].hold_time_header",
+        "the proxy frames responses with it",
+        id="hold-time-header-framing",
+    ),
+    pytest.param(
+        f"{ROUTE}retry_after = '1.5s'\n",
+        "routes[0].retry_after",
+        "Retry-After is a whole number of seconds",
+        id="fractional-retry-after",
+    ),
+    pytest.param(
+        f"{ROUTE}retry_after = '0s'\n",
+        "routes[0].retry_after",
+        "at least '1s'",
+        id="zero-retry-after",
+    ),
+    pytest.param(
+        f"max_held_bytes = -1\n{ROUTE}",
+        "max_held_bytes",
+        "invalid size -1: must not be negative",
+        id="negative-max-held-bytes",
+    ),
+    pytest.param(
+        f"admin = '0.0.0.0:9900'\n{ROUTE}",
+        "admin",
+        "0.0.0.0:9900 can be reached from other hosts: set admin_token",
+        id="public-admin-without-token",
+    ),
+    pytest.param(
+        f"admin = 'admin.example.com:9900'\n{ROUTE}",
+        "admin",
+        "can be reached from other hosts: set admin_token",
+        id="named-admin-host-without-token",
+    ),
+    pytest.param(
+        f"admin = 'socket.sock'\n{ROUTE}",
+        "admin",
+        "invalid admin address 'socket.sock': expected 'unix:/path/to.sock', 'HOST:PORT' or 'off'",
+        id="admin-path-without-unix-prefix",
+    ),
+    pytest.param(
+        f"admin = 'unix:'\n{ROUTE}",
+        "admin",
+        "invalid admin address 'unix:': the socket path is missing",
+        id="admin-unix-without-path",
+    ),
+    pytest.param(
+        f"admin = 'unix:/{'x' * 120}.sock'\n{ROUTE}",
+        "admin",
+        "a Unix socket path must be at most 107 bytes",
+        id="admin-unix-path-too-long",
+    ),
+    pytest.param(
+        f"admin = 'localhost:99999'\n{ROUTE}",
+        "admin",
+        "port must be a number from 0 to 65535",
+        id="admin-bad-port",
+    ),
+    pytest.param(
+        f"admin = 9900\n{ROUTE}",
+        "admin",
+        "expected 'unix:/path/to.sock', 'HOST:PORT' or 'off', got integer 9900",
+        id="admin-not-a-string",
+    ),
+    pytest.param(
+        f"admin_token = 'short'\n{ROUTE}",
+        "admin_token",
+        "too short (5 characters): use at least 16",
+        id="short-admin-token",
+    ),
+    pytest.param(
+        f"admin_token = 'with space 0123456789'\n{ROUTE}",
+        "admin_token",
+        "must be visible ASCII characters without spaces",
+        id="admin-token-with-space",
     ),
     pytest.param(
         "listen = ['127.0.0.1:8080']\n",
@@ -545,6 +749,32 @@ def test_rebuild_with_new_pool_settings_gets_fresh_upstreams() -> None:
     changed = Config(routes=(RouteConfig(route.name, route.upstreams, upstream_keepalive=8),))
     second = router.build_table(changed, first)
     assert second.routes[0].upstreams[0] is not first.routes[0].upstreams[0]
+
+
+def test_route_state_survives_a_rebuild() -> None:
+    """A reload must not resume a paused route or drop what it holds."""
+    config = quick_config([], ["127.0.0.1:9001"])
+    first = router.build_table(config)
+    first.routes[0].state.pause(5.0)
+    second = router.build_table(config, first)
+    assert second.routes[0].state is first.routes[0].state
+    assert second.routes[0].state.mode_name == "paused"
+    assert router.build_table(config).routes[0].state.mode_name == "running"
+
+
+def test_table_carries_the_holding_settings() -> None:
+    route = RouteConfig(
+        "app",
+        (Address("127.0.0.1", 9001),),
+        try_duration=2.0,
+        try_interval=0.5,
+        max_held=7,
+        max_held_body=100,
+        retry_after=9,
+    )
+    [built] = router.build_table(Config(routes=(route,))).routes
+    assert (built.try_duration, built.try_interval, built.max_held) == (2.0, 0.5, 7)
+    assert (built.max_held_body, built.retry_after, built.state.name) == (100, 9, "app")
 
 
 def test_build_without_previous_never_reuses() -> None:

@@ -38,9 +38,8 @@ MAX_BODY = 64 * 1024
 # A client gets this long to send its whole request (not to wait for the answer:
 # a pause waits for its route to drain); an admin request is tiny.
 READ_TIMEOUT = 10.0
-# After an error answered before the request was read to its end, the rest is read
-# and dropped for a moment before closing, so the kernel does not reset the
-# connection (and destroy the answer) because of unread data.
+# After answering, whatever the client still sends is read and dropped for a moment
+# before closing (see ``_linger``).
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 1 << 20
 MAX_MESSAGE = 4096
@@ -107,16 +106,18 @@ class Request:
     url: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
-    head_bytes: int = 0
+    head_size: int = 0  # the target and header fields parsed so far, with separators
     head_done: bool = False
     complete: bool = False
     too_large: bool = False
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
 
     def on_headers_complete(self) -> None:
         self.head_done = True
@@ -147,12 +148,17 @@ class RequestReader:
         return self._parser.get_method().decode("ascii")
 
     async def read_head(self) -> None:
-        """Read until the head is complete; 431 past ``MAX_HEAD``."""
+        """Read until the head is complete; 431 past ``MAX_HEAD``.
+
+        Bytes received while the head is incomplete bound a head that never ends;
+        the parsed size catches a large head that arrived in one read.
+        """
+        received = 0
         while not self.request.head_done:
             data = await self._read()
-            if not self.request.head_done:
-                self.request.head_bytes += len(data)  # bytes before the head ends
-            if self.request.head_bytes > MAX_HEAD:
+            received += len(data)
+            too_large = received > MAX_HEAD and not self.request.head_done
+            if too_large or self.request.head_size > MAX_HEAD:
                 raise AdminError(
                     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
                     f"request head larger than {MAX_HEAD} bytes",
@@ -476,16 +482,14 @@ class AdminServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request, one response, close; no error escapes to the event loop."""
         assert self._api is not None
-        request = RequestReader(reader)
         try:
             try:
-                response = await self._api.respond(request)
+                response = await self._api.respond(RequestReader(reader))
             except AdminError as error:
                 response = Response.error(error)
             writer.write(response.encode())
             await writer.drain()
-            if not request.request.complete:
-                await _linger(reader, writer)
+            await _linger(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the caller left; nothing to answer
         except Exception as error:  # a bug: say so in one line, keep serving
@@ -495,7 +499,12 @@ class AdminServer:
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Half-close, then drop what the client is still sending, for a bounded time."""
+    """Half-close, then drop what the client still sends until it closes (bounded).
+
+    Closing with unread input (a body not read after an early error, a second
+    pipelined request) makes the kernel reset the connection, which can destroy
+    the answer before the client reads it.
+    """
     if writer.can_write_eof():
         writer.write_eof()
     dropped = 0

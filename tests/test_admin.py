@@ -1,0 +1,471 @@
+"""The admin API end to end: a real proxy process, its admin socket, real HTTP.
+
+Covers the endpoints' shapes, route actions and what they do to traffic, every
+refusal (404, 405, 400, 413, 431, 401), the listener's safety (mode 0600, stale
+socket replaced, a live one refused, removed at exit) and the TCP form with a
+token. Waits poll the status with a deadline; nothing sleeps to synchronize.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from admin_support import AdminHttp, raw_exchange
+from helpers import build_request, chunked
+
+TOKEN = "s3cret-token-0123456789"
+WAIT = 30.0
+
+
+@pytest.fixture
+def admin_proxy(proxy_factory, tmp_path):
+    """``admin_proxy(route=..., top=...)``: a proxy with its own admin socket in tmp."""
+    count = 0
+
+    def start(route: dict | None = None, top: dict | None = None):
+        nonlocal count
+        spec = f"unix:{tmp_path}/admin{count}.sock"
+        count += 1
+        proxy = proxy_factory(route=route, top={"admin": spec, **(top or {})})
+        proxy.admin = AdminHttp(spec)
+        return proxy
+
+    return start
+
+
+def run_fastpause(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastpause", *args],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+
+
+def write_config(tmp_path: Path, name: str, admin: str, backend_address: str) -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f'listen = ["127.0.0.1:0"]\nadmin = "{admin}"\n'
+        f'[[routes]]\nname = "app"\nupstreams = ["{backend_address}"]\n'
+    )
+    return path
+
+
+def bound_unix_file(path: Path) -> None:
+    """Leave a socket file nothing listens on, as a proxy killed with SIGKILL does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_shape(admin_proxy, backend):
+    proxy = admin_proxy()
+    status = proxy.admin.status()
+    assert set(status) == {"version", "pid", "uptime_seconds", "listeners", "routes"}
+    assert status["pid"] == proxy.pid
+    assert status["uptime_seconds"] >= 0
+    assert status["listeners"] == [proxy.url]
+    [route] = status["routes"]
+    assert route == {
+        "name": "app",
+        "mode": "running",
+        "held": 0,
+        "oldest_held_age_seconds": None,
+        "in_flight": 0,
+        "max_hold_seconds": 30.0,
+        "stop_message": None,
+        "upstreams": [
+            {
+                "address": backend.address,
+                "idle": 0,
+                "requests": 0,
+                "connects": 0,
+                "connect_failures": 0,
+            }
+        ],
+    }
+    assert proxy.get("/inspect").status == 200
+    [upstream] = proxy.admin.route()["upstreams"]
+    assert (upstream["requests"], upstream["connects"]) == (1, 1)
+
+
+def test_admin_line_comes_before_listening(admin_proxy, tmp_path):
+    proxy = admin_proxy()
+    lines = proxy.output.snapshot()
+    admin_line = f"fastpause: admin on unix:{tmp_path}/admin0.sock"
+    assert admin_line in lines
+    assert lines.index(admin_line) < next(
+        i for i, line in enumerate(lines) if line.startswith("fastpause: listening on")
+    )
+
+
+# ---------------------------------------------------------------- route actions
+
+
+def test_pause_resume_roundtrip(admin_proxy, backend):
+    proxy = admin_proxy()
+    admin = proxy.admin
+    reply = admin.ok("app", "pause", {"max_hold": "20s"})
+    assert reply == {
+        "route": "app",
+        "mode": "paused",
+        "drained": True,
+        "in_flight": 0,
+        "waited_seconds": reply["waited_seconds"],
+    }
+    assert 0 <= reply["waited_seconds"] < 1
+    with proxy.conn() as first, proxy.conn() as second:
+        first.send(build_request("GET", "/inspect?first"))
+        admin.wait_held(1)
+        second.send(build_request("GET", "/inspect?second"))
+        entry = admin.wait_held(2)
+        assert (entry["mode"], entry["max_hold_seconds"]) == ("paused", 20.0)
+        assert entry["oldest_held_age_seconds"] >= 0
+        assert backend.stats()["heads"] == 0
+
+        assert admin.ok("app", "resume") == {
+            "route": "app",
+            "mode": "running",
+            "released": 2,
+            "rate": None,
+        }
+        for conn, target in ((first, "/inspect?first"), (second, "/inspect?second")):
+            response = conn.read_response()
+            assert response.status == 200, response
+            assert response.json()["target"] == target
+    entry = admin.wait_held(0)
+    assert (entry["mode"], entry["oldest_held_age_seconds"]) == ("running", None)
+
+
+def test_paced_resume_reports_its_rate(admin_proxy, backend):
+    proxy = admin_proxy()
+    proxy.admin.ok("app", "pause")
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", "/inspect"))
+        proxy.admin.wait_held(1)
+        reply = proxy.admin.ok("app", "resume", {"rate": 50})
+        assert (reply["released"], reply["rate"]) == (1, 50)
+        assert conn.read_response().status == 200
+
+
+def test_stop_and_start(admin_proxy, backend):
+    proxy = admin_proxy(route={"retry_after": "7s"})
+    admin = proxy.admin
+    admin.ok("app", "pause")
+    with proxy.conn() as held:
+        held.send(build_request("GET", "/inspect?held"))
+        admin.wait_held(1)
+        reply = admin.ok("app", "stop", {"message": "back at noon", "retry_after": "30s"})
+        assert reply == {"route": "app", "mode": "stopped", "answered": 1}
+        response = held.read_response()
+    assert response.status == 503
+    assert response.get("Retry-After") == "30"
+    assert "back at noon" in response.text
+    entry = admin.route()
+    assert (entry["mode"], entry["held"], entry["stop_message"]) == ("stopped", 0, "back at noon")
+    assert proxy.get("/inspect?while-stopped").status == 503
+
+    assert admin.ok("app", "start") == {"route": "app", "mode": "running"}
+    assert proxy.get("/inspect?after").status == 200
+    assert backend.stats()["paths"] == {"/inspect": 1}
+
+
+def test_stop_without_retry_after_uses_the_routes(admin_proxy, backend):
+    proxy = admin_proxy(route={"retry_after": "7s"})
+    proxy.admin.ok("app", "stop")
+    response = proxy.get("/")
+    assert (response.status, response.get("Retry-After")) == (503, "7")
+    proxy.admin.ok("app", "start")
+
+
+def test_pause_waits_for_in_flight_until_drain_timeout(admin_proxy, backend):
+    proxy = admin_proxy()
+    with proxy.conn() as busy:
+        busy.send(build_request("GET", "/hold?key=slow"))
+        backend.wait_held("slow")
+        started = time.monotonic()
+        reply = proxy.admin.ok("app", "pause", {"drain_timeout": 0.2})
+        assert time.monotonic() - started >= 0.2
+        assert (reply["mode"], reply["drained"], reply["in_flight"]) == ("paused", False, 1)
+        assert reply["waited_seconds"] >= 0.2
+        backend.release("slow")
+        assert busy.read_response().status == 200
+    assert proxy.admin.wait_route(lambda r: r["in_flight"] == 0, "drained")["mode"] == "paused"
+    assert proxy.admin.ok("app", "pause", {"drain_timeout": "1s"})["drained"] is True
+    proxy.admin.ok("app", "resume")
+
+
+def test_pause_returns_once_drained(admin_proxy, backend):
+    proxy = admin_proxy()
+    with proxy.conn() as busy, ThreadPoolExecutor(max_workers=1) as pool:
+        busy.send(build_request("GET", "/hold?key=inflight"))
+        backend.wait_held("inflight")
+        pause = pool.submit(proxy.admin.ok, "app", "pause", {"drain_timeout": "30s"})
+        proxy.admin.wait_route(lambda r: r["mode"] == "paused", "paused mode")
+        assert not pause.done()
+        backend.release("inflight")
+        assert busy.read_response().status == 200
+        reply = pause.result(WAIT)
+    assert (reply["drained"], reply["in_flight"]) == (True, 0)
+    proxy.admin.ok("app", "resume")
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_unknown_route_is_404(admin_proxy):
+    admin = admin_proxy().admin
+    for action in ("pause", "resume", "stop", "start"):
+        reply = admin.action("nope", action)
+        assert (reply.status, reply.json()) == (404, {"error": "no route named 'nope'"})
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/"),
+        ("GET", "/statusx"),
+        ("POST", "/routes/app/restart"),
+        ("POST", "/routes/app"),
+        ("POST", "/routes//pause"),
+        ("GET", "/routes/app/pause/extra"),
+    ],
+)
+def test_unknown_path_is_404(admin_proxy, method, target):
+    reply = admin_proxy().admin.call(method, target)
+    assert reply.status == 404
+    assert reply.json()["error"].startswith("no such endpoint")
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "allowed"),
+    [
+        ("POST", "/status", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("GET", "/routes/app/pause", "POST"),
+        ("PUT", "/routes/app/stop", "POST"),
+    ],
+)
+def test_wrong_method_is_405(admin_proxy, method, target, allowed):
+    admin = admin_proxy().admin
+    reply = admin.call(method, target)
+    assert reply.status == 405
+    assert reply.headers["Allow"] == allowed
+    assert reply.json() == {"error": f"use {allowed} for this endpoint"}
+    assert admin.route()["mode"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("action", "body", "error"),
+    [
+        ("pause", b"{not json", "the body is not valid JSON"),
+        ("pause", b"\xff\xfe", "the body is not valid JSON"),
+        ("pause", b"[1, 2]", "the body must be a JSON object"),
+        ("pause", b'{"max_hold": "soon"}', "max_hold: invalid duration 'soon'"),
+        ("pause", b'{"max_hold": 0}', "max_hold: must be greater than 0"),
+        (
+            "pause",
+            b'{"max_hold": true}',
+            "max_hold: expected a duration like '30s' or a number of seconds, got True",
+        ),
+        ("pause", b'{"drain_timeout": -1}', "drain_timeout: -1 is out of range"),
+        (
+            "pause",
+            b'{"max_pause": "1s"}',
+            "unknown field 'max_pause' (known: max_hold, drain_timeout)",
+        ),
+        ("resume", b'{"rate": 0}', "rate: must be a number greater than 0"),
+        ("resume", b'{"rate": "fast"}', "rate: expected a number of requests per second"),
+        ("stop", b'{"message": 5}', "message: expected a string"),
+        ("stop", b'{"retry_after": "1.5s"}', "retry_after: invalid duration '1.5s'"),
+        ("stop", b'{"retry_after": 0}', "retry_after: 0 is out of range"),
+        ("start", b'{"now": true}', "unknown field 'now' (known: none)"),
+    ],
+)
+def test_bad_body_is_400(admin_proxy, action, body, error):
+    admin = admin_proxy().admin
+    reply = admin.call("POST", f"/routes/app/{action}", body)
+    assert reply.status == 400, reply
+    assert reply.json()["error"].startswith(error), reply.json()
+    assert admin.route()["mode"] == "running"
+
+
+def test_oversized_body_is_413(admin_proxy):
+    admin = admin_proxy().admin
+    body = b'{"message": "' + b"x" * (64 * 1024) + b'"}'
+    reply = admin.call("POST", "/routes/app/stop", body)
+    assert (reply.status, reply.json()) == (413, {"error": "request body larger than 65536 bytes"})
+    assert admin.route()["mode"] == "running"
+
+
+def test_oversized_chunked_body_is_413(admin_proxy):
+    admin = admin_proxy().admin
+    head = build_request(
+        "POST", "/routes/app/stop", [("Transfer-Encoding", "chunked")], host="localhost"
+    )
+    answer = raw_exchange(admin.spec, head + chunked(b"x" * 40_000, b"y" * 40_000))
+    assert answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n") or answer.startswith(
+        b"HTTP/1.1 413 Request Entity Too Large\r\n"
+    ), answer[:200]
+    assert admin.route()["mode"] == "running"
+
+
+def test_oversized_head_is_431(admin_proxy):
+    admin = admin_proxy().admin
+    request = build_request("GET", "/status", [("X-Padding", "p" * 17_000)], host="localhost")
+    answer = raw_exchange(admin.spec, request)
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
+    assert b'"error": "request head larger than 16384 bytes"' in answer
+
+
+def test_head_that_never_ends_is_431(admin_proxy):
+    admin = admin_proxy().admin
+    unfinished = b"GET /status HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"p" * 17_000
+    answer = raw_exchange(admin.spec, unfinished)
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:200]
+
+
+def test_malformed_request_is_400(admin_proxy):
+    admin = admin_proxy().admin
+    answer = raw_exchange(admin.spec, b"GET /status HTTP/1.1\r\nHost localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer[:200]
+    assert b"malformed request" in answer
+    assert admin.status()["routes"]  # still serving
+
+
+def test_each_response_closes_the_connection(admin_proxy):
+    admin = admin_proxy().admin
+    two = build_request("GET", "/status", host="localhost") * 2
+    answer = raw_exchange(admin.spec, two)
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert b"\r\nConnection: close\r\n" in answer
+
+
+# ---------------------------------------------------------------- TCP and the token
+
+
+def admin_tcp_address(proxy) -> str:
+    [line] = [line for line in proxy.output.snapshot() if line.startswith("fastpause: admin on ")]
+    return line.removeprefix("fastpause: admin on ")
+
+
+def test_tcp_admin_requires_the_token(proxy_factory):
+    proxy = proxy_factory(top={"admin": "127.0.0.1:0", "admin_token": TOKEN})
+    spec = admin_tcp_address(proxy)
+    assert spec.startswith("127.0.0.1:") and not spec.endswith(":0")
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+    ):
+        for method, target in (
+            ("GET", "/status"),
+            ("GET", "/metrics"),
+            ("POST", "/routes/app/stop"),
+        ):
+            reply = AdminHttp(spec).call(method, target, headers=headers)
+            assert reply.status == 401, (headers, target, reply)
+            assert reply.headers["WWW-Authenticate"] == "Bearer"
+            assert "admin token is required" in reply.json()["error"]
+    authorized = AdminHttp(spec, TOKEN)
+    assert authorized.route()["mode"] == "running"
+    assert authorized.call("GET", "/metrics").status == 200
+    assert authorized.ok("app", "stop")["mode"] == "stopped"
+    assert authorized.ok("app", "start")["mode"] == "running"
+
+
+def test_token_is_checked_before_the_route_exists(proxy_factory):
+    proxy = proxy_factory(top={"admin": "127.0.0.1:0", "admin_token": TOKEN})
+    reply = AdminHttp(admin_tcp_address(proxy)).action("secret-route-name", "pause")
+    assert reply.status == 401
+
+
+def test_public_tcp_admin_without_token_is_refused(tmp_path, backend):
+    config = write_config(tmp_path, "public.toml", "0.0.0.0:0", backend.address)
+    for command in ("validate", "run"):
+        args = (command, str(config)) if command == "validate" else ("run", "--config", str(config))
+        result = run_fastpause(*args)
+        assert result.returncode == 2, result
+        assert result.stderr == (
+            f"{config}: admin: 0.0.0.0:0 can be reached from other hosts: set admin_token, "
+            "or listen on loopback (127.0.0.1) or a Unix socket\n"
+        )
+
+
+# ---------------------------------------------------------------- the socket file
+
+
+def test_socket_is_private_to_its_owner(admin_proxy, tmp_path):
+    admin_proxy()
+    info = os.stat(tmp_path / "admin0.sock")
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600
+    assert info.st_uid == os.getuid()
+
+
+def test_stale_socket_file_is_replaced(admin_proxy, tmp_path):
+    bound_unix_file(tmp_path / "admin0.sock")
+    proxy = admin_proxy()
+    assert proxy.admin.route()["mode"] == "running"
+
+
+def test_live_socket_refuses_a_second_proxy(admin_proxy, tmp_path, backend):
+    first = admin_proxy()
+    config = write_config(tmp_path, "second.toml", first.admin.spec, backend.address)
+    result = run_fastpause("run", "--config", str(config))
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        f"fastpause: admin socket {tmp_path}/admin0.sock is in use by another fastpause\n"
+    )
+    assert "listening on" not in result.stdout
+    assert first.admin.route()["mode"] == "running"  # the first one's socket is untouched
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path, backend):
+    path = tmp_path / "admin.sock"
+    path.write_text("precious")
+    config = write_config(tmp_path, "c.toml", f"unix:{path}", backend.address)
+    result = run_fastpause("run", "--config", str(config))
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        f"fastpause: cannot use admin socket {path}: the file exists and is not a socket\n"
+    )
+    assert path.read_text() == "precious"
+
+
+def test_socket_in_a_missing_directory_fails_to_start(tmp_path, backend):
+    path = tmp_path / "missing" / "admin.sock"
+    config = write_config(tmp_path, "c.toml", f"unix:{path}", backend.address)
+    result = run_fastpause("run", "--config", str(config))
+    assert result.returncode == 1, result
+    assert result.stderr == (
+        f"fastpause: cannot create admin socket {path}: No such file or directory\n"
+    )
+
+
+def test_socket_is_removed_at_exit(admin_proxy, tmp_path):
+    proxy = admin_proxy()
+    path = tmp_path / "admin0.sock"
+    assert path.exists()
+    proxy.proc.send_signal(signal.SIGTERM)
+    assert proxy.wait() == 0
+    assert not path.exists()
+
+
+def test_admin_off_binds_nothing(proxy_factory, tmp_path):
+    proxy = proxy_factory(top={"admin": "off"})
+    assert not any("admin" in line for line in proxy.output.snapshot())
+    assert proxy.get("/inspect").status == 200
