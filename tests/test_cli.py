@@ -1,13 +1,18 @@
 """The ``fastpause`` command end to end: real processes, real sockets, real signals.
 
 Nothing here sleeps to synchronise: tests wait for the lines the proxy prints
-(``listening on``, ``shutting down``) and for events set by the test backend,
-every wait bounded so a broken proxy fails the test instead of hanging it.
+(``listening on``, ``shutting down``), for events set by the test backend and
+for the admin API's status, every wait bounded so a broken proxy fails the test
+instead of hanging it.
+
+Every test gets its own ``$XDG_RUNTIME_DIR``, so the default admin socket of the
+proxies and commands it runs is private to it.
 """
 
 import contextlib
 import http.client
 import json
+import os
 import queue
 import re
 import signal
@@ -21,18 +26,30 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from admin_support import AdminHttp
+from helpers import free_port
 
 WAIT = 15.0  # upper bound for anything the proxy should do "at once"
+TOKEN = "cli-test-token-0123456789"
 
 
-def fastpause(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run a fastpause command to completion."""
+@pytest.fixture(autouse=True)
+def private_admin_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default admin socket of this test's processes is ``tmp_path/fastpause.sock``."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delenv("FASTPAUSE_ADMIN", raising=False)
+    monkeypatch.delenv("FASTPAUSE_ADMIN_TOKEN", raising=False)
+
+
+def fastpause(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a fastpause command to completion, with ``env`` added to the environment."""
     return subprocess.run(
         [sys.executable, "-m", "fastpause", *args],
         capture_output=True,
         text=True,
         timeout=WAIT,
         check=False,
+        env={**os.environ, **env},
     )
 
 
@@ -422,3 +439,225 @@ def test_python_dash_m_and_console_script_agree() -> None:
         [str(script), "version"], capture_output=True, text=True, timeout=WAIT, check=False
     )
     assert result.stdout == fastpause("version").stdout
+
+
+# ---------------------------------------------------------------- admin commands
+
+
+def get_full(host: str, port: int, path: str = "/") -> tuple[int, dict[str, str], bytes]:
+    """GET through the proxy: status, headers, body."""
+    conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+class ProxyInfo:
+    """A running proxy's addresses, with a client for its admin API."""
+
+    def __init__(self, host: str, port: int, admin: str) -> None:
+        self.host, self.port, self.admin = host, port, admin
+        self.api = AdminHttp(admin)
+
+
+@contextlib.contextmanager
+def admin_proxy(tmp_path: Path, upstream_port: int, extra: str = "") -> Iterator[ProxyInfo]:
+    """A proxy on the default admin socket of the test (``tmp_path/fastpause.sock``)."""
+    config = write_config(tmp_path, f'listen = ["127.0.0.1:0"]\n{extra}' + route_to(upstream_port))
+    with running_proxy("--config", str(config)) as running:
+        admin_line = running.wait_for(r"^fastpause: admin on (.+)$")
+        host, port = running.started()
+        yield ProxyInfo(host, port, admin_line[1])
+
+
+def admin_ok(*args: str, **env: str) -> str:
+    """Run an admin command that must succeed; its stdout."""
+    result = fastpause(*args, **env)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    return result.stdout
+
+
+def assert_admin_failure(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """Exit status 1, nothing on stdout, exactly ``message`` on stderr."""
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", message + "\n"), result
+
+
+def test_default_admin_socket_is_found_by_the_commands(tmp_path: Path, backend) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        assert proxy.admin == f"unix:{tmp_path}/fastpause.sock"
+        assert admin_ok("status").startswith("fastpause ")
+
+
+def test_pause_and_resume(tmp_path: Path, backend, requester: ThreadPoolExecutor) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        assert admin_ok("pause", "app") == "app: paused; drained, 0 in flight\n"
+        responses = [requester.submit(get, proxy.host, proxy.port, "/inspect") for _ in range(2)]
+        proxy.api.wait_held(2)
+        assert admin_ok("resume", "app") == "app: resumed; released 2 held requests\n"
+        assert [response.result(WAIT)[0] for response in responses] == [200, 200]
+        assert proxy.api.route()["mode"] == "running"
+
+
+def test_paced_resume(tmp_path: Path, backend, requester: ThreadPoolExecutor) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        admin_ok("pause", "app", "--max-hold", "20s")
+        response = requester.submit(get, proxy.host, proxy.port, "/inspect")
+        assert proxy.api.wait_held(1)["max_hold_seconds"] == 20
+        assert admin_ok("resume", "app", "--rate", "20") == (
+            "app: resumed; releasing 1 held request at 20/s\n"
+        )
+        assert response.result(WAIT)[0] == 200
+
+
+def test_pause_reports_requests_still_in_flight(
+    tmp_path: Path, backend, requester: ThreadPoolExecutor
+) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        busy = requester.submit(get, proxy.host, proxy.port, "/hold?key=busy")
+        backend.wait_held("busy")
+        out = admin_ok("pause", "app", "--drain-timeout", "100ms")
+        assert re.fullmatch(r"app: paused; 1 still in flight after 0\.1\d*s\n", out), out
+        backend.release("busy")
+        assert busy.result(WAIT)[0] == 200
+        assert admin_ok("resume", "app") == "app: resumed; released 0 held requests\n"
+
+
+def test_stop_and_start(tmp_path: Path, backend, requester: ThreadPoolExecutor) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        admin_ok("pause", "app")
+        held = requester.submit(get_full, proxy.host, proxy.port, "/inspect")
+        proxy.api.wait_held(1)
+        out = admin_ok("stop", "app", "--message", "Back at noon", "--retry-after", "2m")
+        assert out == "app: stopped; answered 1 held request with 503\n"
+        for status, headers, body in (held.result(WAIT), get_full(proxy.host, proxy.port)):
+            assert (status, headers["Retry-After"]) == (503, "120")
+            assert b"Back at noon" in body
+        assert admin_ok("start", "app") == "app: started\n"
+        assert get(proxy.host, proxy.port, "/inspect")[0] == 200
+
+
+def test_status_table_and_json(tmp_path: Path, backend, requester: ThreadPoolExecutor) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        admin_ok("pause", "app")
+        held = requester.submit(get, proxy.host, proxy.port, "/inspect")
+        proxy.api.wait_held(1)
+        summary, blank, header, row = admin_ok("status").splitlines()
+        assert re.fullmatch(
+            rf"fastpause \S+ \(pid \d+\), up \d+\.\ds, listening on http://127\.0\.0\.1:{proxy.port}",
+            summary,
+        ), summary
+        assert blank == ""
+        assert header.split() == [
+            "ROUTE",
+            "MODE",
+            "HELD",
+            "OLDEST",
+            "HELD",
+            "IN",
+            "FLIGHT",
+            "UPSTREAMS",
+        ]
+        route, mode, count, age, in_flight, upstream = row.split()
+        assert (route, mode, count, in_flight, upstream) == (
+            "app",
+            "paused",
+            "1",
+            "0",
+            backend.address,
+        )
+        assert re.fullmatch(r"\d+\.\ds", age), age
+
+        status = json.loads(admin_ok("status", "--json"))
+        [entry] = status["routes"]
+        assert (entry["name"], entry["mode"], entry["held"]) == ("app", "paused", 1)
+        assert status["listeners"] == [f"http://127.0.0.1:{proxy.port}"]
+        admin_ok("resume", "app")
+        assert held.result(WAIT)[0] == 200
+
+
+def test_admin_address_from_option_and_environment(tmp_path: Path, backend) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        moved = {"XDG_RUNTIME_DIR": str(elsewhere)}  # the default now points to nothing
+        assert fastpause("status", **moved).returncode == 1
+        assert admin_ok("status", **moved, FASTPAUSE_ADMIN=proxy.admin).startswith("fastpause ")
+        absent = f"unix:{elsewhere}/absent.sock"
+        assert admin_ok("status", "--admin", proxy.admin, FASTPAUSE_ADMIN=absent)
+        assert fastpause("status", "--admin", absent, FASTPAUSE_ADMIN=proxy.admin).returncode == 1
+
+
+def test_run_admin_option(tmp_path: Path) -> None:
+    socket_path = tmp_path / "custom.sock"
+    args = ("--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--admin", f"unix:{socket_path}")
+    with running_proxy(*args) as running:
+        running.wait_for(rf"^fastpause: admin on unix:{re.escape(str(socket_path))}$")
+        running.started()
+        assert "default" in admin_ok("status", "--admin", f"unix:{socket_path}")
+        running.signal(signal.SIGTERM)
+        assert running.finish()[0] == 0
+    assert not socket_path.exists()
+
+
+def test_run_refuses_a_public_admin_without_token() -> None:
+    assert_user_error(
+        fastpause("run", "--admin", "0.0.0.0:0"),
+        "command line: --admin: 0.0.0.0:0 can be reached from other hosts: set admin_token",
+    )
+
+
+def test_token_for_a_tcp_admin(tmp_path: Path, backend) -> None:
+    extra = f'admin = "127.0.0.1:0"\nadmin_token = "{TOKEN}"\n'
+    with admin_proxy(tmp_path, backend.port, extra) as proxy:
+        assert_admin_failure(
+            fastpause("status", "--admin", proxy.admin),
+            "fastpause: a valid admin token is required (Authorization: Bearer TOKEN)",
+        )
+        assert admin_ok("status", "--admin", proxy.admin, FASTPAUSE_ADMIN_TOKEN=TOKEN)
+        assert admin_ok("stop", "app", "--admin", proxy.admin, "--token", TOKEN)
+        assert admin_ok("start", "app", "--admin", proxy.admin, "--token", TOKEN)
+
+
+def test_unknown_route_fails(tmp_path: Path, backend) -> None:
+    with admin_proxy(tmp_path, backend.port):
+        for action in ("pause", "resume", "stop", "start"):
+            assert_admin_failure(fastpause(action, "nope"), "fastpause: no route named 'nope'")
+
+
+def test_no_proxy_answering(tmp_path: Path) -> None:
+    missing = tmp_path / "fastpause.sock"
+    assert_admin_failure(
+        fastpause("status"), f"fastpause: no proxy is answering at unix:{missing} (no such socket)"
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(missing))  # a socket file nothing listens on
+    assert_admin_failure(
+        fastpause("pause", "app"),
+        f"fastpause: no proxy is answering at unix:{missing} (connection refused)",
+    )
+    port = free_port()
+    assert_admin_failure(
+        fastpause("resume", "app", "--admin", f"127.0.0.1:{port}"),
+        f"fastpause: no proxy is answering at 127.0.0.1:{port} (connection refused)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("pause", "app", "--max-hold", "soon"), {}, "argument --max-hold: invalid duration"),
+        (("pause", "app", "--max-hold", "0s"), {}, "must be greater than 0"),
+        (("resume", "app", "--rate", "0"), {}, "invalid rate '0': must be greater than 0"),
+        (("stop", "app", "--retry-after", "1.5s"), {}, "Retry-After is a whole number"),
+        (("status", "--admin", "off"), {}, "command line: --admin: 'off' names no proxy"),
+        (("status",), {"FASTPAUSE_ADMIN": "nowhere"}, "environment: FASTPAUSE_ADMIN: invalid"),
+        (("pause",), {}, "the following arguments are required: ROUTE"),
+    ],
+)
+def test_admin_command_usage_errors(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    assert_user_error(fastpause(*args, **env), message)
