@@ -58,8 +58,10 @@ cdef class ClientProtocol:
 
     def eof_received(self):
         self.eof = True
-        if self.state == C_WAIT:
+        if self.state == C_WAIT and self.held_queue is None:
             return True  # half-closed: still deliver the response, then close
+        # A held request whose client hung up is gone (DESIGN invariant 5): like
+        # NGINX, a FIN is taken as the client leaving, and it never reaches a backend.
         self._close()
         return False
 
