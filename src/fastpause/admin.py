@@ -205,7 +205,7 @@ def _duration(*, allow_zero: bool) -> FieldParser:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
             if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
-                raise ValueError(f"{value!r} is out of range: expected 0 to {MAX_DURATION:g}")
+                raise ValueError(f"{value!r} is out of range: expected 0 to {MAX_DURATION:.0f}")
         else:
             raise ValueError(
                 f"expected a duration like '30s' or a number of seconds, got {value!r}"
@@ -344,9 +344,9 @@ class AdminApi:
             body,
             {"max_hold": _duration(allow_zero=False), "drain_timeout": _duration(allow_zero=True)},
         )
-        command = Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD))
-        outcome = apply(command, self._engine.table)
-        state = route_state(self._engine.table, route)
+        table = self._engine.table
+        outcome = apply(Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD)), table)
+        state = route_state(table, route)
         started = time.monotonic()
         drained = await _drain(state, fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
         return outcome | {
