@@ -146,11 +146,17 @@ cdef class Upstream:
     cdef readonly int keepalive
     cdef readonly double keepalive_timeout
     cdef list idle
-    cdef set busy
+    cdef set conns
+    cdef public bint healthy
+    cdef readonly bint draining
+    cdef double down_until
+    cdef long long n_active
     cdef long long n_requests
     cdef long long n_connects
     cdef long long n_connect_failures
     cdef int n_connecting
+    cdef bint available(self, double now)
+    cdef void mark_failed(self, double now, double fail_duration)
     cdef UpstreamProtocol pop_idle(self)
     cdef void probe(self, Engine engine)
     cdef void release(self, UpstreamProtocol conn)
@@ -174,8 +180,9 @@ cdef class Route:
     cdef bytes health_path
     cdef bytes hold_time_header
     cdef readonly int retry_after
+    cdef readonly double fail_duration
     cdef Py_ssize_t rr
-    cdef Upstream pick(self)
+    cdef Upstream pick(self, double now)
 
 
 cdef class RouteState:
@@ -254,6 +261,7 @@ cdef class Engine:
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)
     cdef void upstream_up(self, Upstream up)
+    cdef void _reroute_held(self, RoutingTable old)
 
 
 cdef class UpstreamProtocol:
@@ -278,8 +286,12 @@ cdef class UpstreamProtocol:
     cdef bint client_chunked
     cdef int status
     cdef bint connecting
+    cdef bint in_exchange
     cdef void start_connect(self, double timeout)
     cdef void _connect_ended(self)
+    cdef void _connect_failed(self, str why)
+    cdef void _end_exchange(self)
+    cdef void cut(self)
     cdef void make_idle(self)
     cdef void attach(self, ClientProtocol client)
     cdef void send(self, object data)

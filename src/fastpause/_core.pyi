@@ -45,8 +45,16 @@ class Upstream:
         keepalive: int = 64,
         keepalive_timeout: float = 60.0,
     ) -> None: ...
-    def stats(self) -> dict[str, int | str]: ...
+    healthy: bool  # the active health check's verdict; set it through Engine.set_upstream_health
+    draining: bool
+    active: int  # exchanges in progress
+    down: bool  # marked down by a recent connect failure or reset (passive health)
+    def stats(self) -> dict[str, int | str | bool]: ...
     def close_idle(self) -> None: ...
+    def drain(self) -> None:
+        """Take no new requests; idle connections close now, busy ones when done."""
+    def close_all(self) -> None:
+        """Cut every connection, busy ones included (the end of a drain)."""
 
 class RouteState:
     """A route's runtime state: running/paused/stopped and its hold queue.
@@ -105,6 +113,7 @@ class Route:
         health_path: str | None = None,
         hold_time_header: str | None = None,
         retry_after: int = 5,
+        fail_duration: float = 10.0,
     ) -> None: ...
 
 class RoutingTable:
@@ -129,6 +138,7 @@ AccessRecord = tuple[str, str, str, str, int, int, float, str]
 
 class Engine:
     table: RoutingTable
+    """Assigning swaps the snapshot; held requests are routed again against it."""
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -137,6 +147,8 @@ class Engine:
         *,
         max_held_bytes: int = 256 << 20,
     ) -> None: ...
+    def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:
+        """An active health check's verdict; healthy releases requests held for it."""
     def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...
     def shutdown(self) -> None:
         """Graceful: close idle connections now, busy ones after their current response."""

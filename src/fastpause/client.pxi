@@ -223,7 +223,11 @@ cdef class ClientProtocol:
         if rs.head is not None and rs is not releasing:
             self._hold(self.started + route.try_duration)
             return
-        up = route.pick()
+        up = route.pick(_monotonic())
+        if up is None:
+            self.upstream_failed(502, f"no upstream of route {route.name} is available",
+                                 True, False)
+            return
         self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
                                                  up.address.encode("ascii"), self.engine)
         if not self.route_active:
@@ -449,16 +453,19 @@ cdef class ClientProtocol:
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable):
         """The exchange failed before any response byte reached the client."""
         cdef Py_ssize_t limit = len(self.route.upstreams) if connect_failed else 2
+        cdef Upstream up
         self.upstream = None
         if self.state == C_CLOSED:
             return
         if retryable and self.attempts < limit:
             # nothing usable was sent (DESIGN invariant 2): replay on another connection
-            self.attempts += 1
-            if not connect_failed and self.pending is None:
-                self.pending = []
-            self._dispatch(self.route.pick())
-            return
+            up = self.route.pick(_monotonic())
+            if up is not None:
+                self.attempts += 1
+                if not connect_failed and self.pending is None:
+                    self.pending = []
+                self._dispatch(up)
+                return
         if connect_failed and self.route.try_duration > 0 and \
                 self.engine.time() < self.started + self.route.try_duration:
             # no upstream accepted a connection: wait for one (Caddy's lb_try_duration)

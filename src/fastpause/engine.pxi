@@ -30,9 +30,39 @@ cdef class Engine:
     def table(self, RoutingTable table):
         """Swap the routing snapshot (one reference); route states join this engine."""
         cdef Route route
+        cdef RoutingTable old = self._table
         for route in table.routes:
             route.state.bind(self)
         self._table = table
+        if old is not None:
+            self._reroute_held(old)
+
+    cdef void _reroute_held(self, RoutingTable old):
+        """Late binding (DESIGN invariant 1): requests held while the snapshot changed
+        are routed again against the new one, which may name other upstreams."""
+        cdef Route route
+        cdef RouteState rs
+        current = set()
+        for route in self._table.routes:
+            current.add(route.state)
+        for route in self._table.routes:
+            rs = route.state
+            if rs.head is not None and rs.mode == MODE_RUNNING:
+                rs.unavailable = False
+                rs.release_all()
+        for route in old.routes:
+            rs = route.state
+            if rs not in current and rs.head is not None:
+                rs.mode = MODE_RUNNING  # its route is gone: the new table decides
+                rs.release_rate = 0.0
+                rs.release_all()
+
+    def set_upstream_health(self, Upstream up, bint healthy):
+        """An active health check's verdict; a healthy upstream releases held requests."""
+        up.healthy = healthy
+        if healthy:
+            up.down_until = 0.0
+            self.upstream_up(up)
 
     cdef void upstream_up(self, Upstream up):
         """A connection to ``up`` succeeded: routes waiting for it release their queues."""

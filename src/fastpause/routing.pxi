@@ -52,6 +52,22 @@ cdef class Deadline:
 cdef double PROBE_CONNECT_TIMEOUT = 2.0
 
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    """The event loop's clock (libuv reads CLOCK_MONOTONIC too), without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
 cdef class Upstream:
     """One backend address and its pool of idle keep-alive connections.
 
@@ -69,7 +85,8 @@ cdef class Upstream:
         self.keepalive = keepalive
         self.keepalive_timeout = keepalive_timeout
         self.idle = []
-        self.busy = set()
+        self.conns = set()
+        self.healthy = True
 
     def __repr__(self):
         return f"<Upstream {self.address}>"
@@ -82,9 +99,18 @@ cdef class Upstream:
                 return conn
         return None
 
+    cdef bint available(self, double now):
+        """Eligible for new requests: healthy, not failing, not being drained."""
+        return self.healthy and not self.draining and self.down_until <= now
+
+    cdef void mark_failed(self, double now, double fail_duration):
+        """Passive health: a connect failure or reset keeps requests away for a while."""
+        if fail_duration > 0:
+            self.down_until = now + fail_duration
+
     cdef void release(self, UpstreamProtocol conn):
         """Take back a connection whose exchange completed cleanly."""
-        if len(self.idle) >= self.keepalive or conn.engine.shutting_down:
+        if len(self.idle) >= self.keepalive or conn.engine.shutting_down or self.draining:
             conn.close()
             return
         conn.make_idle()
@@ -95,7 +121,7 @@ cdef class Upstream:
 
         Skipped while another connection attempt to this upstream is under way.
         """
-        if self.n_connecting == 0:
+        if self.n_connecting == 0 and self.healthy and not self.draining:
             UpstreamProtocol(self, engine).start_connect(PROBE_CONNECT_TIMEOUT)
 
     cdef void forget(self, UpstreamProtocol conn):
@@ -111,9 +137,35 @@ cdef class Upstream:
         for conn in idle:
             conn.close()
 
+    def drain(self):
+        """Take no new requests; pooled connections close now, busy ones when done."""
+        self.draining = True
+        self.close_idle()
+
+    def close_all(self):
+        """Cut every connection, busy ones included (the end of a drain)."""
+        cdef UpstreamProtocol conn
+        self.close_idle()
+        for conn in list(self.conns):
+            conn.cut()
+
+    @property
+    def active(self):
+        """Exchanges in progress on this upstream."""
+        return self.n_active
+
+    @property
+    def down(self):
+        """Marked down by a recent connect failure or reset (passive health)."""
+        return self.down_until > 0 and self.down_until > _monotonic()
+
     def stats(self):
         return {
             "address": self.address,
+            "healthy": self.healthy,
+            "down": self.down,
+            "draining": self.draining,
+            "active": self.n_active,
             "idle": len(self.idle),
             "requests": self.n_requests,
             "connects": self.n_connects,
@@ -129,7 +181,7 @@ cdef class Route:
                  double response_header_timeout=60.0, double upstream_body_timeout=60.0,
                  RouteState state=None, double try_duration=30.0, double try_interval=0.25,
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
-                 str hold_time_header=None, int retry_after=5):
+                 str hold_time_header=None, int retry_after=5, double fail_duration=10.0):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -156,6 +208,7 @@ cdef class Route:
         self.health_path = health_path.encode("ascii") if health_path else None
         self.hold_time_header = hold_time_header.encode("ascii") if hold_time_header else None
         self.retry_after = retry_after
+        self.fail_duration = fail_duration
         self.rr = 0
 
     def __repr__(self):
@@ -165,12 +218,19 @@ cdef class Route:
     def host_header_value(self):
         return self.host_header.decode("ascii") if self.host_header else None
 
-    cdef Upstream pick(self):
-        """Round robin; load-balancing policies arrive with multi-route support."""
-        cdef Py_ssize_t n = len(self.upstreams)
-        cdef Upstream u = self.upstreams[self.rr % n]
-        self.rr = (self.rr + 1) % n
-        return u
+    cdef Upstream pick(self, double now):
+        """Round robin over available upstreams; None when none is available.
+
+        Load-balancing policies arrive with multi-route support.
+        """
+        cdef Py_ssize_t n = len(self.upstreams), i
+        cdef Upstream u
+        for i in range(n):
+            u = self.upstreams[(self.rr + i) % n]
+            if u.available(now):
+                self.rr = (self.rr + i + 1) % n
+                return u
+        return None
 
 
 cdef class RoutingTable:

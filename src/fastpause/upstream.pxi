@@ -65,21 +65,26 @@ cdef class UpstreamProtocol:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is None:
-            return
-        self.upstream.n_connect_failures += 1
-        self.state = U_CLOSED
-        self.deadline.dispose()
-        c = self.client
+        if exc is not None:
+            self._connect_failed(f"upstream {self.upstream.address} is unreachable "
+                                 f"({_describe(exc)})")
+
+    cdef void _connect_failed(self, str why):
+        """Nothing was sent: the client may try elsewhere or wait (DESIGN invariant 2)."""
+        cdef ClientProtocol c = self.client
         self.client = None
+        self.upstream.n_connect_failures += 1
+        self.close()
         if c is not None:
-            c.upstream_failed(502, f"upstream {self.upstream.address} is unreachable "
-                                   f"({_describe(exc)})", True, True)
+            self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
+            c.upstream_failed(502, why, True, True)
 
     def connection_made(self, transport):
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.upstream.n_connects += 1
+        self.upstream.down_until = 0.0
+        self.upstream.conns.add(self)
         self._connect_ended()
         self.deadline.clear()
         if self.client is not None:
@@ -110,7 +115,14 @@ cdef class UpstreamProtocol:
         self.reusable = False
         self.deadline.clear()
         self.upstream.n_requests += 1
+        self.upstream.n_active += 1
+        self.in_exchange = True
         client.upstream_ready(self)
+
+    cdef void _end_exchange(self):
+        if self.in_exchange:
+            self.in_exchange = False
+            self.upstream.n_active -= 1
 
     cdef void send(self, object data):
         self.transport.write(data)
@@ -131,6 +143,8 @@ cdef class UpstreamProtocol:
     cdef void close(self):
         if self.state == U_IDLE:
             self.upstream.forget(self)
+        self._end_exchange()
+        self.upstream.conns.discard(self)
         self.state = U_CLOSED
         self.client = None
         self.deadline.dispose()
@@ -185,9 +199,18 @@ cdef class UpstreamProtocol:
                            if exc is not None else "upstream closed the connection")
         if self.state == U_IDLE:
             self.upstream.forget(self)
+        self._end_exchange()
+        self.upstream.conns.discard(self)
         self.state = U_CLOSED
         self.client = None
         self.deadline.dispose()
+
+    cdef void cut(self):
+        """End this connection now, whatever it carries (an upstream's drain deadline)."""
+        if self.state == U_ACTIVE and self.client is not None:
+            self._fail(502, f"upstream {self.upstream.address} was removed")
+        else:
+            self.close()
 
     def pause_writing(self):
         if self.client is not None:
@@ -348,6 +371,7 @@ cdef class UpstreamProtocol:
             c.write_body(b"0\r\n\r\n", 0)
         self.client = None
         self.deadline.clear()
+        self._end_exchange()
         c.response_done(self.reusable and self.request_done)
 
     cdef void _fail(self, int status, str why):
@@ -362,6 +386,9 @@ cdef class UpstreamProtocol:
         if self.head_done:
             c.response_broken(why)
             return
+        if not self.reused and not self.got_response_bytes:
+            # a fresh connection reset before any answer: the upstream is in trouble
+            self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
         # RFC 9110 §9.2.2 / DESIGN invariant 2: bytes went out, so only an idempotent
         # request without a body that saw no response byte may be replayed.
         retryable = (status == 502 and not self.got_response_bytes and c.idempotent
@@ -374,13 +401,7 @@ cdef class UpstreamProtocol:
     cdef void _on_deadline(self):
         cdef ClientProtocol c
         if self.state == U_CONNECTING:
-            c = self.client
-            self.client = None
-            self.upstream.n_connect_failures += 1
-            self.close()
-            if c is not None:
-                c.upstream_failed(502, f"connecting to upstream {self.upstream.address} "
-                                       f"timed out", True, True)
+            self._connect_failed(f"connecting to upstream {self.upstream.address} timed out")
         elif self.state == U_ACTIVE:
             if not self.head_done and self.request_done:
                 self._fail(504, f"upstream {self.upstream.address} did not send a response "
