@@ -247,7 +247,6 @@ cdef class Engine:
     cdef set clients
     cdef bint shutting_down
     cdef object drained
-    cdef object time
     cdef uint64_t rng_state0
     cdef uint64_t rng_state1
     cdef long long n_connections_total

@@ -43,7 +43,7 @@ cdef class ClientProtocol:
         self.table = self.engine._table
         self.engine.clients.add(self)
         self.engine.n_connections_total += 1
-        self.deadline.set(self.engine.time() + self.table.client_head_timeout)
+        self.deadline.set(_monotonic() + self.table.client_head_timeout)
 
     def data_received(self, data):
         if self.state == C_CLOSED:
@@ -218,7 +218,7 @@ cdef class ClientProtocol:
                              False, rs.stop_retry_after or route.retry_after)
             return
         if rs.mode == MODE_PAUSED or rs.pacer is not None:
-            self._hold(self.engine.time() + rs.max_hold)
+            self._hold(_monotonic() + rs.max_hold)
             return
         if rs.head is not None and rs is not releasing:
             self._hold(self.started + route.try_duration)
@@ -279,7 +279,7 @@ cdef class ClientProtocol:
         cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
         cdef RouteState was = self.route.state
         self.engine.n_held_bytes -= self.pending_bytes
-        self.held_for += self.engine.time() - self.held_since
+        self.held_for += _monotonic() - self.held_since
         if self.state == C_CLOSED:
             return
         parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
@@ -289,7 +289,7 @@ cdef class ClientProtocol:
 
     cdef void hold_expired(self):
         self.engine.n_held_bytes -= self.pending_bytes
-        self.held_for += self.engine.time() - self.held_since
+        self.held_for += _monotonic() - self.held_since
         self._send_error(503, "waited too long for the backend to become available",
                          False, self.route.retry_after)
 
@@ -299,7 +299,7 @@ cdef class ClientProtocol:
 
     cdef void _new_exchange(self):
         """Reset what describes one request/response exchange, from its first byte on."""
-        self.started = self.engine.time()
+        self.started = _monotonic()
         self.resp_started = False
         self.status = 0
         self.resp_bytes = 0
@@ -467,7 +467,7 @@ cdef class ClientProtocol:
                 self._dispatch(up)
                 return
         if connect_failed and self.route.try_duration > 0 and \
-                self.engine.time() < self.started + self.route.try_duration:
+                _monotonic() < self.started + self.route.try_duration:
             # no upstream accepted a connection: wait for one (Caddy's lb_try_duration)
             self.route.state.note_unavailable(self.route)
             self._hold(self.started + self.route.try_duration)
@@ -599,7 +599,7 @@ cdef class ClientProtocol:
             "HTTP/1.1" if self.version == 11 else "HTTP/1.0",
             self.status,
             self.resp_bytes,
-            self.engine.time() - self.started,
+            _monotonic() - self.started,
             self.last_upstream.address if self.last_upstream is not None else "-",
         ))
 
@@ -611,7 +611,7 @@ cdef class ClientProtocol:
             self._close()
             return
         self.state = C_IDLE
-        self.deadline.set(self.engine.time() + self.table.keepalive_timeout)
+        self.deadline.set(_monotonic() + self.table.keepalive_timeout)
         self._resume(P_PIPELINE)
         if self.rbuf is not None:
             self._advance()
@@ -658,11 +658,11 @@ cdef class ClientProtocol:
         if self.state == C_CLOSED or self.state == C_HEAD:
             return
         if self.write_paused:
-            self.deadline.set(self.engine.time() + self.table.send_timeout)
+            self.deadline.set(_monotonic() + self.table.send_timeout)
         elif self.state == C_BODY and not (self.pause_reasons & (P_UPSTREAM | P_CONNECTING)):
-            self.deadline.set(self.engine.time() + self.table.client_body_timeout)
+            self.deadline.set(_monotonic() + self.table.client_body_timeout)
         elif self.state == C_IDLE:
-            self.deadline.set(self.engine.time() + self.table.keepalive_timeout)
+            self.deadline.set(_monotonic() + self.table.keepalive_timeout)
         else:
             self.deadline.clear()
 

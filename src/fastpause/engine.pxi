@@ -17,7 +17,6 @@ cdef class Engine:
         self.clients = set()
         self.shutting_down = False
         self.drained = None
-        self.time = loop.time
         self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
         self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1
         self.table = table

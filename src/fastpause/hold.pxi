@@ -38,7 +38,7 @@ cdef class RouteState:
     cdef void push(self, ClientProtocol c, double deadline):
         c.held_queue = self
         c.hold_deadline = deadline
-        c.held_since = self.engine.time()
+        c.held_since = _monotonic()
         c.held_next = None
         c.held_prev = self.tail
         if self.tail is None:
@@ -73,7 +73,7 @@ cdef class RouteState:
         cdef ClientProtocol c = self.head
         if c is not None:
             self.unlink(c)
-            self._observe(self.engine.time() - c.held_since)
+            self._observe(_monotonic() - c.held_since)
         return c
 
     cdef void _observe(self, double seconds):
@@ -89,7 +89,7 @@ cdef class RouteState:
 
     def _expire_cb(self):
         cdef ClientProtocol c
-        cdef double now = self.engine.time()
+        cdef double now = _monotonic()
         while self.head is not None and self.head.hold_deadline <= now:
             c = self.pop()
             self.n_expired += 1
@@ -236,7 +236,7 @@ cdef class RouteState:
         """Seconds the oldest held request has waited, or None."""
         if self.head is None:
             return None
-        return self.engine.time() - self.head.held_since
+        return _monotonic() - self.head.held_since
 
     def stats(self):
         return {

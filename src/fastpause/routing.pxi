@@ -41,7 +41,7 @@ cdef class Deadline:
         self.handle = None
         if self.when == 0.0 or self.callback is None:
             return
-        if self.loop.time() < self.when:
+        if _monotonic() < self.when:
             self.armed_at = self.when
             self.handle = self.loop.call_at(self.when, self._fire)
             return
@@ -62,7 +62,8 @@ cdef extern from "<time.h>" nogil:
 
 
 cdef inline double _monotonic() noexcept nogil:
-    """The event loop's clock (libuv reads CLOCK_MONOTONIC too), without a Python call."""
+    """The event loop's clock without a Python call: libuv's loop time (what
+    ``loop.call_at`` counts in) is CLOCK_MONOTONIC too, read once per iteration."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
