@@ -1,0 +1,134 @@
+"""Runtime state that survives a restart: deployed targets and pause/stop modes.
+
+Written after every change, atomically (temp file in the same directory, fsync,
+rename, fsync of the directory), so a crash leaves either the old file or the
+new one, never a torn one. A file that cannot be read or parsed is reported and
+ignored: fastpause then starts from its config instead of not starting at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+MODES = ("running", "paused", "stopped")
+
+
+class StateFileError(Exception):
+    """The state file exists but cannot be used; the message names file and problem."""
+
+
+@dataclass(frozen=True)
+class RouteRuntime:
+    """What an operator changed at run time for one route."""
+
+    upstreams: tuple[str, ...] | None = None  # deployed targets, None = as configured
+    config_upstreams: tuple[str, ...] | None = None  # the config's list when deployed
+    mode: str = "running"
+    max_hold: float = 30.0
+    stop_message: str = ""
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    routes: dict[str, RouteRuntime] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "routes": {
+                name: {
+                    "upstreams": list(r.upstreams) if r.upstreams is not None else None,
+                    "config_upstreams": (
+                        list(r.config_upstreams) if r.config_upstreams is not None else None
+                    ),
+                    "mode": r.mode,
+                    "max_hold": r.max_hold,
+                    "stop_message": r.stop_message,
+                }
+                for name, r in sorted(self.routes.items())
+            },
+        }
+
+
+def save(path: str | os.PathLike[str], state: RuntimeState) -> None:
+    """Replace ``path`` with ``state`` atomically."""
+    target = Path(path)
+    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | os.PathLike[str]) -> RuntimeState | None:
+    """The saved state, None when there is no file yet; StateFileError when unusable."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StateFileError(f"{path}: not valid JSON: {exc}") from exc
+    return _parse(doc, str(path))
+
+
+def _parse(doc: Any, source: str) -> RuntimeState:
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        raise StateFileError(f"{source}: not a fastpause state file (version {VERSION})")
+    routes = doc.get("routes")
+    if not isinstance(routes, dict):
+        raise StateFileError(f"{source}: routes: expected an object")
+    return RuntimeState(
+        {name: _route(entry, f"{source}: routes.{name}") for name, entry in routes.items()}
+    )
+
+
+def _route(entry: Any, where: str) -> RouteRuntime:
+    if not isinstance(entry, dict):
+        raise StateFileError(f"{where}: expected an object")
+    mode = entry.get("mode", "running")
+    if mode not in MODES:
+        raise StateFileError(f"{where}.mode: expected one of {', '.join(MODES)}")
+    max_hold = entry.get("max_hold", 30.0)
+    if not isinstance(max_hold, int | float) or isinstance(max_hold, bool) or max_hold <= 0:
+        raise StateFileError(f"{where}.max_hold: expected a positive number of seconds")
+    message = entry.get("stop_message", "")
+    if not isinstance(message, str):
+        raise StateFileError(f"{where}.stop_message: expected a string")
+    return RouteRuntime(
+        upstreams=_addresses(entry.get("upstreams"), f"{where}.upstreams"),
+        config_upstreams=_addresses(entry.get("config_upstreams"), f"{where}.config_upstreams"),
+        mode=mode,
+        max_hold=float(max_hold),
+        stop_message=message,
+    )
+
+
+def _addresses(value: Any, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise StateFileError(f"{where}: expected a non-empty list of HOST:PORT strings")
+    return tuple(value)
