@@ -78,6 +78,7 @@ def test_status_shape(admin_proxy, backend):
     assert status["uptime_seconds"] >= 0
     assert status["listeners"] == [proxy.url]
     [route] = status["routes"]
+    upstreams = route.pop("upstreams")
     assert route == {
         "name": "app",
         "mode": "running",
@@ -86,16 +87,9 @@ def test_status_shape(admin_proxy, backend):
         "in_flight": 0,
         "max_hold_seconds": 30.0,
         "stop_message": None,
-        "upstreams": [
-            {
-                "address": backend.address,
-                "idle": 0,
-                "requests": 0,
-                "connects": 0,
-                "connect_failures": 0,
-            }
-        ],
     }
+    [upstream] = upstreams  # Upstream.stats() of the core, whatever else it reports
+    assert upstream.items() >= {"address": backend.address, "requests": 0, "connects": 0}.items()
     assert proxy.get("/inspect").status == 200
     [upstream] = proxy.admin.route()["upstreams"]
     assert (upstream["requests"], upstream["connects"]) == (1, 1)
