@@ -1,0 +1,8 @@
+"""Benchmarks of fastpause against NGINX, HAProxy and Caddy.
+
+``python -m benchmarks`` runs the whole comparison (see ``--help``) and writes
+``BENCHMARKS.md`` plus plots in ``benchmarks/results/``. ``pytest
+benchmarks/test_micro.py`` runs the pytest-benchmark micro benchmarks. The
+method follows ``BENCHMARKING.md`` of the project notes: same-run ratios,
+interleaved rounds, medians.
+"""

@@ -1,0 +1,163 @@
+"""``python -m benchmarks``: run the comparison, write results, plots and BENCHMARKS.md."""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import machine, peers, throughput
+from benchmarks.processes import HarnessError, Supervisor, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+GROUPS = ("throughput", "hold", "swap", "profile")
+HOLD_KINDS = ("fastpause-pause", "fastpause-down", "caddy-down")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="fastpause against NGINX, HAProxy and Caddy (see BENCHMARKS.md).",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="short smoke run: 2 s measurements, 2 rounds, 1,000 held requests")
+    p.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3)")
+    p.add_argument("--hold-count", type=int, help="held requests in the hold scenarios "
+                   "(default 10000)")
+    p.add_argument("--only", metavar="SCENARIO", action="append", default=[],
+                   help="run only these (repeatable, or comma-separated): a group ("
+                   + ", ".join(GROUPS) + "), a throughput scenario ("
+                   + ", ".join(throughput.SCENARIOS) + "), a hold kind ("
+                   + ", ".join(HOLD_KINDS) + ", reload-held) or a swap variant")
+    p.add_argument("--peers", default=",".join(throughput.ORDER),
+                   help="proxies in the throughput scenarios (default: all four)")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where results go")
+    p.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild BENCHMARKS.md and the plots from results.json")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    duration = args.duration or (2.0 if args.quick else 10.0)
+    rounds = args.rounds or (2 if args.quick else 3)
+    hold_count = args.hold_count or (1000 if args.quick else 10000)
+    swap_duration = max(6.0, duration * 1.2) if args.quick else max(12.0, duration * 1.5)
+    only = {item for chunk in args.only for item in chunk.split(",") if item}
+    args.results.mkdir(parents=True, exist_ok=True)
+    results_file = args.results / "results.json"
+
+    if args.report_only:
+        from benchmarks import report
+
+        report.write(json.loads(results_file.read_text()), args.results, ROOT / "BENCHMARKS.md")
+        return 0
+
+    from benchmarks import holding, swap
+
+    def wanted(group: str, name: str) -> bool:
+        return not only or group in only or name in only
+
+    results: dict = {}
+    if only and results_file.exists():
+        results = json.loads(results_file.read_text())  # a partial run updates the last full one
+    workdir = Path(tempfile.mkdtemp(prefix="fastpause-bench-"))
+    log_lines: list[str] = []
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        log_lines.append(message)
+
+    began = time.monotonic()
+    status = 0
+    try:
+        with Supervisor(workdir) as sup:
+            peers.ensure_tools()
+            results["machine"] = machine.facts()
+            results["settings"] = {"duration": duration, "rounds": rounds,
+                                   "hold_count": hold_count, "swap_duration": swap_duration,
+                                   "quick": args.quick}
+            results["versions"] = {
+                **peers.tool_versions(),
+                **{cls.name: cls(workdir).version() for cls in peers.PEERS.values()},
+            }
+            log(f"versions: {results['versions']}")
+            backend_port = free_port()
+            backend = peers.Backend(workdir).start(sup, backend_port)
+            names = [n for n in args.peers.split(",") if n]
+            scenarios = [s for s in throughput.SCENARIOS if wanted("throughput", s)]
+            if scenarios:
+                rows = [r for r in results.get("throughput_rows", [])
+                        if r["scenario"] not in scenarios]
+                for scenario in scenarios:
+                    log(f"throughput {scenario}: {throughput.MODES[scenario.split('-')[1]]}")
+                    load_before = machine.load_now()
+                    new = throughput.run_scenario(sup, workdir, backend_port, scenario,
+                                                  duration=duration, rounds=rounds,
+                                                  peers=names, log=log)
+                    for row in new:
+                        row["load_before"] = load_before
+                    rows += new
+                    results["throughput_rows"] = rows
+                    _save(results_file, results)
+                results["throughput"] = throughput.summarize(rows)
+            if wanted("profile", "profile"):
+                log("profile: fastpause under small-ka")
+                results["profile"] = _profile(sup, workdir, backend_port, duration, log)
+            sup.stop(backend)
+            _save(results_file, results)
+            hold = dict(results.get("hold", {}))
+            for kind in HOLD_KINDS:
+                if wanted("hold", kind):
+                    hold[kind] = holding.hold_run(sup, workdir, kind, hold_count, log=log)
+                    results["hold"] = hold
+                    _save(results_file, results)
+            if wanted("hold", "reload-held"):
+                results["reload_held"] = {
+                    proxy: holding.reload_while_held(sup, workdir, proxy, 100, log=log)
+                    for proxy in ("fastpause", "caddy")
+                }
+            swaps = dict(results.get("swap", {}))
+            for variant in swap.VARIANTS:
+                if wanted("swap", variant):
+                    swaps[variant] = swap.swap_run(sup, workdir, variant, swap_duration, log=log)
+                    results["swap"] = swaps
+                    _save(results_file, results)
+    except HarnessError as error:
+        log(f"benchmarks: {error}")
+        status = 1
+    except KeyboardInterrupt:
+        print("benchmarks: interrupted; every started process was stopped", file=sys.stderr)
+        status = 130
+    finally:
+        results["elapsed_seconds"] = time.monotonic() - began
+        results["load_after"] = machine.load_now()
+        _save(results_file, results)
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if status == 0 and not args.no_report:
+        from benchmarks import report
+
+        report.write(results, args.results, ROOT / "BENCHMARKS.md")
+        log(f"wrote {ROOT / 'BENCHMARKS.md'} and plots in {args.results}")
+    return status
+
+
+def _profile(sup, workdir, backend_port, duration, log) -> dict:
+    from benchmarks import profiling
+
+    return profiling.profile(sup, workdir, backend_port, max(5.0, duration), log=log)
+
+
+def _save(path: Path, results: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(path)

@@ -1,0 +1,323 @@
+"""The backend and the four proxies, configured as BENCHMARKING.md says.
+
+All on loopback, one worker/thread each, upstream keep-alive on, access logs
+off. Each proxy is a ``Peer`` that writes its config into the run's work
+directory and starts under the ``Supervisor``; ``Running.pids()`` are the
+processes whose CPU and memory are counted (NGINX: master + worker).
+"""
+
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.processes import HarnessError, Proc, Supervisor, run, wait_for_port
+
+SMALL_BODY = "Hello from the backend!\n"
+BODIES = {"small": "/", "16k": "/16k", "1m": "/1m"}  # scenario body -> backend path
+BODY_SIZES = {"small": len(SMALL_BODY), "16k": 16 * 1024, "1m": 1024 * 1024}
+
+TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy", "wrk": "wrk"}
+
+
+def ensure_tools(names: list[str] | None = None) -> list[str]:
+    """apt-get install whichever of nginx, haproxy, caddy, wrk is missing."""
+    missing = [pkg for tool, pkg in TOOLS.items() if (names is None or tool in names)
+               and shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-qq"], timeout=300, check=False, env=env)
+        run(["apt-get", "install", "-y", "-qq", *missing], timeout=900, env=env)
+    return missing
+
+
+def _nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@dataclass
+class Running:
+    """A started peer: its process, port, config file and admin address."""
+
+    peer: "Peer"
+    proc: Proc
+    port: int
+    upstream: int
+    config: Path
+    admin: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def pids(self) -> list[int]:
+        return self.proc.pids()
+
+
+class Peer:
+    name = ""
+    label = ""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+
+    def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+
+class Backend:
+    """NGINX origin: ``return 200`` small body on ``/``; static 16 KiB and 1 MiB
+    files on ``/16k`` and ``/1m`` (NGINX's config parser refuses a
+    ``return`` string over 4 KiB), sendfile on, keep-alive effectively unlimited."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.www = workdir / "www"
+        self.www.mkdir(exist_ok=True)
+        (self.www / "16k").write_bytes(b"x" * BODY_SIZES["16k"])
+        (self.www / "1m").write_bytes(b"y" * BODY_SIZES["1m"])
+
+    def start(self, sup: Supervisor, port: int, *, wait: bool = True) -> Proc:
+        base = self.workdir / f"backend-{port}"
+        base.mkdir(exist_ok=True)
+        conf = base / "nginx.conf"
+        conf.write_text(
+            _nginx_common(base)
+            + f"""
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+{_nginx_temp_paths(base)}
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        root {self.www};
+        location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location / {{ }}
+    }}
+}}
+"""
+        )
+        proc = sup.start(f"backend-{port}", [_nginx_binary(), "-e", str(base / "error.log"),
+                                             "-p", str(base), "-c", str(conf)])
+        if wait:
+            wait_for_port(port, proc)
+        return proc
+
+
+def _nginx_common(base: Path) -> str:
+    return f"""
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid {base}/nginx.pid;
+error_log {base}/error.log warn;
+events {{ worker_connections 19000; }}
+"""
+
+
+def _nginx_temp_paths(base: Path) -> str:
+    return "\n".join(
+        f"    {kind}_temp_path {base}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+class Fastpause(Peer):
+    name = "fastpause"
+    label = "fastpause"
+
+    def write_config(self, path: Path, port: int, upstream: int, admin: str) -> None:
+        path.write_text(
+            f"""listen = ["127.0.0.1:{port}"]
+admin = "{admin}"
+
+[[routes]]
+name = "app"
+upstreams = ["127.0.0.1:{upstream}"]
+try_duration = "30s"
+try_interval = "250ms"
+max_held = 10000
+"""
+        )
+
+    def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
+        base = self.workdir / f"fastpause-{port}"
+        base.mkdir(exist_ok=True)
+        conf = base / "fastpause.toml"
+        admin = f"unix:{base}/admin.sock"
+        self.write_config(conf, port, upstream, admin)
+        proc = sup.start(f"fastpause-{port}",
+                         [sys.executable, "-m", "fastpause", "run", "--config", str(conf)])
+        wait_for_port(port, proc)
+        return Running(self, proc, port, upstream, conf, admin)
+
+    def cli(self, running: Running, *args: str, timeout: float = 60.0) -> str:
+        return run([sys.executable, "-m", "fastpause", *args, "--admin", running.admin],
+                   timeout=timeout)
+
+    def version(self) -> str:
+        return run([sys.executable, "-m", "fastpause", "version"], timeout=30).strip()
+
+    @staticmethod
+    def has_command(command: str) -> bool:
+        """Whether this build of fastpause offers ``reload`` / ``deploy``."""
+        out = run([sys.executable, "-m", "fastpause", command, "--help"], timeout=30, check=False)
+        return "invalid choice" not in out and "usage:" in out
+
+
+class Nginx(Peer):
+    name = "nginx"
+    label = "NGINX"
+
+    def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
+        base = self.workdir / f"nginx-{port}"
+        base.mkdir(exist_ok=True)
+        conf = base / "nginx.conf"
+        conf.write_text(
+            _nginx_common(base)
+            + f"""
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{_nginx_temp_paths(base)}
+    upstream app {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 100000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=16384;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+        )
+        proc = sup.start(f"nginx-{port}", [_nginx_binary(), "-e", str(base / "error.log"),
+                                           "-p", str(base), "-c", str(conf)])
+        wait_for_port(port, proc)
+        return Running(self, proc, port, upstream, conf)
+
+    def version(self) -> str:
+        out = run([_nginx_binary(), "-v"], timeout=30)
+        return out.strip().split("/", 1)[-1]
+
+
+class Haproxy(Peer):
+    name = "haproxy"
+    label = "HAProxy"
+
+    def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
+        conf = self.workdir / f"haproxy-{port}.cfg"
+        conf.write_text(
+            f"""global
+    nbthread 1
+    maxconn 9000
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 300s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    server app 127.0.0.1:{upstream}
+"""
+        )
+        proc = sup.start(f"haproxy-{port}", ["haproxy", "-db", "-f", str(conf)])
+        wait_for_port(port, proc)
+        return Running(self, proc, port, upstream, conf)
+
+    def version(self) -> str:
+        out = run(["haproxy", "-v"], timeout=30)
+        found = re.search(r"version (\S+)", out)
+        return found.group(1) if found else out.splitlines()[0]
+
+
+class Caddy(Peer):
+    name = "caddy"
+    label = "Caddy"
+
+    def caddyfile(self, port: int, upstream: int, admin: str, hold: bool) -> str:
+        retry = "\n\t\tlb_try_duration 30s\n\t\tlb_try_interval 250ms" if hold else ""
+        return f"""{{
+\tadmin {admin}
+\tauto_https off
+}}
+
+:{port} {{
+\tbind 127.0.0.1
+\treverse_proxy 127.0.0.1:{upstream} {{
+\t\ttransport http {{
+\t\t\tkeepalive_idle_conns_per_host 512
+\t\t}}{retry}
+\t}}
+}}
+"""
+
+    def env(self) -> dict[str, str]:
+        home = self.workdir / "caddy-home"
+        home.mkdir(exist_ok=True)
+        return {"GOMAXPROCS": "1", "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
+                "XDG_CONFIG_HOME": str(home / "config")}
+
+    def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
+        conf = self.workdir / f"Caddyfile-{port}"
+        admin = f"unix/{self.workdir}/caddy-{port}-admin.sock"
+        conf.write_text(self.caddyfile(port, upstream, admin, hold))
+        proc = sup.start(f"caddy-{port}", ["caddy", "run", "--config", str(conf),
+                                           "--adapter", "caddyfile"], env=self.env())
+        wait_for_port(port, proc)
+        return Running(self, proc, port, upstream, conf, admin, {"hold": hold})
+
+    def reload(self, running: Running, upstream: int) -> None:
+        """Point the route at another backend: edit the Caddyfile, ``caddy reload``."""
+        running.config.write_text(
+            self.caddyfile(running.port, upstream, running.admin, running.extra["hold"])
+        )
+        run(["caddy", "reload", "--config", str(running.config), "--adapter", "caddyfile",
+             "--address", running.admin], timeout=60, env={**os.environ, **self.env()})
+        running.upstream = upstream
+
+    def version(self) -> str:
+        return run(["caddy", "version"], timeout=30).strip().split()[0]
+
+
+PEERS = {peer.name: peer for peer in (Fastpause, Nginx, Haproxy, Caddy)}
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of wrk and the Python pieces (the peers report their own)."""
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for module in ("uvloop", "httptools", "Cython", "matplotlib", "pytest_benchmark"):
+        try:
+            from importlib.metadata import version
+
+            versions[module] = version(module.replace("_", "-"))
+        except Exception:
+            pass
+    out = run(["wrk", "-v"], timeout=30, check=False)
+    found = re.search(r"wrk (\S+)", out)
+    versions["wrk"] = found.group(1) if found else "?"
+    return versions
