@@ -47,6 +47,28 @@ def test_requests_wait_for_a_backend_that_comes_up_later(hold_proxy, late_backen
     proxy.admin.wait_held(0)
 
 
+def test_a_new_request_releases_the_queue_once_the_backend_is_back(hold_proxy, late_backend):
+    """Release is event-driven: with probes a minute apart, the next request's successful
+    connect releases what waits, without waiting for the probe."""
+    port = free_port()
+    proxy = hold_proxy(
+        route={"try_interval": "60s", "try_duration": "120s"}, upstreams=[f"127.0.0.1:{port}"]
+    )
+    pending = []
+    for i in range(2):
+        pending.append(in_thread(proxy.port, build_request("GET", f"/inspect?early={i}")))
+        proxy.admin.wait_held(i + 1)
+
+    late_backend(port)
+    pending.append(in_thread(proxy.port, build_request("GET", "/inspect?next")))
+    targets = ["/inspect?early=0", "/inspect?early=1", "/inspect?next"]
+    for p, target in zip(pending, targets, strict=True):
+        resp = p.result(timeout=15)
+        assert resp.status == 200, f"{target}: {resp!r}"
+        assert resp.json()["target"] == target
+    proxy.admin.wait_held(0)
+
+
 def test_body_held_while_backend_down_is_replayed_exactly(hold_proxy, late_backend):
     """A POST whose connection was refused keeps its whole body and is replayed once the
     backend accepts connections (nothing had reached an upstream)."""
@@ -82,7 +104,8 @@ def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold
     assert proxy.admin.metric("fastpause_held", route="app") == 500
     assert recorder.targets() == ["/warm-up"], "a request passed the pause"
 
-    cli_ok(proxy.admin, "resume", "app")
+    done = cli_ok(proxy.admin, "resume", "app")
+    assert "500" in done.stdout, done  # says how many it released
     for target, conn in zip(targets, conns, strict=True):
         resp = conn.read_response()
         conn.close()
@@ -98,7 +121,8 @@ def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold
 
 def test_paced_resume_spreads_the_release(hold_proxy, recorder):
     """``resume --rate 20``: 30 held requests cannot reach the backend faster than 20/s,
-    so their arrivals span at least (30-1)/20 s (80% allowed for clock granularity)."""
+    so their arrivals span at least (30-1)/20 s (80% allowed for clock granularity).
+    A request arriving during the paced release waits behind the ones held before it."""
     n, rate = 30, 20
     proxy = hold_proxy(upstreams=[recorder.address])
     proxy.admin.pause()
@@ -106,13 +130,17 @@ def test_paced_resume_spreads_the_release(hold_proxy, recorder):
     conns = send_in_order(proxy, proxy.admin, targets)
 
     cli_ok(proxy.admin, "resume", "app", "--rate", str(rate))
+    entry = proxy.admin.wait_until(lambda r: r["held"] < n, "the paced release to start")
+    assert entry["mode"] == "running", entry
+    late = in_thread(proxy.port, build_request("GET", "/paced/late"))
     for target, conn in zip(targets, conns, strict=True):
         resp = conn.read_response()
         conn.close()
         assert resp.status == 200, f"{target}: {resp!r}"
+    assert late.result().status == 200
     log = recorder.log()
-    assert [e["target"] for e in log] == targets
-    span = log[-1]["t"] - log[0]["t"]
+    assert [e["target"] for e in log] == [*targets, "/paced/late"]
+    span = log[n - 1]["t"] - log[0]["t"]
     assert span >= 0.8 * (n - 1) / rate, (
         f"{n} requests released at --rate {rate} reached the backend within {span:.3f}s"
     )
