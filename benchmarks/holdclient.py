@@ -111,15 +111,13 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args()
+    work = run(args.host, args.port, args.count, args.path, args.parallel, args.timeout)
     try:
         import uvloop
 
-        uvloop.install()
+        result = uvloop.run(work)
     except ImportError:
-        pass
-    result = asyncio.run(
-        run(args.host, args.port, args.count, args.path, args.parallel, args.timeout)
-    )
+        result = asyncio.run(work)
     print(json.dumps(result), flush=True)
     return 0
 

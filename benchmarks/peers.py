@@ -77,6 +77,9 @@ class Backend:
         self.workdir = workdir
         self.www = workdir / "www"
         self.www.mkdir(exist_ok=True)
+        # mkdtemp makes the work directory 0700; NGINX's worker runs as nobody.
+        for path in (workdir, self.www):
+            path.chmod(0o755)
         (self.www / "16k").write_bytes(b"x" * BODY_SIZES["16k"])
         (self.www / "1m").write_bytes(b"y" * BODY_SIZES["1m"])
 
