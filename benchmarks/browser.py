@@ -13,8 +13,7 @@ HEADERS: list[tuple[str, str]] = [
     ),
     (
         "Accept",
-        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
-        "image/webp,*/*;q=0.8",
+        "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
     ),
     ("Accept-Language", "en-US,en;q=0.9,de;q=0.8"),
     ("Accept-Encoding", "gzip, deflate, br"),

@@ -22,23 +22,41 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks",
         description="fastpause against NGINX, HAProxy and Caddy (see BENCHMARKS.md).",
     )
-    p.add_argument("--quick", action="store_true",
-                   help="short smoke run: 2 s measurements, 2 rounds, 1,000 held requests")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short smoke run: 2 s measurements, 2 rounds, 1,000 held requests",
+    )
     p.add_argument("--duration", type=float, help="seconds per wrk measurement (default 10)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3)")
-    p.add_argument("--hold-count", type=int, help="held requests in the hold scenarios "
-                   "(default 10000)")
-    p.add_argument("--only", metavar="SCENARIO", action="append", default=[],
-                   help="run only these (repeatable, or comma-separated): a group ("
-                   + ", ".join(GROUPS) + "), a throughput scenario ("
-                   + ", ".join(throughput.SCENARIOS) + "), a hold kind ("
-                   + ", ".join(HOLD_KINDS) + ", reload-held) or a swap variant")
-    p.add_argument("--peers", default=",".join(throughput.ORDER),
-                   help="proxies in the throughput scenarios (default: all four)")
+    p.add_argument(
+        "--hold-count", type=int, help="held requests in the hold scenarios (default 10000)"
+    )
+    p.add_argument(
+        "--only",
+        metavar="SCENARIO",
+        action="append",
+        default=[],
+        help="run only these (repeatable, or comma-separated): a group ("
+        + ", ".join(GROUPS)
+        + "), a throughput scenario ("
+        + ", ".join(throughput.SCENARIOS)
+        + "), a hold kind ("
+        + ", ".join(HOLD_KINDS)
+        + ", reload-held) or a swap variant",
+    )
+    p.add_argument(
+        "--peers",
+        default=",".join(throughput.ORDER),
+        help="proxies in the throughput scenarios (default: all four)",
+    )
     p.add_argument("--results", type=Path, default=RESULTS, help="where results go")
     p.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild BENCHMARKS.md and the plots from results.json")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild BENCHMARKS.md and the plots from results.json",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     return p
 
@@ -80,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         with Supervisor(workdir) as sup:
             peers.ensure_tools()
             results["machine"] = machine.facts()
-            results["settings"] = {"duration": duration, "rounds": rounds,
-                                   "hold_count": hold_count, "swap_duration": swap_duration,
-                                   "quick": args.quick}
+            results["settings"] = {
+                "duration": duration,
+                "rounds": rounds,
+                "hold_count": hold_count,
+                "swap_duration": swap_duration,
+                "quick": args.quick,
+            }
             results["versions"] = {
                 **peers.tool_versions(),
                 **{cls.name: cls(workdir).version() for cls in peers.PEERS.values()},
@@ -93,14 +115,22 @@ def main(argv: list[str] | None = None) -> int:
             names = [n for n in args.peers.split(",") if n]
             scenarios = [s for s in throughput.SCENARIOS if wanted("throughput", s)]
             if scenarios:
-                rows = [r for r in results.get("throughput_rows", [])
-                        if r["scenario"] not in scenarios]
+                rows = [
+                    r for r in results.get("throughput_rows", []) if r["scenario"] not in scenarios
+                ]
                 for scenario in scenarios:
                     log(f"throughput {scenario}: {throughput.MODES[scenario.split('-')[1]]}")
                     load_before = machine.load_now()
-                    new = throughput.run_scenario(sup, workdir, backend_port, scenario,
-                                                  duration=duration, rounds=rounds,
-                                                  peers=names, log=log)
+                    new = throughput.run_scenario(
+                        sup,
+                        workdir,
+                        backend_port,
+                        scenario,
+                        duration=duration,
+                        rounds=rounds,
+                        peers=names,
+                        log=log,
+                    )
                     for row in new:
                         row["load_before"] = load_before
                     rows += new

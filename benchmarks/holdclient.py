@@ -88,7 +88,7 @@ async def run(host: str, port: int, count: int, path: str, parallel: int, timeou
     for future in futures:
         try:
             when, status = await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             errors["no answer before timeout"] = errors.get("no answer before timeout", 0) + 1
             continue
         except ConnectionError as error:

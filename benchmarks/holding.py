@@ -44,7 +44,8 @@ def admin_request(admin: str, method: str, path: str, body: bytes = b"", timeout
         sock.connect(sock_path)
         sock.sendall(
             f"{method} {path} HTTP/1.1\r\nHost: fastpause\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
         )
         chunks = []
         while chunk := sock.recv(65536):
@@ -67,8 +68,17 @@ class HoldClient:
         self.timeout = timeout
         self.proc = sup.start(
             name,
-            [sys.executable, "-m", "benchmarks.holdclient", "--port", str(port),
-             "--count", str(count), "--timeout", str(timeout)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.holdclient",
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--timeout",
+                str(timeout),
+            ],
             stdout_pipe=True,
             cwd=Path(__file__).resolve().parent.parent,
         )
@@ -225,8 +235,10 @@ def reload_while_held(sup: Supervisor, workdir: Path, proxy: str, count: int, lo
             "errors": result["errors"],
             "last": answered[-1] - began if answered else None,
         }
-        log(f"  reload-while-held {proxy}: {sent} held, statuses {result['statuses']} "
-            f"errors {result['errors']}, last answer {_ms(row['last'])} after the reload")
+        log(
+            f"  reload-while-held {proxy}: {sent} held, statuses {result['statuses']} "
+            f"errors {result['errors']}, last answer {_ms(row['last'])} after the reload"
+        )
         return row
     finally:
         for proc in reversed(started):

@@ -34,8 +34,18 @@ def write_script(workdir: Path, *, close: bool, timeline: Path | None = None) ->
 
 
 def wrk_command(url: str, script: Path, duration: float, connections: int = 64) -> list[str]:
-    return ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-            "--timeout", "10s", "-s", str(script), url]
+    return [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        url,
+    ]
 
 
 def start_wrk(sup: Supervisor, url: str, script: Path, duration: float, name: str = "wrk"):
@@ -69,9 +79,7 @@ def parse(text: str) -> WrkResult:
             setattr(result, attr, float(found.group(1)) * _UNITS[found.group(2)])
     found = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     result.non2xx = int(found.group(1)) if found else 0
-    found = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
-    )
+    found = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if found:
         counts = [int(x) for x in found.groups()]
         result.socket_errors = sum(counts)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.processes import HarnessError, Proc, Supervisor, run, wait_for_port
+from benchmarks.processes import Proc, Supervisor, run, wait_for_port
 
 SMALL_BODY = "Hello from the backend!\n"
 BODIES = {"small": "/", "16k": "/16k", "1m": "/1m"}  # scenario body -> backend path
@@ -24,8 +24,13 @@ TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy", "wrk": "wrk"}
 
 def ensure_tools(names: list[str] | None = None) -> list[str]:
     """apt-get install whichever of nginx, haproxy, caddy, wrk is missing."""
-    missing = [pkg for tool, pkg in TOOLS.items() if (names is None or tool in names)
-               and shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    missing = [
+        pkg
+        for tool, pkg in TOOLS.items()
+        if (names is None or tool in names)
+        and shutil.which(tool) is None
+        and not Path(f"/usr/sbin/{tool}").exists()
+    ]
     if missing:
         print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
@@ -107,8 +112,10 @@ http {{
 }}
 """
         )
-        proc = sup.start(f"backend-{port}", [_nginx_binary(), "-e", str(base / "error.log"),
-                                             "-p", str(base), "-c", str(conf)])
+        proc = sup.start(
+            f"backend-{port}",
+            [_nginx_binary(), "-e", str(base / "error.log"), "-p", str(base), "-c", str(conf)],
+        )
         if wait:
             wait_for_port(port, proc)
         return proc
@@ -157,14 +164,16 @@ max_held = 10000
         conf = base / "fastpause.toml"
         admin = f"unix:{base}/admin.sock"
         self.write_config(conf, port, upstream, admin)
-        proc = sup.start(f"fastpause-{port}",
-                         [sys.executable, "-m", "fastpause", "run", "--config", str(conf)])
+        proc = sup.start(
+            f"fastpause-{port}", [sys.executable, "-m", "fastpause", "run", "--config", str(conf)]
+        )
         wait_for_port(port, proc)
         return Running(self, proc, port, upstream, conf, admin)
 
     def cli(self, running: Running, *args: str, timeout: float = 60.0) -> str:
-        return run([sys.executable, "-m", "fastpause", *args, "--admin", running.admin],
-                   timeout=timeout)
+        return run(
+            [sys.executable, "-m", "fastpause", *args, "--admin", running.admin], timeout=timeout
+        )
 
     def version(self) -> str:
         return run([sys.executable, "-m", "fastpause", "version"], timeout=30).strip()
@@ -208,8 +217,10 @@ http {{
 }}
 """
         )
-        proc = sup.start(f"nginx-{port}", [_nginx_binary(), "-e", str(base / "error.log"),
-                                           "-p", str(base), "-c", str(conf)])
+        proc = sup.start(
+            f"nginx-{port}",
+            [_nginx_binary(), "-e", str(base / "error.log"), "-p", str(base), "-c", str(conf)],
+        )
         wait_for_port(port, proc)
         return Running(self, proc, port, upstream, conf)
 
@@ -280,15 +291,22 @@ class Caddy(Peer):
     def env(self) -> dict[str, str]:
         home = self.workdir / "caddy-home"
         home.mkdir(exist_ok=True)
-        return {"GOMAXPROCS": "1", "HOME": str(home), "XDG_DATA_HOME": str(home / "data"),
-                "XDG_CONFIG_HOME": str(home / "config")}
+        return {
+            "GOMAXPROCS": "1",
+            "HOME": str(home),
+            "XDG_DATA_HOME": str(home / "data"),
+            "XDG_CONFIG_HOME": str(home / "config"),
+        }
 
     def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
         conf = self.workdir / f"Caddyfile-{port}"
         admin = f"unix/{self.workdir}/caddy-{port}-admin.sock"
         conf.write_text(self.caddyfile(port, upstream, admin, hold))
-        proc = sup.start(f"caddy-{port}", ["caddy", "run", "--config", str(conf),
-                                           "--adapter", "caddyfile"], env=self.env())
+        proc = sup.start(
+            f"caddy-{port}",
+            ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"],
+            env=self.env(),
+        )
         wait_for_port(port, proc)
         return Running(self, proc, port, upstream, conf, admin, {"hold": hold})
 
@@ -297,8 +315,20 @@ class Caddy(Peer):
         running.config.write_text(
             self.caddyfile(running.port, upstream, running.admin, running.extra["hold"])
         )
-        run(["caddy", "reload", "--config", str(running.config), "--adapter", "caddyfile",
-             "--address", running.admin], timeout=60, env={**os.environ, **self.env()})
+        run(
+            [
+                "caddy",
+                "reload",
+                "--config",
+                str(running.config),
+                "--adapter",
+                "caddyfile",
+                "--address",
+                running.admin,
+            ],
+            timeout=60,
+            env={**os.environ, **self.env()},
+        )
         running.upstream = upstream
 
     def version(self) -> str:

@@ -102,10 +102,8 @@ class Supervisor:
         """Signal the process group, wait up to ``grace``, then SIGKILL the group."""
         if proc.alive():
             _signal_group(proc.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever is left of the group (orphaned workers) goes too.
         _signal_group(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -29,15 +29,44 @@ def profile(sup: Supervisor, workdir: Path, backend_port: int, duration: float, 
             data = workdir / "perf.data"
             wrk = load.start_wrk(sup, url, script, duration + 2)
             time.sleep(1)
-            perf = sup.start("perf", ["perf", "record", "-F", "999", "-g", "-p",
-                                      str(running.pid), "-o", str(data), "--", "sleep",
-                                      str(duration)])
+            perf = sup.start(
+                "perf",
+                [
+                    "perf",
+                    "record",
+                    "-F",
+                    "999",
+                    "-g",
+                    "-p",
+                    str(running.pid),
+                    "-o",
+                    str(data),
+                    "--",
+                    "sleep",
+                    str(duration),
+                ],
+            )
             perf.popen.wait(duration + 30)
             sup.stop(perf)
             result = load.finish_wrk(sup, wrk, duration + 2)
-            report = run(["perf", "report", "-i", str(data), "--no-children", "--sort",
-                          "dso,sym", "--stdio", "-g", "none", "--percent-limit", "0.2"],
-                         timeout=300, check=False)
+            report = run(
+                [
+                    "perf",
+                    "report",
+                    "-i",
+                    str(data),
+                    "--no-children",
+                    "--sort",
+                    "dso,sym",
+                    "--stdio",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "0.2",
+                ],
+                timeout=300,
+                check=False,
+            )
             (workdir / "perf-report.txt").write_text(report)
             out["perf"] = {"top": _perf_top(report), "rps_while_profiled": result.rps}
             log(f"  perf: {len(out['perf']['top'])} hot functions")
@@ -48,16 +77,35 @@ def profile(sup: Supervisor, workdir: Path, backend_port: int, duration: float, 
             raw = workdir / "py-spy.txt"
             wrk = load.start_wrk(sup, url, script, duration + 2)
             time.sleep(1)
-            proc = sup.start("py-spy", [spy, "record", "--native", "-r", "200", "-d",
-                                        str(int(duration)), "-f", "raw", "-o", str(raw), "-p",
-                                        str(running.pid)])
+            proc = sup.start(
+                "py-spy",
+                [
+                    spy,
+                    "record",
+                    "--native",
+                    "-r",
+                    "200",
+                    "-d",
+                    str(int(duration)),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "-p",
+                    str(running.pid),
+                ],
+            )
             proc.popen.wait(duration + 60)
             sup.stop(proc)
             result = load.finish_wrk(sup, wrk, duration + 2)
             if raw.exists():
                 self_top, total_top, samples = _pyspy_top(raw.read_text())
-                out["py-spy"] = {"self": self_top, "total": total_top, "samples": samples,
-                                 "rps_while_profiled": result.rps}
+                out["py-spy"] = {
+                    "self": self_top,
+                    "total": total_top,
+                    "samples": samples,
+                    "rps_while_profiled": result.rps,
+                }
                 log(f"  py-spy: {samples} samples")
             else:
                 log(f"  py-spy produced nothing:\n{proc.log_tail()}")
@@ -78,8 +126,7 @@ def _perf_top(report: str, limit: int = 25) -> list[dict]:
         found = _PERF_LINE.match(line)
         if found:
             pct, dso, where, sym = found.groups()
-            rows.append({"percent": float(pct), "dso": dso,
-                         "kernel": where == "k", "symbol": sym})
+            rows.append({"percent": float(pct), "dso": dso, "kernel": where == "k", "symbol": sym})
     return rows[:limit]
 
 
@@ -106,7 +153,9 @@ def _pyspy_top(raw: str, limit: int = 25) -> tuple[list[dict], list[dict], int]:
             total_counts[frame] += n
 
     def table(counter: Counter) -> list[dict]:
-        return [{"percent": 100.0 * n / max(1, samples), "function": name}
-                for name, n in counter.most_common(limit)]
+        return [
+            {"percent": 100.0 * n / max(1, samples), "function": name}
+            for name, n in counter.most_common(limit)
+        ]
 
     return table(self_counts), table(total_counts), samples

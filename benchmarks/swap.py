@@ -4,8 +4,8 @@ Two kinds of swap, each under ``wrk -t1 -c64`` keep-alive small-body load:
 
 * ``restart``: the backend is stopped (NGINX graceful quit) and a new one is
   started on the same port 1 s later. fastpause either pauses the route first
-  and resumes after (``fastpause-pause``) or just relies on ``try_duration``
-  (``fastpause-try``); Caddy relies on ``lb_try_duration 30s`` /
+  and resumes after (``restart-fastpause-pause``) or just relies on ``try_duration``
+  (``restart-fastpause-try``); Caddy relies on ``lb_try_duration 30s`` /
   ``lb_try_interval 250ms``; NGINX (no holding) is the reference for what a
   plain proxy does.
 * ``reload`` / ``deploy``: a new backend is started on another port, the proxy
@@ -34,13 +34,13 @@ GAP = 1.0  # seconds the backend is down during a restart
 
 VARIANTS = {
     # key: (swap kind, peer, how)
-    "fastpause-pause": ("restart", "fastpause", "pause, restart backend, resume"),
-    "fastpause-try": ("restart", "fastpause", "restart backend; try_duration holds"),
-    "caddy-try": ("restart", "caddy", "restart backend; lb_try_duration holds"),
-    "nginx-restart": ("restart", "nginx", "restart backend; no holding (reference)"),
-    "fastpause-reload": ("reload", "fastpause", "new backend; fastpause reload"),
-    "fastpause-deploy": ("reload", "fastpause", "new backend; fastpause deploy app --to"),
-    "caddy-reload": ("reload", "caddy", "new backend; caddy reload"),
+    "restart-fastpause-pause": ("restart", "fastpause", "pause, restart backend, resume"),
+    "restart-fastpause-try": ("restart", "fastpause", "restart backend; try_duration holds"),
+    "restart-caddy": ("restart", "caddy", "restart backend; lb_try_duration holds"),
+    "restart-nginx": ("restart", "nginx", "restart backend; no holding (reference)"),
+    "reload-fastpause": ("reload", "fastpause", "new backend; fastpause reload"),
+    "deploy-fastpause": ("deploy", "fastpause", "new backend; fastpause deploy app --to"),
+    "reload-caddy": ("reload", "caddy", "new backend; caddy reload"),
 }
 
 
@@ -108,9 +108,9 @@ def _read_response(sock: socket.socket) -> int:
 
 
 def available(variant: str) -> bool:
-    if variant == "fastpause-reload":
+    if variant == "reload-fastpause":
         return Fastpause.has_command("reload")
-    if variant == "fastpause-deploy":
+    if variant == "deploy-fastpause":
         return Fastpause.has_command("deploy")
     return True
 
@@ -134,7 +134,8 @@ def swap_run(sup: Supervisor, workdir: Path, variant: str, duration: float, log=
         running = peer.start(sup, free_port(), old_port, hold=True)
         started.append(running.proc)
         url = f"http://127.0.0.1:{running.port}/"
-        load.finish_wrk(sup, load.start_wrk(sup, url, load.write_script(workdir, close=False), 1), 1)
+        warm = load.write_script(workdir, close=False)
+        load.finish_wrk(sup, load.start_wrk(sup, url, warm, 1), 1)
         probe = Probe(running.port)
         wrk = load.start_wrk(sup, url, script, duration, name=f"wrk-{variant}")
         t_start = time.monotonic()
@@ -143,7 +144,7 @@ def swap_run(sup: Supervisor, workdir: Path, variant: str, duration: float, log=
         swap_began = time.monotonic()
         events: list[tuple[float, str]] = [(swap_began, "swap begins")]
         if kind == "restart":
-            if variant == "fastpause-pause":
+            if variant == "restart-fastpause-pause":
                 peer.cli(running, "pause", "app", "--drain-timeout", "10s")
                 events.append((time.monotonic(), "paused (drained)"))
             sup.stop(old, sig=3, grace=10)  # SIGQUIT: NGINX's graceful shutdown
@@ -151,15 +152,15 @@ def swap_run(sup: Supervisor, workdir: Path, variant: str, duration: float, log=
             time.sleep(GAP)
             started.append(backend.start(sup, old_port))
             events.append((time.monotonic(), "new backend accepting"))
-            if variant == "fastpause-pause":
+            if variant == "restart-fastpause-pause":
                 peer.cli(running, "resume", "app")
                 events.append((time.monotonic(), "resumed"))
         else:
             started.append(backend.start(sup, new_port))
             events.append((time.monotonic(), "new backend accepting"))
-            if variant == "caddy-reload":
+            if variant == "reload-caddy":
                 peer.reload(running, new_port)
-            elif variant == "fastpause-reload":
+            elif variant == "reload-fastpause":
                 peer.write_config(running.config, running.port, new_port, running.admin)
                 peer.cli(running, "reload", "--config", str(running.config))
             else:
@@ -220,4 +221,3 @@ def _read_timeline(path: Path) -> list[tuple[int, int, int]]:
         slot[0] += ok
         slot[1] += other
     return sorted((b, v[0], v[1]) for b, v in merged.items())
-

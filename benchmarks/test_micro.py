@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.browser import request_head  # noqa: E402
+from benchmarks.browser import request_head
 
 HEADS = {
     "browser": request_head("/products/index.html?page=2&sort=price", "shop.example.com"),
@@ -40,14 +40,14 @@ def test_parse_fastpause(benchmark, head):
     from fastpause._core import parse_request_head
 
     data = HEADS[head]
-    method, target, version, headers = benchmark(parse_request_head, data)
+    method, _target, version, headers = benchmark(parse_request_head, data)
     assert method == b"GET" and version == (1, 1) and len(headers) >= 3
 
 
 class _Collect:
     """httptools callbacks that keep what parse_request_head returns."""
 
-    __slots__ = ("headers", "url", "done")
+    __slots__ = ("done", "headers", "url")
 
     def __init__(self) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
@@ -75,7 +75,7 @@ def test_parse_httptools(benchmark, head):
         parser.feed_data(data)
         return parser.get_method(), sink.url, parser.get_http_version(), sink.headers
 
-    method, url, version, headers = benchmark(parse)
+    method, _url, version, headers = benchmark(parse)
     assert method == b"GET" and version == "1.1" and len(headers) >= 3
 
 

@@ -118,8 +118,6 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict]]:
                         for f in FIGURES:
                             if peers[ref][f]:
                                 ratios[f].append(peers[proxy][f] / peers[ref][f])
-                figures[f"vs_{ref}"] = {
-                    f: statistics.median(v) for f, v in ratios.items() if v
-                }
+                figures[f"vs_{ref}"] = {f: statistics.median(v) for f, v in ratios.items() if v}
             out[scenario][proxy] = figures
     return out
