@@ -392,7 +392,7 @@ if __name__ != "__main__":  # the recording backend process does without pytest
         counter = itertools.count()
 
         def start(route=None, top=None, upstreams=None):
-            spec = f"unix:{tmp_path}/admin{next(counter)}.sock"
+            spec = f"unix:{tmp_path}/hold-admin{next(counter)}.sock"
             p = proxy_factory(route=route, top={"admin": spec, **(top or {})}, upstreams=upstreams)
             p.admin = Admin(spec, p)
             p.admin.wait_ready()
