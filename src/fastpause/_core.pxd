@@ -356,6 +356,7 @@ cdef class ClientProtocol:
     cdef double hold_deadline
     cdef double held_since
     cdef double held_for
+    cdef bint was_held
     cdef bint route_active
     cdef void _append(self, object data)
     cdef void _advance(self)
@@ -363,7 +364,7 @@ cdef class ClientProtocol:
     cdef void _start_request(self, const unsigned char* p, RequestHead* h)
     cdef void _new_exchange(self)
     cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h, RouteState releasing)
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h)
     cdef void _hold(self, double deadline)
     cdef bint _held_bytes_over(self)
     cdef void _reject_held_body(self)

@@ -195,16 +195,16 @@ cdef class ClientProtocol:
         self.pending = []
         self.pending_bytes = 0
         self.held_for = 0.0
+        self.was_held = False
         self.state = C_WAIT if self.req_done else C_BODY
         self._rearm()
-        self._route_request(p, h, None)
+        self._route_request(p, h)
 
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h,
-                             RouteState releasing):
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h):
         """Dispatch now, hold, or answer for the route (DESIGN: ROUTED -> DISPATCH|HELD).
 
-        ``releasing`` is the queue this request was just released from: it does not
-        queue behind its own former neighbours again.
+        While requests wait for an unavailable upstream, a new one still tries to
+        connect: its success is one of the events that release the queue.
         """
         cdef Route route = self.route
         cdef RouteState rs = route.state
@@ -219,9 +219,6 @@ cdef class ClientProtocol:
             return
         if rs.mode == MODE_PAUSED or rs.pacer is not None:
             self._hold(_monotonic() + rs.max_hold)
-            return
-        if rs.head is not None and rs is not releasing:
-            self._hold(self.started + route.try_duration)
             return
         up = route.pick(_monotonic())
         if up is None:
@@ -253,6 +250,7 @@ cdef class ClientProtocol:
             self._reject_held_body()
             return
         rs.push(self, deadline)
+        self.was_held = True
         self.engine.n_held_bytes += self.pending_bytes
         if self._held_bytes_over():
             return
@@ -277,7 +275,6 @@ cdef class ClientProtocol:
         """Leave the queue: route again against the current snapshot (late binding)."""
         cdef RequestHead h
         cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
-        cdef RouteState was = self.route.state
         self.engine.n_held_bytes -= self.pending_bytes
         self.held_for += _monotonic() - self.held_since
         if self.state == C_CLOSED:
@@ -285,7 +282,7 @@ cdef class ClientProtocol:
         parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
         self.route = self.engine._table.match(p, &h)
         self.attempts = 1
-        self._route_request(p, &h, was)
+        self._route_request(p, &h)
 
     cdef void hold_expired(self):
         self.engine.n_held_bytes -= self.pending_bytes
@@ -505,7 +502,7 @@ cdef class ClientProtocol:
 
     cdef bytes _hold_time_field(self):
         """``<hold_time_header>: <ms>`` for a request that was held, when configured."""
-        if self.held_for <= 0.0 or self.route.hold_time_header is None:
+        if not self.was_held or self.route.hold_time_header is None:
             return None
         return b"%s: %d\r\n" % (self.route.hold_time_header, <long long>(self.held_for * 1000))
 

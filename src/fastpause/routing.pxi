@@ -220,15 +220,22 @@ cdef class Route:
         return self.host_header.decode("ascii") if self.host_header else None
 
     cdef Upstream pick(self, double now):
-        """Round robin over available upstreams; None when none is available.
+        """Round robin over available upstreams; None when none may take requests.
 
-        Load-balancing policies arrive with multi-route support.
+        When every upstream is only passively marked down, they are tried anyway
+        (as NGINX does): a connect attempt is then the quickest way to notice one
+        is back. Load-balancing policies arrive with multi-route support.
         """
         cdef Py_ssize_t n = len(self.upstreams), i
         cdef Upstream u
         for i in range(n):
             u = self.upstreams[(self.rr + i) % n]
             if u.available(now):
+                self.rr = (self.rr + i + 1) % n
+                return u
+        for i in range(n):
+            u = self.upstreams[(self.rr + i) % n]
+            if u.healthy and not u.draining:
                 self.rr = (self.rr + i + 1) % n
                 return u
         return None

@@ -229,7 +229,6 @@ cdef class UpstreamProtocol:
 
     cdef void _on_data(self, object data):
         self.got_response_bytes = True
-        self.engine.n_bytes_in += len(data)
         if self.head_done:
             self._forward_body(data, 0)
             return
