@@ -241,8 +241,8 @@ cdef class RoutingTable:
 cdef class Engine:
     cdef object loop
     cdef RoutingTable _table
-    cdef object access_log
-    cdef long long max_held_bytes
+    cdef public object access_log
+    cdef public long long max_held_bytes
     cdef long long n_held_bytes
     cdef set clients
     cdef bint shutting_down

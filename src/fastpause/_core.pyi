@@ -139,6 +139,8 @@ AccessRecord = tuple[str, str, str, str, int, int, float, str]
 class Engine:
     table: RoutingTable
     """Assigning swaps the snapshot; held requests are routed again against it."""
+    access_log: Callable[[AccessRecord], None] | None
+    max_held_bytes: int
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
