@@ -283,8 +283,11 @@ def proxy_factory(backend, tmp_path):
         for attempt in range(attempts):
             n = len(started)
             # each proxy gets its own admin socket: the default one is per user, shared
-            top_cfg = {"listen": [f"127.0.0.1:{free_port()}"], "shutdown_timeout": "10s",
-                       "admin": f"unix:{tmp_path}/admin{n}.sock"}
+            top_cfg = {
+                "listen": [f"127.0.0.1:{free_port()}"],
+                "shutdown_timeout": "10s",
+                "admin": f"unix:{tmp_path}/admin{n}.sock",
+            }
             top_cfg.update(top or {})
             path = tmp_path / f"proxy{n}.toml"
             path.write_text(render_config(top_cfg, [route_cfg]))

@@ -150,8 +150,7 @@ def test_corpus_differential(core, case):
         assert fp[1] == ll[1]
     else:
         assert fp[0] == "reject", (
-            f"fastpause accepted invalid head {case.data[:300]!r} -> {fp[1]!r}; "
-            f"llhttp: {ll[1]}"
+            f"fastpause accepted invalid head {case.data[:300]!r} -> {fp[1]!r}; llhttp: {ll[1]}"
         )
         assert ll[0] == "reject"
         _check_head_error(core, case.data, case.kwargs, case.expect)
@@ -172,6 +171,7 @@ def test_valid_heads_llhttp_rejects(core, case):
     method, target, version, headers = fp[1]
     expected = pc.split_valid_head(case.data)
     assert (method, target, version) == expected[:3]
+
     # Repeated identical Content-Length is "treated as one": the returned list
     # may either keep the lines as sent or fold them into a single field.
     def is_cl(h):

@@ -118,9 +118,7 @@ def absolute_form(draw):
 
 
 ows = st.lists(_byte(OWS), max_size=3).map(_join)
-field_char = st.one_of(
-    _byte(pc.VCHAR), _byte(pc.VCHAR), _byte(pc.OBS_TEXT), _byte(OWS)
-)
+field_char = st.one_of(_byte(pc.VCHAR), _byte(pc.VCHAR), _byte(pc.OBS_TEXT), _byte(OWS))
 # field-value = *field-content; leading/trailing OWS is not part of the value.
 field_value = st.lists(field_char, max_size=40).map(lambda cs: _join(cs).strip(OWS))
 field_name = tokens.filter(lambda n: n.lower() not in FRAMING_NAMES)
@@ -157,9 +155,7 @@ def valid_heads(draw, methods=None):
         name = draw(st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"]))
         extra.append((name, digits, draw(ows), draw(ows)))
     elif framing == "te":
-        value = draw(
-            st.sampled_from([b"chunked", b"CHUNKED", b"gzip, chunked", b"gzip,chunked"])
-        )
+        value = draw(st.sampled_from([b"chunked", b"CHUNKED", b"gzip, chunked", b"gzip,chunked"]))
         name = draw(st.sampled_from([b"Transfer-Encoding", b"transfer-encoding"]))
         # llhttp rejects "chunked<HTAB>" (see LOOSER_THAN_LLHTTP): trailing SP only here.
         right = draw(st.lists(st.just(b" "), max_size=2).map(_join))
@@ -361,13 +357,48 @@ def test_mutated_heads(core, data, chunks):
 # ---------------------------------------------------------------------------
 
 CL_VALUES = [
-    b"5", b"05", b"6", b"0", b"+5", b"-5", b"5, 5", b"5,5", b"5, 6", b" 5 ", b"5\t", b"",
-    b"1" * 18, b"1" * 19, b"0x5", b"5 5", b"99999999999999999999", b"5,", b",5", b"5;",
+    b"5",
+    b"05",
+    b"6",
+    b"0",
+    b"+5",
+    b"-5",
+    b"5, 5",
+    b"5,5",
+    b"5, 6",
+    b" 5 ",
+    b"5\t",
+    b"",
+    b"1" * 18,
+    b"1" * 19,
+    b"0x5",
+    b"5 5",
+    b"99999999999999999999",
+    b"5,",
+    b",5",
+    b"5;",
 ]
 TE_VALUES = [
-    b"chunked", b"CHUNKED", b"Chunked", b"gzip, chunked", b"chunked, gzip", b"chunked, chunked",
-    b"xchunked", b"chunkedx", b"identity", b"gzip", b"", b"chunked ", b" chunked", b"chunked\t",
-    b'"chunked"', b"chunked;a=b", b",chunked", b"chunked,", b"chunked\x0b", b"ch unked",
+    b"chunked",
+    b"CHUNKED",
+    b"Chunked",
+    b"gzip, chunked",
+    b"chunked, gzip",
+    b"chunked, chunked",
+    b"xchunked",
+    b"chunkedx",
+    b"identity",
+    b"gzip",
+    b"",
+    b"chunked ",
+    b" chunked",
+    b"chunked\t",
+    b'"chunked"',
+    b"chunked;a=b",
+    b",chunked",
+    b"chunked,",
+    b"chunked\x0b",
+    b"ch unked",
 ]
 HOST_VALUES = [b"example.com", b"", b"a:80", b"b.example"]
 
