@@ -163,6 +163,30 @@ cdef class Upstream:
     cdef void forget(self, UpstreamProtocol conn)
 
 
+cdef class Balancer:
+    cdef int policy
+    cdef readonly str policy_name
+    cdef list upstreams
+    cdef Py_ssize_t n
+    cdef long long* weights
+    cdef long long* current
+    cdef uint64_t* seeds
+    cdef Py_ssize_t* candidates
+    cdef list tokens
+    cdef uint64_t rng
+    cdef bytes cookie_name
+    cdef Py_ssize_t _collect(self, double now)
+    cdef Upstream pick(self, double now, bytes client_ip)
+    cdef Py_ssize_t _smooth_weighted(self, Py_ssize_t k) noexcept
+    cdef bint _less_loaded(self, Py_ssize_t a, Py_ssize_t b)
+    cdef Py_ssize_t _least_conn(self, Py_ssize_t k)
+    cdef Py_ssize_t _random_two(self, Py_ssize_t k)
+    cdef Py_ssize_t _rendezvous(self, Py_ssize_t k, bytes client_ip)
+    cdef uint64_t _next_random(self) noexcept
+    cdef Upstream sticky(self, double now, const unsigned char* p, RequestHead* h)
+    cdef bytes set_cookie_field(self, Upstream up)
+
+
 cdef class Route:
     cdef readonly str name
     cdef readonly list upstreams
@@ -181,8 +205,12 @@ cdef class Route:
     cdef bytes hold_time_header
     cdef readonly int retry_after
     cdef readonly double fail_duration
-    cdef Py_ssize_t rr
-    cdef Upstream pick(self, double now)
+    cdef readonly tuple hosts
+    cdef readonly bytes path_prefix
+    cdef readonly bint strip_path_prefix
+    cdef readonly Balancer balancer
+    cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
+                       RequestHead* h)
 
 
 cdef class RouteState:
@@ -235,6 +263,10 @@ cdef class RoutingTable:
     cdef readonly double client_body_timeout
     cdef readonly double keepalive_timeout
     cdef readonly double send_timeout
+    cdef dict exact
+    cdef list wildcards
+    cdef list hostless
+    cdef Route only
     cdef Route match(self, const unsigned char* p, RequestHead* h)
 
 
@@ -357,6 +389,7 @@ cdef class ClientProtocol:
     cdef double held_since
     cdef double held_for
     cdef bint was_held
+    cdef bytes set_cookie
     cdef bint route_active
     cdef void _append(self, object data)
     cdef void _advance(self)
@@ -389,7 +422,7 @@ cdef class ClientProtocol:
     cdef void _send_plain(self, int status, bytes body)
     cdef void _send_error(self, int status, str why, bint close, int retry_after)
     cdef void _send_response(self, int status, bytes head, bytes body, bint close)
-    cdef bytes _hold_time_field(self)
+    cdef bytes _extra_fields(self)
     cdef void _end_request(self)
     cdef void _log(self)
     cdef void _next_request(self)

@@ -7,7 +7,10 @@ reads files or parses config.
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+LB_POLICIES: tuple[str, ...]
+"""round_robin (smooth weighted), least_conn, random_two, first, ip_hash, cookie"""
 
 class HeadError(Exception):
     """A request head was rejected; ``status`` is the HTTP status to answer."""
@@ -114,10 +117,26 @@ class Route:
         hold_time_header: str | None = None,
         retry_after: int = 5,
         fail_duration: float = 10.0,
-    ) -> None: ...
+        hosts: Sequence[str] = (),
+        path_prefix: str | None = None,
+        strip_path_prefix: bool = False,
+        lb: str = "round_robin",
+        weights: Sequence[int] | None = None,
+    ) -> None:
+        """ValueError for an unknown ``lb`` (see LB_POLICIES), bad weights or hosts."""
+    hosts: tuple[str, ...]
+    path_prefix: bytes | None
+    strip_path_prefix: bool
+    lb: str
 
 class RoutingTable:
-    """An immutable snapshot: routes plus the listener-wide limits and timeouts."""
+    """An immutable snapshot: routes plus the listener-wide limits and timeouts.
+
+    Requests go to the most specific host group (exact name, then the longest
+    ``*.suffix`` wildcard, then routes without hosts) and within it the longest
+    matching path prefix; no match -> 404. Raises ValueError naming both routes
+    when two would match exactly the same requests.
+    """
 
     routes: list[Route]
     def __init__(

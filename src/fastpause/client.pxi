@@ -184,6 +184,9 @@ cdef class ClientProtocol:
         if h.target_form == FORM_AUTHORITY:
             self._send_error(405, "CONNECT is not supported", True, 0)
             return
+        if route is None:
+            self._send_error(404, "no route matches this host and path", False, 0)
+            return
         self.route = route
         self.engine.n_in_flight += 1
         if (h.body_kind == BODY_LENGTH and route.max_body_size
@@ -196,6 +199,7 @@ cdef class ClientProtocol:
         self.pending_bytes = 0
         self.held_for = 0.0
         self.was_held = False
+        self.set_cookie = None
         self.state = C_WAIT if self.req_done else C_BODY
         self._rearm()
         self._route_request(p, h)
@@ -220,7 +224,7 @@ cdef class ClientProtocol:
         if rs.mode == MODE_PAUSED or rs.pacer is not None:
             self._hold(_monotonic() + rs.max_hold)
             return
-        up = route.pick(_monotonic())
+        up = route.pick(_monotonic(), self, p, h)
         if up is None:
             self.upstream_failed(502, f"no upstream of route {route.name} is available",
                                  True, False)
@@ -456,7 +460,7 @@ cdef class ClientProtocol:
             return
         if retryable and self.attempts < limit:
             # nothing usable was sent (DESIGN invariant 2): replay on another connection
-            up = self.route.pick(_monotonic())
+            up = self.route.pick(_monotonic(), self, NULL, NULL)
             if up is not None:
                 self.attempts += 1
                 if not connect_failed and self.pending is None:
@@ -495,16 +499,20 @@ cdef class ClientProtocol:
             conn = CONN_CLOSE
         elif self.version == 10:
             conn = CONN_KEEP_ALIVE
-        head = build_response_head(p, r, chunked, conn, self._hold_time_field())
+        head = build_response_head(p, r, chunked, conn, self._extra_fields())
         self.transport.write(head)
         self.engine.n_bytes_out += len(head)
         return chunked
 
-    cdef bytes _hold_time_field(self):
-        """``<hold_time_header>: <ms>`` for a request that was held, when configured."""
-        if not self.was_held or self.route.hold_time_header is None:
-            return None
-        return b"%s: %d\r\n" % (self.route.hold_time_header, <long long>(self.held_for * 1000))
+    cdef bytes _extra_fields(self):
+        """Fields the proxy adds to the response: the affinity cookie, and the hold time
+        (``<hold_time_header>: <ms>``) for a request that was held, when configured."""
+        cdef bytes fields = self.set_cookie
+        if self.was_held and self.route.hold_time_header is not None:
+            held = b"%s: %d\r\n" % (self.route.hold_time_header,
+                                     <long long>(self.held_for * 1000))
+            fields = held if fields is None else fields + held
+        return fields
 
     cdef void write_body(self, object piece, Py_ssize_t n):
         self.transport.write(piece)

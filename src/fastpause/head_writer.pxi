@@ -114,6 +114,8 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     cdef int i
     cdef bint first_xff = True
     cdef char rid[32]
+    cdef const unsigned char* path_p
+    cdef Py_ssize_t path_n, strip
     # what the client asked for: the absolute-form authority wins over Host (RFC 9112 §3.2.2)
     if h.authority_len > 0:
         host_p = p + h.authority_start
@@ -137,12 +139,20 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     _out_begin(h.head_len + extra + hv_len + host_len + len(client_ip) + 256)
     _put(p, h.method_len)
     _put(b" ", 1)
-    if h.target_form == FORM_ABSOLUTE:
-        if h.path_len == 0 or p[h.path_start] != 47:
-            _put(b"/", 1)
-        _put(p + h.path_start, h.path_len)
+    if h.target_form == FORM_ASTERISK:
+        _put(b"*", 1)
     else:
-        _put(p + h.target_start, h.target_len)
+        path_p = p + h.path_start
+        path_n = h.path_len
+        if route.strip_path_prefix:
+            strip = len(route.path_prefix)
+            if route.path_prefix[strip - 1] == 47:
+                strip -= 1  # keep the slash that starts what follows
+            path_p += strip
+            path_n -= strip
+        if path_n == 0 or path_p[0] != 47:
+            _put(b"/", 1)
+        _put(path_p, path_n)
     _put(b" HTTP/1.1\r\n", 11)
     _put_kept_fields(p, h.fields, h.nfields, _keep_request_field)
     _put(b"Host: ", 6)

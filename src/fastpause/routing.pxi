@@ -182,7 +182,9 @@ cdef class Route:
                  double response_header_timeout=60.0, double upstream_body_timeout=60.0,
                  RouteState state=None, double try_duration=30.0, double try_interval=0.25,
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
-                 str hold_time_header=None, int retry_after=5, double fail_duration=10.0):
+                 str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
+                 hosts=(), str path_prefix=None, bint strip_path_prefix=False,
+                 str lb="round_robin", weights=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -210,7 +212,12 @@ cdef class Route:
         self.hold_time_header = hold_time_header.encode("ascii") if hold_time_header else None
         self.retry_after = retry_after
         self.fail_duration = fail_duration
-        self.rr = 0
+        self.hosts = tuple(_normal_host(h) for h in hosts)
+        if path_prefix is not None and not path_prefix.startswith("/"):
+            raise ValueError(f"route {name!r}: path_prefix must start with '/'")
+        self.path_prefix = path_prefix.encode("ascii") if path_prefix else None
+        self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
+        self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
 
     def __repr__(self):
         return f"<Route {self.name} -> {', '.join(u.address for u in self.upstreams)}>"
@@ -219,30 +226,50 @@ cdef class Route:
     def host_header_value(self):
         return self.host_header.decode("ascii") if self.host_header else None
 
-    cdef Upstream pick(self, double now):
-        """Round robin over available upstreams; None when none may take requests.
+    @property
+    def lb(self):
+        return self.balancer.policy_name
 
-        When every upstream is only passively marked down, they are tried anyway
-        (as NGINX does): a connect attempt is then the quickest way to notice one
-        is back. Load-balancing policies arrive with multi-route support.
+    cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
+                       RequestHead* h):
+        """The upstream for this request (``p`` is NULL on a retry: no affinity then).
+
+        With the cookie policy a client whose cookie names a usable upstream stays
+        there; otherwise it gets a new cookie with the response.
         """
-        cdef Py_ssize_t n = len(self.upstreams), i
-        cdef Upstream u
-        for i in range(n):
-            u = self.upstreams[(self.rr + i) % n]
-            if u.available(now):
-                self.rr = (self.rr + i + 1) % n
-                return u
-        for i in range(n):
-            u = self.upstreams[(self.rr + i) % n]
-            if u.healthy and not u.draining:
-                self.rr = (self.rr + i + 1) % n
-                return u
-        return None
+        cdef Upstream up
+        if self.balancer.policy != LB_COOKIE:
+            return self.balancer.pick(now, c.client_ip_b)
+        c.set_cookie = None
+        if p != NULL:
+            up = self.balancer.sticky(now, p, h)
+            if up is not None:
+                return up
+        up = self.balancer.pick(now, c.client_ip_b)
+        if up is not None:
+            c.set_cookie = self.balancer.set_cookie_field(up)
+        return up
+
+
+cdef str _normal_host(str host):
+    """Hosts match case-insensitively and without a trailing dot; ``*.`` makes a wildcard."""
+    host = host.strip().lower().rstrip(".")
+    body = host[2:] if host.startswith("*.") else host
+    if not body or "*" in body or ":" in body or "/" in body:
+        raise ValueError(f"invalid host {host!r}: expected a name like app.example.com "
+                         f"or *.example.com")
+    return host
 
 
 cdef class RoutingTable:
-    """Immutable snapshot the data plane routes against; swapped whole on reload."""
+    """Immutable snapshot the data plane routes against; swapped whole on reload.
+
+    Routing picks the most specific host first (exact name, then the longest
+    matching ``*.suffix`` wildcard, then routes without ``hosts``) and within it
+    the longest matching ``path_prefix``; a host group with no matching prefix
+    falls through to the next. Two routes that would match exactly the same
+    requests are rejected here, naming both.
+    """
 
     def __init__(self, list routes, *, Py_ssize_t max_head_size=32768, int max_headers=100,
                  Py_ssize_t max_uri_size=8192, double client_head_timeout=15.0,
@@ -262,7 +289,104 @@ cdef class RoutingTable:
         self.client_body_timeout = client_body_timeout
         self.keepalive_timeout = keepalive_timeout
         self.send_timeout = send_timeout
+        self._index()
+
+    def _index(self):
+        cdef Route route
+        exact, wildcards, hostless, seen = {}, {}, [], {}
+        for route in self.routes:
+            for host in route.hosts or (None,):
+                key = (host, route.path_prefix)
+                if key in seen:
+                    raise ValueError(
+                        f"routes {seen[key].name!r} and {route.name!r} both match "
+                        f"{'host ' + host if host else 'any host'} and "
+                        f"{'path prefix ' + route.path_prefix.decode() if route.path_prefix else 'any path'}")
+                seen[key] = route
+                if host is None:
+                    hostless.append(route)
+                elif host.startswith("*."):
+                    wildcards.setdefault(host[1:].encode("ascii"), []).append(route)
+                else:
+                    exact.setdefault(host.encode("ascii"), []).append(route)
+        by_prefix = lambda r: -len((<Route>r).path_prefix or b"")
+        self.exact = {host: sorted(rs, key=by_prefix) for host, rs in exact.items()}
+        self.wildcards = sorted(((suffix, sorted(rs, key=by_prefix))
+                                 for suffix, rs in wildcards.items()),
+                                key=lambda item: -len(item[0]))
+        self.hostless = sorted(hostless, key=by_prefix)
+        only = self.routes[0] if len(self.routes) == 1 else None
+        self.only = only if only is not None and not only.hosts and only.path_prefix is None \
+            else None
 
     cdef Route match(self, const unsigned char* p, RequestHead* h):
-        """The route for a request; host/path matching arrives with multi-route support."""
-        return self.routes[0]
+        """The route for a request, or None (answered 404)."""
+        cdef Route route
+        cdef bytes host
+        cdef bytes suffix
+        if self.only is not None:
+            return self.only
+        if self.exact or self.wildcards:
+            host = _request_host(p, h)
+            routes = self.exact.get(host)
+            if routes is not None:
+                route = _longest_prefix(routes, p, h)
+                if route is not None:
+                    return route
+            for suffix, routes in self.wildcards:
+                if len(host) > len(suffix) and host.endswith(suffix):
+                    route = _longest_prefix(routes, p, h)
+                    if route is not None:
+                        return route
+        return _longest_prefix(self.hostless, p, h)
+
+
+cdef Route _longest_prefix(list routes, const unsigned char* p, RequestHead* h):
+    """The first route (they are sorted longest prefix first) whose prefix matches."""
+    cdef Route route
+    for route in routes:
+        if route.path_prefix is None or _prefix_matches(route.path_prefix, p + h.path_start,
+                                                        h.path_len):
+            return route
+    return None
+
+
+cdef bint _prefix_matches(bytes prefix, const unsigned char* path, Py_ssize_t n):
+    """Segment-aware: ``/api`` matches ``/api``, ``/api/x`` and ``/api?q``, not ``/apix``."""
+    cdef Py_ssize_t plen = len(prefix)
+    if n < plen or memcmp(path, <const char*>prefix, plen) != 0:
+        return False
+    return n == plen or prefix[plen - 1] == 47 or path[plen] == 47 or path[plen] == 63
+
+
+cdef bytes _request_host(const unsigned char* p, RequestHead* h):
+    """The request's host, lowercased, without port or trailing dot (b"" when none)."""
+    cdef const unsigned char* v
+    cdef Py_ssize_t n, i
+    cdef char buf[256]
+    if h.authority_len > 0:
+        v = p + h.authority_start
+        n = h.authority_len
+    elif h.host_index >= 0:
+        v = p + h.fields[h.host_index].value_start
+        n = h.fields[h.host_index].value_len
+    else:
+        return b""
+    if n > 0 and v[0] == 91:  # IP-literal: up to the closing bracket
+        i = 0
+        while i < n and v[i] != 93:
+            i += 1
+        n = i + 1 if i < n else n
+    else:
+        i = n - 1
+        while i >= 0 and 48 <= v[i] <= 57:
+            i -= 1
+        if i >= 0 and v[i] == 58:
+            n = i
+    if n > 0 and v[n - 1] == 46:
+        n -= 1
+    if n > 255:
+        n = 255
+    for i in range(n):
+        buf[i] = _lower(v[i])
+    return PyBytes_FromStringAndSize(buf, n)
