@@ -6,9 +6,10 @@ reach it (the config refuses it otherwise). Each connection carries one
 request and is closed after the response: the callers are a CLI and scripts,
 so keep-alive would only add state.
 
-Route actions are command objects (``fastpause.commands``) applied to the
-current routing table; everything else here is reading requests, checking
-them and writing JSON.
+Route actions are command objects (``fastpause.commands``) applied by the
+control plane, as are reloads and deploys; everything else here is reading
+requests, checking them and writing JSON. A deploy answers with one JSON line
+per step as it happens (NDJSON, chunked), so a deploy script shows progress.
 """
 
 import asyncio
@@ -29,8 +30,16 @@ from typing import Any
 import httptools
 
 from fastpause import __version__, _core, metrics
-from fastpause.commands import Outcome, Pause, Resume, Start, Stop, UnknownRoute, apply, route_state
-from fastpause.config import Address, AdminAddress, UnixAddress
+from fastpause.commands import Outcome, Pause, Resume, Start, Stop, UnknownRoute
+from fastpause.config import (
+    Address,
+    AdminAddress,
+    UnixAddress,
+    parse_address,
+    parse_health_path,
+)
+from fastpause.control import ControlPlane, ReloadError
+from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, DeployRequest, Event
 from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
 
 MAX_HEAD = 16 * 1024
@@ -94,6 +103,38 @@ class Response:
             *(f"{name}: {value}" for name, value in self.headers.items()),
         ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+class EventStream:
+    """A 200 answer of NDJSON lines, each sent (as one chunk) when its event happens.
+
+    The work that produces the events runs on its own: a caller that hangs up
+    stops reading the stream, not the deploy.
+    """
+
+    HEAD = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    END = b"0\r\n\r\n"
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+
+    def put(self, event: Event) -> None:
+        self._events.put_nowait(event)
+
+    def close(self) -> None:
+        self._events.put_nowait(None)
+
+    async def write(self, writer: asyncio.StreamWriter) -> None:
+        writer.write(self.HEAD)
+        while (event := await self._events.get()) is not None:
+            line = json.dumps(event).encode() + b"\n"
+            writer.write(b"%x\r\n%b\r\n" % (len(line), line))
+            await writer.drain()
+        writer.write(self.END)
+        await writer.drain()
 
 
 # ---------------------------------------------------------------- reading requests
@@ -246,6 +287,33 @@ def _retry_after(value: Any) -> int:
     return parse_whole_seconds(value)
 
 
+def _config_path(value: Any) -> str:
+    """The config file to reload: absolute, since the proxy's working directory is
+    not the caller's."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a file path, got {value!r}")
+    if "\0" in value:
+        raise ValueError("the path contains a NUL byte")
+    if not os.path.isabs(value):
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
+def _targets(value: Any) -> tuple[Address, ...]:
+    """A deploy's new targets: a non-empty list of distinct ``HOST:PORT`` strings."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of HOST:PORT strings, got {value!r}")
+    targets: list[Address] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a HOST:PORT string, got {item!r}")
+        target = parse_address(item)
+        if target in targets:
+            raise ValueError(f"duplicate target {item!r}")
+        targets.append(target)
+    return tuple(targets)
+
+
 def _fields(body: bytes, parsers: Mapping[str, FieldParser]) -> dict[str, Any]:
     """Decode a JSON object body and parse its fields; an empty body is ``{}``."""
     if not body.strip():
@@ -277,12 +345,11 @@ Action = Callable[[str, bytes], Awaitable[Outcome]]
 
 
 class AdminApi:
-    """The endpoints, over one engine; the routing table is read at each request."""
+    """The endpoints, over one control plane; the routing table is read at each request."""
 
-    def __init__(self, engine: _core.Engine, *, token: str | None, listeners: list[str]) -> None:
-        self._engine = engine
+    def __init__(self, control: ControlPlane, *, token: str | None) -> None:
+        self._control = control
         self._token = token
-        self._listeners = listeners
         self._started = time.monotonic()
         self._actions: dict[str, Action] = {
             "pause": self._pause,
@@ -291,7 +358,7 @@ class AdminApi:
             "start": self._start,
         }
 
-    async def respond(self, reader: RequestReader) -> Response:
+    async def respond(self, reader: RequestReader) -> Response | EventStream:
         """Authenticate, route, then read the body: a refused caller never sends one."""
         await reader.read_head()
         self._authenticate(reader.request.headers.get("authorization", ""))
@@ -302,15 +369,20 @@ class AdminApi:
             return Response.json(self._status())
         if path == "/metrics":
             _allow(method, "GET")
-            return Response(HTTPStatus.OK, metrics.render(self._engine), metrics.CONTENT_TYPE)
+            engine = self._control.engine
+            return Response(HTTPStatus.OK, metrics.render(engine), metrics.CONTENT_TYPE)
+        if path == "/reload":
+            _allow(method, "POST")
+            return Response.json(await self._reload(await reader.read_body()))
         route, action = _route_action(path)
-        endpoint = self._actions.get(action)
-        if endpoint is None:
+        if action != "deploy" and action not in self._actions:
             raise AdminError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
         _allow(method, "POST")
         body = await reader.read_body()
         try:
-            return Response.json(await endpoint(route, body))
+            if action == "deploy":
+                return self._deploy(route, body)
+            return Response.json(await self._actions[action](route, body))
         except UnknownRoute as error:
             raise AdminError(HTTPStatus.NOT_FOUND, str(error)) from None
 
@@ -329,14 +401,50 @@ class AdminApi:
             )
 
     def _status(self) -> dict[str, object]:
-        routes = self._engine.table.routes
+        routes = self._control.engine.table.routes
         return {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self._started, 3),
-            "listeners": self._listeners,
+            "listeners": self._control.listeners.urls(),
             "routes": [_route_status(route) for route in routes],
         }
+
+    async def _reload(self, body: bytes) -> Outcome:
+        """Reload the config the proxy runs (or ``config``); 400 leaves the old one running."""
+        fields = _fields(body, {"config": _config_path})
+        try:
+            reloaded = await self._control.reload(fields.get("config"))
+        except ReloadError as error:
+            raise AdminError(HTTPStatus.BAD_REQUEST, str(error)) from None
+        return {"config": reloaded.path, "routes": reloaded.routes, "notes": list(reloaded.notes)}
+
+    def _deploy(self, route: str, body: bytes) -> EventStream:
+        """Start a deploy and stream its progress; refusals come before the stream starts."""
+        fields = _fields(
+            body,
+            {
+                "to": _targets,
+                "health_path": parse_health_path,
+                "deploy_timeout": _duration(allow_zero=False),
+                "drain_timeout": _duration(allow_zero=True),
+            },
+        )
+        if "to" not in fields:
+            raise AdminError(HTTPStatus.BAD_REQUEST, "to: required: the new targets (HOST:PORT)")
+        if not self._control.has_route(route):
+            raise UnknownRoute(route)
+        request = DeployRequest(
+            route,
+            fields["to"],
+            health_path=fields.get("health_path"),
+            deploy_timeout=fields.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT),
+            drain_timeout=fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+        )
+        stream = EventStream()
+        task = self._control.start_deploy(request, stream.put)
+        task.add_done_callback(lambda _: stream.close())
+        return stream
 
     async def _pause(self, route: str, body: bytes) -> Outcome:
         """Pause at once, then wait (bounded) for the requests already sent upstream."""
@@ -344,9 +452,10 @@ class AdminApi:
             body,
             {"max_hold": _duration(allow_zero=False), "drain_timeout": _duration(allow_zero=True)},
         )
-        table = self._engine.table
-        outcome = apply(Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD)), table)
-        state = route_state(table, route)
+        outcome = await self._control.command(
+            Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD))
+        )
+        state = self._control.route_state(route)
         started = time.monotonic()
         drained = await _drain(state, fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
         return outcome | {
@@ -357,15 +466,15 @@ class AdminApi:
 
     async def _resume(self, route: str, body: bytes) -> Outcome:
         fields = _fields(body, {"rate": _rate})
-        return apply(Resume(route, fields.get("rate")), self._engine.table)
+        return await self._control.command(Resume(route, fields.get("rate")))
 
     async def _stop(self, route: str, body: bytes) -> Outcome:
         fields = _fields(body, {"message": _message, "retry_after": _retry_after})
-        return apply(Stop(route, **fields), self._engine.table)
+        return await self._control.command(Stop(route, **fields))
 
     async def _start(self, route: str, body: bytes) -> Outcome:
         _fields(body, {})
-        return apply(Start(route), self._engine.table)
+        return await self._control.command(Start(route))
 
 
 def _path(url: bytes) -> str:
@@ -487,8 +596,11 @@ class AdminServer:
                 response = await self._api.respond(RequestReader(reader))
             except AdminError as error:
                 response = Response.error(error)
-            writer.write(response.encode())
-            await writer.drain()
+            if isinstance(response, EventStream):
+                await response.write(writer)
+            else:
+                writer.write(response.encode())
+                await writer.drain()
             await _linger(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the caller left; nothing to answer

@@ -7,10 +7,12 @@ client. Every way of failing becomes ``AdminUnavailable`` (nothing answers) or
 show the user as it is.
 """
 
+import contextlib
 import http.client
 import json
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from fastpause.config import AdminAddress, UnixAddress
@@ -63,8 +65,40 @@ class AdminClient:
     ) -> Any:
         return self._call("POST", path, body or {}, timeout)
 
+    def stream(self, path: str, body: dict[str, Any], timeout: float) -> Iterator[Any]:
+        """POST, then yield each JSON line of the answer as it arrives (a deploy's progress).
+
+        ``timeout`` bounds each wait for the next line, not the whole exchange.
+        """
+        connection = self._connection(timeout)
+        try:
+            with self._failures(timeout):
+                response = self._send(connection, "POST", path, body)
+                if response.status >= 300:
+                    _decode(response.status, response.read())
+                while line := response.readline():
+                    yield _json_line(line)
+        finally:
+            connection.close()
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None, timeout: float) -> Any:
         """Send one request and decode the JSON answer; errors become the exceptions above."""
+        connection = self._connection(timeout)
+        try:
+            with self._failures(timeout):
+                response = self._send(connection, method, path, body)
+                status, payload = response.status, response.read()
+        finally:
+            connection.close()
+        return _decode(status, payload)
+
+    def _send(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+    ) -> http.client.HTTPResponse:
         headers = {"Accept": "application/json"}
         data = None
         if body is not None:
@@ -72,19 +106,19 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
-        connection = self._connection(timeout)
+        connection.request(method, path, data, headers)
+        return connection.getresponse()
+
+    @contextlib.contextmanager
+    def _failures(self, timeout: float) -> Iterator[None]:
+        """Turn the ways an exchange can fail into ``AdminUnavailable``."""
         try:
-            connection.request(method, path, data, headers)
-            response = connection.getresponse()
-            status, payload = response.status, response.read()
+            yield
         except http.client.HTTPException:  # before OSError: RemoteDisconnected is both
             problem = f"the proxy at {self.address} closed the connection without answering"
             raise AdminUnavailable(problem) from None
         except OSError as error:
             raise AdminUnavailable(self._unreachable(error, timeout)) from None
-        finally:
-            connection.close()
-        return _decode(status, payload)
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if isinstance(self.address, UnixAddress):
@@ -131,3 +165,11 @@ def _decode(status: int, payload: bytes) -> Any:
         message = document.get("error") if isinstance(document, dict) else None
         raise AdminRefused(status, str(message or f"the proxy answered {status}"))
     return document
+
+
+def _json_line(line: bytes) -> Any:
+    """One line of a streamed answer."""
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AdminRefused(200, f"the proxy sent a line that is not JSON: {line[:100]!r}") from None

@@ -1,5 +1,6 @@
 """The ``fastpause`` command: ``run``, ``validate``, ``version`` and the admin
-commands ``pause``, ``resume``, ``stop``, ``start`` and ``status``.
+commands ``pause``, ``resume``, ``stop``, ``start``, ``status``, ``reload`` and
+``deploy``.
 
 Exit status: 0 success, 1 the proxy could not start or run (port in use), or an
 admin command failed (no proxy answering, an unknown route), 2 the user asked
@@ -24,10 +25,13 @@ from fastpause.config import (
     default_admin_address,
     default_config,
     load,
+    parse_address,
     parse_admin_address,
+    parse_health_path,
     quick_config,
     with_admin,
 )
+from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT
 from fastpause.router import build_table
 from fastpause.server import Server
 from fastpause.units import parse_duration, parse_whole_seconds
@@ -38,6 +42,9 @@ ADMIN_ENV = "FASTPAUSE_ADMIN"
 TOKEN_ENV = "FASTPAUSE_ADMIN_TOKEN"
 # How much longer than the drain timeout ``pause`` waits for the proxy's answer.
 ANSWER_MARGIN = 10.0
+# A reload waits for a deploy in progress (its health checks may take the whole
+# deploy timeout) before it runs.
+RELOAD_TIMEOUT = DEFAULT_DEPLOY_TIMEOUT * 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,6 +192,57 @@ def _add_admin_commands(commands: Any) -> None:
     status.add_argument("--json", action="store_true", help="print the admin API's JSON")
     status.set_defaults(handler=_status)
 
+    reload = commands.add_parser(
+        "reload",
+        parents=[connection],
+        help="apply a changed config file to a running proxy",
+        description="Read the proxy's config file again (or FILE) and apply it; held "
+        "requests go to the new upstreams. An invalid config changes nothing.",
+    )
+    reload.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file to apply instead (later reloads read this one)",
+    )
+    reload.set_defaults(handler=_reload)
+
+    deploy = commands.add_parser(
+        "deploy",
+        parents=[connection],
+        help="switch a route to new targets once they are healthy",
+        description="Health-check the new targets, switch ROUTE to them (held requests "
+        "go there at once), then drain the old ones. A target that does not become "
+        "healthy in time leaves the route unchanged.",
+    )
+    deploy.add_argument("route", metavar="ROUTE")
+    deploy.add_argument(
+        "--to",
+        metavar="HOST:PORT",
+        action="append",
+        required=True,
+        type=_target_option,
+        help="new target (repeatable)",
+    )
+    deploy.add_argument(
+        "--health-path",
+        metavar="PATH",
+        type=_health_path_option,
+        help="path checked on the new targets (default: the route's health_path, else /up)",
+    )
+    deploy.add_argument(
+        "--deploy-timeout",
+        metavar="DURATION",
+        type=_duration_option(allow_zero=False),
+        help="how long the new targets have to become healthy (default 30s)",
+    )
+    deploy.add_argument(
+        "--drain-timeout",
+        metavar="DURATION",
+        type=_duration_option(allow_zero=True),
+        help="how long requests to the old targets may take to finish (default 30s)",
+    )
+    deploy.set_defaults(handler=_deploy)
+
 
 def _run(args: argparse.Namespace) -> int:
     """Start the proxy from a config file, from --listen/--to, or from the defaults."""
@@ -201,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
         config = default_config()
     if args.admin is not None:
         config = with_admin(config, args.admin)
-    return Server(config).run()
+    return Server(config, config_path=args.config, admin_option=args.admin).run()
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -226,7 +284,7 @@ def _pause(args: argparse.Namespace) -> int:
         body["max_hold"] = args.max_hold
     if args.drain_timeout is not None:
         body["drain_timeout"] = args.drain_timeout
-    drain = parse_duration(args.drain_timeout) if args.drain_timeout else DEFAULT_DRAIN_TIMEOUT
+    drain = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
     outcome = _client(args).post(_action(args.route, "pause"), body, drain + ANSWER_MARGIN)
     if outcome["drained"]:
         print(f"{args.route}: paused; drained, {outcome['in_flight']} in flight")
@@ -274,6 +332,70 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload(args: argparse.Namespace) -> int:
+    """The proxy reads the file itself: send an absolute path, its working directory
+    is not ours."""
+    body = {} if args.config is None else {"config": os.path.abspath(args.config)}
+    outcome = _client(args).post("/reload", body, RELOAD_TIMEOUT)
+    for note in outcome["notes"]:
+        print(note)
+    print(f"reloaded {outcome['config']}: {_count(outcome['routes'], 'route')}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    """Print each step as the proxy reports it; exit 1 when the deploy failed."""
+    body: dict[str, Any] = {"to": args.to}
+    for field in ("health_path", "deploy_timeout", "drain_timeout"):
+        if getattr(args, field) is not None:
+            body[field] = getattr(args, field)
+    deploy_timeout = _seconds(args.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT)
+    drain_timeout = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
+    # The longest quiet stretch: waiting for another deploy, then our own checks or drain.
+    quiet = 2 * deploy_timeout + drain_timeout + ANSWER_MARGIN
+    for event in _client(args).stream(_action(args.route, "deploy"), body, quiet):
+        if event.get("event") == "failed":
+            print(f"fastpause: {args.route}: deploy failed: {event['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        line = _deploy_step(args.route, event)
+        if line is not None:
+            print(line, flush=True)
+        if event.get("event") == "done":
+            return 0
+    print(
+        f"fastpause: {args.route}: the proxy ended the deploy's answer before it was done",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
+def _deploy_step(route: str, event: dict[str, Any]) -> str | None:
+    """A deploy event as a line for people; None for events this version does not know."""
+    kind = event.get("event")
+    if kind == "checking":
+        return f"{route}: checking {', '.join(event['targets'])} at {event['health_path']}"
+    if kind == "healthy":
+        return f"{route}: {event['target']} is healthy"
+    if kind == "switched":
+        released = _count(event["held_released"], "held request")
+        return f"{route}: switched {', '.join(event['from'])} -> {', '.join(event['to'])} " + (
+            f"({released} released)"
+        )
+    if kind == "draining":
+        if not event["upstreams"]:
+            return f"{route}: nothing to drain"
+        return f"{route}: draining {', '.join(event['upstreams'])} ({event['in_flight']} in flight)"
+    if kind == "done":
+        if event["drained"]:
+            return f"{route}: done"
+        return f"{route}: done; requests still in flight at the drain timeout were cut"
+    return None
+
+
+def _seconds(option: str | None, default: float) -> float:
+    return default if option is None else parse_duration(option)
+
+
 def _status_text(status: dict[str, Any]) -> str:
     """A summary line, then one table row per route."""
     listeners = ", ".join(status["listeners"]) or "nothing"
@@ -291,7 +413,7 @@ def _status_text(status: dict[str, Any]) -> str:
                 str(route["held"]),
                 "-" if age is None else _age(age),
                 str(route["in_flight"]),
-                ", ".join(upstream["address"] for upstream in route["upstreams"]),
+                ", ".join(_upstream_text(upstream) for upstream in route["upstreams"]),
             ]
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
@@ -300,6 +422,15 @@ def _status_text(status: dict[str, Any]) -> str:
         for row in rows
     ]
     return "\n".join([summary, "", *(line.rstrip() for line in lines)])
+
+
+def _upstream_text(upstream: dict[str, Any]) -> str:
+    """The address, marked when the upstream gets no new requests."""
+    if not upstream.get("healthy", True):
+        return f"{upstream['address']} (unhealthy)"
+    if upstream.get("down"):
+        return f"{upstream['address']} (down)"
+    return str(upstream["address"])
 
 
 def _age(seconds: float) -> str:
@@ -357,6 +488,22 @@ def _duration_option(*, allow_zero: bool) -> Callable[[str], str]:
         return text
 
     return check
+
+
+def _target_option(text: str) -> str:
+    """A deploy target, checked here so a typo is a usage error (exit 2)."""
+    try:
+        parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _health_path_option(text: str) -> str:
+    try:
+        return parse_health_path(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _rate_option(text: str) -> float:

@@ -81,6 +81,11 @@ class RouteConfig:
     max_held: int = 10_000
     max_held_body: int = 1 << 20
     health_path: str | None = None
+    health_interval: float = 1.0
+    health_timeout: float = 2.0
+    health_passes: int = 1
+    health_fails: int = 2
+    fail_duration: float = 10.0
     hold_time_header: str | None = None
     retry_after: int = 5
 
@@ -114,6 +119,8 @@ class Config:
     access_log: str | None = None
     access_log_format: AccessLogFormat = "common"
     max_held_bytes: int = 256 << 20
+    drain_timeout: float = 30.0
+    state_file: str | None = None
     admin: AdminAddress | None = field(default_factory=default_admin_address)
     admin_token: str | None = None
     source: str | None = field(default=None, compare=False)
@@ -403,8 +410,9 @@ def _host_header(value: Any) -> str:
     return host
 
 
-def _health_path(value: Any) -> str:
-    """The path the proxy answers itself while a route is paused or stopped."""
+def parse_health_path(value: Any) -> str:
+    """The path upstreams are checked at, answered by the proxy itself while a route
+    is paused or stopped; a plain origin-form path, since it is sent as given."""
     path = _string(value)
     if not path.startswith("/"):
         raise ValueError(f"invalid health_path {path!r}: must start with '/'")
@@ -527,6 +535,8 @@ _TOP_LEVEL: dict[str, Parser] = {
     "access_log": _access_log,
     "access_log_format": _access_log_format,
     "max_held_bytes": _size(at_least="0B"),
+    "drain_timeout": _duration(allow_zero=True),  # 0s: cut at once
+    "state_file": _string,
     "admin": _admin,
     "admin_token": _admin_token,
 }
@@ -546,7 +556,12 @@ _ROUTE: dict[str, Parser] = {
     "try_interval": _duration(allow_zero=False),
     "max_held": _integer(0, 1_000_000_000),
     "max_held_body": _size(at_least="0B"),
-    "health_path": _health_path,
+    "health_path": parse_health_path,
+    "health_interval": _duration(allow_zero=False),
+    "health_timeout": _duration(allow_zero=False),
+    "health_passes": _integer(1, 1000),
+    "health_fails": _integer(1, 1000),
+    "fail_duration": _duration(allow_zero=True),  # 0s: passive health off
     "hold_time_header": _hold_time_header,
     "retry_after": parse_whole_seconds,
 }

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fastpause import _core
 
 USER_AGENT = "fastpause-health-check"
+# A status line longer than this is not an HTTP server talking.
 MAX_STATUS_LINE = 8192
 
 
@@ -28,13 +29,27 @@ class CheckSettings:
     timeout: float = 2.0
     passes: int = 1
     fails: int = 2
+    host_header: str | None = None  # the route's host_header; None sends the upstream address
+
+
+@dataclass(frozen=True, eq=False)
+class Check:
+    """One upstream of one route to watch; the route name is for the messages."""
+
+    route: str
+    upstream: _core.Upstream
+    settings: CheckSettings
+
+
+# Called when a check flips its upstream's verdict: (check, healthy, problem or None).
+Report = Callable[[Check, bool, str | None], None]
 
 
 async def probe(host: str, port: int, path: str, host_header: str, timeout: float) -> str | None:
     """One check: None when healthy, else a short reason (for logs and deploy errors)."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, limit=MAX_STATUS_LINE)
             try:
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n"
@@ -47,14 +62,22 @@ async def probe(host: str, port: int, path: str, host_header: str, timeout: floa
                     await writer.wait_closed()
     except TimeoutError:
         return f"no answer within {timeout:g}s"
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except asyncio.LimitOverrunError:
+        return "not an HTTP response"
+    except (OSError, asyncio.IncompleteReadError) as exc:
         return _describe(exc)
     return _verdict(line)
 
 
 def _verdict(status_line: bytes) -> str | None:
+    """2xx and 3xx are healthy; anything else names the status or says it is not HTTP."""
     parts = status_line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+    if (
+        len(parts) < 2
+        or not parts[0].startswith(b"HTTP/")
+        or len(parts[1]) != 3
+        or not parts[1].isdigit()
+    ):
         return "not an HTTP response"
     status = int(parts[1])
     return None if 200 <= status < 400 else f"status {status}"
@@ -73,14 +96,8 @@ def _describe(exc: BaseException) -> str:
 class UpstreamMonitor:
     """Checks one upstream on an interval and reports state changes past thresholds."""
 
-    def __init__(
-        self,
-        upstream: _core.Upstream,
-        settings: CheckSettings,
-        report: Callable[[_core.Upstream, bool, str | None], None],
-    ) -> None:
-        self.upstream = upstream
-        self.settings = settings
+    def __init__(self, check: Check, report: Report) -> None:
+        self.check = check
         self._report = report
         self._streak = 0  # > 0: consecutive passes, < 0: consecutive failures
         self._task: asyncio.Task[None] | None = None
@@ -94,48 +111,52 @@ class UpstreamMonitor:
             self._task = None
 
     async def _run(self) -> None:
+        upstream, settings = self.check.upstream, self.check.settings
+        host_header = settings.host_header or upstream.address
         while True:
             problem = await probe(
-                self.upstream.host,
-                self.upstream.port,
-                self.settings.path,
-                self.upstream.address,
-                self.settings.timeout,
+                upstream.host, upstream.port, settings.path, host_header, settings.timeout
             )
-            self._record(problem)
-            await asyncio.sleep(self.settings.interval)
+            self.record(problem)
+            await asyncio.sleep(settings.interval)
 
-    def _record(self, problem: str | None) -> None:
+    def record(self, problem: str | None) -> None:
         """Flip the verdict only after ``passes`` successes or ``fails`` failures in a row."""
+        upstream, settings = self.check.upstream, self.check.settings
         if problem is None:
             self._streak = self._streak + 1 if self._streak > 0 else 1
-            if not self.upstream.healthy and self._streak >= self.settings.passes:
-                self._report(self.upstream, True, None)
+            if not upstream.healthy and self._streak >= settings.passes:
+                self._report(self.check, True, None)
         else:
             self._streak = self._streak - 1 if self._streak < 0 else -1
-            if self.upstream.healthy and -self._streak >= self.settings.fails:
-                self._report(self.upstream, False, problem)
+            if upstream.healthy and -self._streak >= settings.fails:
+                self._report(self.check, False, problem)
 
 
 class HealthChecks:
-    """The monitors for a routing table: one per (upstream, check settings) pair.
+    """The monitors for a routing table: one per (route, upstream, check settings).
 
-    Rebuilt on every snapshot swap; monitors for upstreams that stay keep running,
+    Updated on every snapshot swap; monitors for upstreams that stay keep running,
     so a reload neither resets streaks nor skips a beat.
     """
 
-    def __init__(self, report: Callable[[_core.Upstream, bool, str | None], None]) -> None:
+    def __init__(self, report: Report) -> None:
         self._report = report
-        self._monitors: dict[tuple[int, CheckSettings], UpstreamMonitor] = {}
+        self._monitors: dict[tuple[str, int, CheckSettings], UpstreamMonitor] = {}
 
-    def update(self, checks: Iterable[tuple[_core.Upstream, CheckSettings]]) -> None:
-        wanted = {(id(up), settings): (up, settings) for up, settings in checks}
+    def update(self, checks: Iterable[Check]) -> None:
+        """Start monitors for new checks and stop those no longer wanted.
+
+        Keys hold ``id(upstream)``: the monitor keeps its upstream alive, so the id
+        cannot be reused by another upstream while the key exists.
+        """
+        wanted = {(check.route, id(check.upstream), check.settings): check for check in checks}
         for key in list(self._monitors):
             if key not in wanted:
                 self._monitors.pop(key).stop()
-        for key, (up, settings) in wanted.items():
+        for key, check in wanted.items():
             if key not in self._monitors:
-                monitor = UpstreamMonitor(up, settings, self._report)
+                monitor = UpstreamMonitor(check, self._report)
                 self._monitors[key] = monitor
                 monitor.start()
 
@@ -155,20 +176,18 @@ async def wait_until_healthy(
     """Check a deploy target until it passes ``settings.passes`` times in a row.
 
     Returns None once healthy, or the last problem when ``deadline`` (loop time)
-    passes first.
+    passes first; a target that passed, but not often enough in a row, says so.
     """
     loop = asyncio.get_running_loop()
+    host_header = settings.host_header or address
     streak = 0
-    problem: str | None = "not checked yet"
-    while True:
-        left = deadline - loop.time()
-        if left <= 0:
-            return problem
-        problem = await probe(host, port, settings.path, address, min(settings.timeout, left))
+    problem: str | None = "not checked before the deploy timeout"
+    while (left := deadline - loop.time()) > 0:
+        problem = await probe(host, port, settings.path, host_header, min(settings.timeout, left))
         streak = streak + 1 if problem is None else 0
         if streak >= settings.passes:
             return None
         left = deadline - loop.time()
-        if left <= 0:
-            return problem
-        await asyncio.sleep(min(settings.interval, left))
+        if left > 0:
+            await asyncio.sleep(min(settings.interval, left))
+    return problem or f"passed {streak} of {settings.passes} checks in a row"

@@ -11,6 +11,7 @@ same name, so a reload neither resumes a paused route nor drops what it holds.
 
 import ipaddress
 import socket
+from collections.abc import Mapping
 
 from fastpause import _core
 from fastpause.config import Address, Config, ConfigError, RouteConfig
@@ -18,31 +19,33 @@ from fastpause.config import Address, Config, ConfigError, RouteConfig
 # An upstream's identity for reuse: same address as written, same resolved IP,
 # same pool settings. Anything else gets a fresh pool.
 UpstreamKey = tuple[str, str, int, int, float]
-
-# The upstreams of the last table built here, by key. ``_core.Upstream`` does not
-# expose its pool settings, so this is how a later build knows whether an
-# upstream in the previous table can be handed over with its idle connections.
-_built: dict[UpstreamKey, _core.Upstream] = {}
+# The IP to dial for each upstream address, keyed by the address as written.
+Resolved = Mapping[str, str]
 
 
-def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _core.RoutingTable:
+def build_table(
+    config: Config,
+    previous: _core.RoutingTable | None = None,
+    resolved: Resolved | None = None,
+) -> _core.RoutingTable:
     """Build a routing table, reusing ``previous``'s upstreams where nothing changed.
 
-    Reuse keeps warm keep-alive connections across a reload; an upstream whose
-    address, resolved IP or pool settings changed starts with an empty pool.
+    Reuse keeps warm keep-alive connections (and health verdicts) across a reload;
+    an upstream whose address, resolved IP or pool settings changed starts with an
+    empty pool. ``resolved`` lets a caller resolve names off the event loop first
+    (``resolve_upstreams``); without it names are resolved here, blocking.
     """
+    ips = resolved if resolved is not None else resolve_upstreams(config)
     reusable = _reusable(previous)
     states = {route.name: route.state for route in previous.routes} if previous else {}
     built: dict[UpstreamKey, _core.Upstream] = {}
     routes = []
-    for index, route in enumerate(config.routes):
+    for route in config.routes:
         upstreams = []
-        for position, address in enumerate(route.upstreams):
-            path = f"routes[{index}].upstreams[{position}]"
-            ip = resolve(address, config.source, path)
+        for address in route.upstreams:
             key = (
                 str(address),
-                ip,
+                ips[str(address)],
                 address.port,
                 route.upstream_keepalive,
                 route.upstream_keepalive_timeout,
@@ -52,7 +55,7 @@ def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _
             upstreams.append(built[key])
         state = states.get(route.name) or _core.RouteState(route.name)
         routes.append(_route(route, upstreams, state))
-    table = _core.RoutingTable(
+    return _core.RoutingTable(
         routes,
         max_head_size=config.max_head_size,
         max_headers=config.max_headers,
@@ -62,9 +65,38 @@ def build_table(config: Config, previous: _core.RoutingTable | None = None) -> _
         keepalive_timeout=config.keepalive_timeout,
         send_timeout=config.send_timeout,
     )
-    _built.clear()
-    _built.update(built)
-    return table
+
+
+def resolve_upstreams(config: Config) -> dict[str, str]:
+    """The IP of every upstream of ``config``; a name that fails is a ``ConfigError``
+    naming its key. Blocking: the running proxy calls it in an executor."""
+    resolved: dict[str, str] = {}
+    for index, route in enumerate(config.routes):
+        for position, address in enumerate(route.upstreams):
+            if str(address) not in resolved:
+                path = f"routes[{index}].upstreams[{position}]"
+                resolved[str(address)] = resolve(address, config.source, path)
+    return resolved
+
+
+def dialed(table: _core.RoutingTable) -> dict[str, str]:
+    """The IP each upstream address of ``table`` dials: what a rebuild that must not
+    resolve again (a deploy's unchanged routes) passes as ``resolved``."""
+    return {
+        upstream.address: upstream.host for route in table.routes for upstream in route.upstreams
+    }
+
+
+def retired(old: _core.RoutingTable, new: _core.RoutingTable) -> list[_core.Upstream]:
+    """The upstreams of ``old`` that no route of ``new`` uses: they are to be drained."""
+    kept = {id(upstream) for route in new.routes for upstream in route.upstreams}
+    gone = {
+        id(upstream): upstream
+        for route in old.routes
+        for upstream in route.upstreams
+        if id(upstream) not in kept
+    }
+    return list(gone.values())
 
 
 def resolve(address: Address, source: str | None, path: str) -> str:
@@ -89,13 +121,15 @@ def resolve(address: Address, source: str | None, path: str) -> str:
 
 
 def _reusable(previous: _core.RoutingTable | None) -> dict[UpstreamKey, _core.Upstream]:
-    """The upstreams of ``previous`` this module built, by key."""
+    """The upstreams of ``previous`` by key; one being drained never takes traffic again."""
     if previous is None:
         return {}
-    live = {id(upstream) for route in previous.routes for upstream in route.upstreams}
-    # Both sides are alive (held by ``_built`` and by ``previous``): equal ids are
-    # the same object.
-    return {key: upstream for key, upstream in _built.items() if id(upstream) in live}
+    return {
+        (u.address, u.host, u.port, u.keepalive, u.keepalive_timeout): u
+        for route in previous.routes
+        for u in route.upstreams
+        if not u.draining
+    }
 
 
 def _new_upstream(key: UpstreamKey) -> _core.Upstream:
@@ -127,4 +161,5 @@ def _route(
         health_path=route.health_path,
         hold_time_header=route.hold_time_header,
         retry_after=route.retry_after,
+        fail_duration=route.fail_duration,
     )

@@ -1,4 +1,5 @@
-"""Run the proxy: bind the listeners, serve, and shut down gracefully on a signal.
+"""Run the proxy: bind the listeners, serve, reload on SIGHUP, and shut down
+gracefully on SIGTERM or SIGINT.
 
 Output on stdout is a contract: the route lines, the ``admin on`` line, then one
 ``listening on`` line per bound socket, printed only once every listener is
@@ -7,10 +8,8 @@ bound and the admin API answers, so a supervisor or test that waits for
 """
 
 import asyncio
-import os
+import contextlib
 import signal
-import socket
-import sys
 
 import uvloop
 
@@ -18,7 +17,8 @@ from fastpause import _core
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.config import Address, Config
-from fastpause.router import build_table
+from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
+from fastpause.listeners import ListenError, Listeners, reason
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,13 +32,24 @@ class StartupError(Exception):
 
 
 class Server:
-    """One proxy process serving one ``Config`` until SIGTERM or SIGINT."""
+    """One proxy process serving one ``Config`` until SIGTERM or SIGINT; SIGHUP reloads.
 
-    def __init__(self, config: Config) -> None:
+    ``config_path`` is the file a reload reads again (None for the built-in and
+    command-line configs); ``admin_option`` is ``run --admin``, which overrides
+    the file's ``admin`` at start and at every reload.
+    """
+
+    def __init__(
+        self, config: Config, *, config_path: str | None = None, admin_option: str | None = None
+    ) -> None:
         self.config = config
+        self._config_path = config_path
+        self._admin_option = admin_option
         self._stop_signals = 0
         self._stop_requested: asyncio.Event | None = None
         self._cut: asyncio.Event | None = None
+        self._control: ControlPlane | None = None
+        self._reloads: set[asyncio.Task[object]] = set()
 
     def run(self) -> int:
         """Serve until stopped; return the process exit status.
@@ -47,45 +58,58 @@ class Server:
         (such as an unresolvable upstream) reaches the caller before any socket
         is bound.
         """
-        table = build_table(self.config)
+        startup = start_table(self.config)
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             try:
-                runner.run(self._serve(table))
+                runner.run(self._serve(startup))
             except StartupError as error:
-                _complain(str(error))
+                complain(str(error))
                 return EXIT_FAILURE
-        _say("stopped")
+        say("stopped")
         return EXIT_OK
 
-    async def _serve(self, table: _core.RoutingTable) -> None:
+    async def _serve(self, startup: Startup) -> None:
         """Signal handlers first, so a SIGTERM during startup still stops cleanly."""
         loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self._cut = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         access_log = self._open_access_log()
         admin = AdminServer(self.config.admin) if self.config.admin is not None else None
+        control: ControlPlane | None = None
         try:
             engine = _core.Engine(
-                loop, table, access_log, max_held_bytes=self.config.max_held_bytes
+                loop, startup.table, access_log, max_held_bytes=self.config.max_held_bytes
             )
             if admin is not None:
                 await _bind_admin(admin)
-            listeners = await self._listen(loop, engine)
-            urls = _listener_urls(listeners)
+            listeners = await self._listen(engine)
+            control = ControlPlane(
+                engine,
+                self.config,
+                config_path=self._config_path,
+                admin_option=self._admin_option,
+                listeners=listeners,
+                access_log=access_log,
+                deployments=startup.deployments,
+            )
             if admin is not None:
-                await admin.serve(AdminApi(engine, token=self.config.admin_token, listeners=urls))
+                await admin.serve(AdminApi(control, token=self.config.admin_token))
             if access_log is not None:
                 access_log.start(loop)
-            self._announce(table, admin, urls)
+            control.start()
+            self._announce(startup.table, admin, listeners.urls())
+            self._control = control
             await self._stop_requested.wait()
-            await self._shut_down(engine, listeners, admin)
+            await self._shut_down(control, admin)
         finally:
             if admin is not None:
                 admin.close()
-            if access_log is not None:
-                access_log.close()
+            current_log = control.access_log if control is not None else access_log
+            if current_log is not None:
+                current_log.close()
 
     def _on_stop_signal(self) -> None:
         """First signal: graceful shutdown. Second: stop waiting for connections."""
@@ -96,6 +120,20 @@ class Server:
         else:
             self._cut.set()
 
+    def _on_reload_signal(self) -> None:
+        """SIGHUP: reload the config file; the outcome is printed by the reload itself."""
+        if self._control is None or self._stop_signals:
+            complain("reload ignored: the proxy is starting or stopping")
+            return
+        task = asyncio.get_running_loop().create_task(self._reload(self._control))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    @staticmethod
+    async def _reload(control: ControlPlane) -> None:
+        with contextlib.suppress(ReloadError):  # reported; the previous config keeps running
+            await control.reload()
+
     def _open_access_log(self) -> AccessLog | None:
         """The configured access log, or None when it is off."""
         target = self.config.access_log
@@ -104,27 +142,15 @@ class Server:
         try:
             return AccessLog.open(target, self.config.access_log_format)
         except OSError as error:
-            raise StartupError(f"cannot open access log {target}: {_reason(error)}") from None
+            raise StartupError(f"cannot open access log {target}: {reason(error)}") from None
 
-    async def _listen(
-        self, loop: asyncio.AbstractEventLoop, engine: _core.Engine
-    ) -> list[asyncio.Server]:
+    async def _listen(self, engine: _core.Engine) -> Listeners:
         """Bind every listener, or close those already bound and report the failure."""
-        listeners: list[asyncio.Server] = []
-        for address in self.config.listen:
-            try:
-                listener = await loop.create_server(
-                    engine.protocol_factory("http"),
-                    address.host,
-                    address.port,
-                    reuse_address=True,
-                    backlog=2048,
-                )
-            except OSError as error:
-                for bound in listeners:
-                    bound.close()
-                raise StartupError(f"cannot listen on {address}: {_reason(error)}") from None
-            listeners.append(listener)
+        listeners = Listeners(engine.protocol_factory("http"))
+        try:
+            listeners.commit(await listeners.prepare(self.config.listen))
+        except ListenError as error:
+            raise StartupError(str(error)) from None
         return listeners
 
     def _announce(
@@ -133,30 +159,28 @@ class Server:
         """Print the routes, the admin address, then the bound addresses (real ports)."""
         for route in table.routes:
             targets = ", ".join(_describe_upstream(upstream) for upstream in route.upstreams)
-            _say(f"route {route.name} -> {targets}")
+            say(f"route {route.name} -> {targets}")
         if admin is not None:
-            _say(f"admin on {admin.describe()}")
+            say(f"admin on {admin.describe()}")
         for url in urls:
-            _say(f"listening on {url}")
+            say(f"listening on {url}")
 
-    async def _shut_down(
-        self, engine: _core.Engine, listeners: list[asyncio.Server], admin: AdminServer | None
-    ) -> None:
+    async def _shut_down(self, control: ControlPlane, admin: AdminServer | None) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then cut.
 
         The admin listener closes with the public ones, so a replacement proxy can
         take over the socket while this one drains.
         """
         assert self._cut is not None
-        for listener in listeners:
-            listener.close()
+        engine = control.engine
+        control.listeners.close()
         if admin is not None:
             admin.close()
         engine.shutdown()
-        grace = self.config.shutdown_timeout
+        grace = control.config.shutdown_timeout
         open_connections = engine.connections()
         plural = "" if open_connections == 1 else "s"
-        _say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
+        say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
         drained = engine.wait_drained()
         cut = asyncio.ensure_future(self._cut.wait())
         await asyncio.wait(
@@ -166,6 +190,7 @@ class Server:
         )
         cut.cancel()
         engine.close_all()
+        control.close()
         await asyncio.wait([drained], timeout=CUT_WAIT)
 
 
@@ -177,36 +202,9 @@ async def _bind_admin(admin: AdminServer) -> None:
         raise StartupError(str(error)) from None
 
 
-def _listener_urls(listeners: list[asyncio.Server]) -> list[str]:
-    """``http://HOST:PORT`` per bound socket, with the real port even for port 0."""
-    urls = []
-    for listener in listeners:
-        for sock in listener.sockets:
-            host, port = sock.getsockname()[:2]
-            urls.append(f"http://{Address(host, port)}")
-    return urls
-
-
 def _describe_upstream(upstream: _core.Upstream) -> str:
     """``127.0.0.1:8003``, or ``localhost:8003 (127.0.0.1)`` when a name was resolved."""
     dialed = str(Address(upstream.host, upstream.port))
     return (
         upstream.address if upstream.address == dialed else f"{upstream.address} ({upstream.host})"
     )
-
-
-def _reason(error: OSError) -> str:
-    """The short OS reason ("Address already in use"), not uvloop's long wrapper text."""
-    if isinstance(error, socket.gaierror) or not error.errno:
-        return str(error.strerror or error)
-    return os.strerror(error.errno)
-
-
-def _say(message: str) -> None:
-    """A status line on stdout, flushed at once: supervisors and tests wait for these."""
-    print(f"fastpause: {message}", flush=True)
-
-
-def _complain(message: str) -> None:
-    """An error line on stderr."""
-    print(f"fastpause: {message}", file=sys.stderr, flush=True)

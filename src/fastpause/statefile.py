@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastpause.config import parse_address
+
 VERSION = 1
 MODES = ("running", "paused", "stopped")
 
 
 class StateFileError(Exception):
-    """The state file exists but cannot be used; the message names file and problem."""
+    """The state file cannot be used; the message names file and problem."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class RouteRuntime:
 
 @dataclass(frozen=True)
 class RuntimeState:
+    """Every route's runtime changes, by route name: the whole content of the file."""
+
     routes: dict[str, RouteRuntime] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -58,21 +63,29 @@ class RuntimeState:
 
 
 def save(path: str | os.PathLike[str], state: RuntimeState) -> None:
-    """Replace ``path`` with ``state`` atomically."""
+    """Replace ``path`` with ``state`` atomically; ``StateFileError`` if it cannot be written."""
     target = Path(path)
     data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _sync_directory(target.parent)
+    except OSError as exc:
+        raise StateFileError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make the rename itself durable: it lives in the directory's entries."""
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -86,17 +99,21 @@ def load(path: str | os.PathLike[str]) -> RuntimeState | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateFileError(f"{path}: not valid JSON: {exc}") from exc
+        raise StateFileError(f"{path}: not valid JSON: {exc}") from None
     return _parse(doc, str(path))
 
 
 def _parse(doc: Any, source: str) -> RuntimeState:
-    if not isinstance(doc, dict) or doc.get("version") != VERSION:
-        raise StateFileError(f"{source}: not a fastpause state file (version {VERSION})")
+    if not isinstance(doc, dict) or "version" not in doc:
+        raise StateFileError(f"{source}: not a fastpause state file")
+    if doc["version"] != VERSION:
+        raise StateFileError(
+            f"{source}: unsupported version {doc['version']!r} (this fastpause writes {VERSION})"
+        )
     routes = doc.get("routes")
     if not isinstance(routes, dict):
         raise StateFileError(f"{source}: routes: expected an object")
@@ -112,14 +129,23 @@ def _route(entry: Any, where: str) -> RouteRuntime:
     if mode not in MODES:
         raise StateFileError(f"{where}.mode: expected one of {', '.join(MODES)}")
     max_hold = entry.get("max_hold", 30.0)
-    if not isinstance(max_hold, int | float) or isinstance(max_hold, bool) or max_hold <= 0:
+    if (
+        not isinstance(max_hold, int | float)
+        or isinstance(max_hold, bool)
+        or not math.isfinite(max_hold)
+        or max_hold <= 0
+    ):
         raise StateFileError(f"{where}.max_hold: expected a positive number of seconds")
     message = entry.get("stop_message", "")
     if not isinstance(message, str):
         raise StateFileError(f"{where}.stop_message: expected a string")
+    upstreams = _addresses(entry.get("upstreams"), f"{where}.upstreams")
+    config_upstreams = _addresses(entry.get("config_upstreams"), f"{where}.config_upstreams")
+    if (upstreams is None) != (config_upstreams is None):
+        raise StateFileError(f"{where}: upstreams and config_upstreams go together")
     return RouteRuntime(
-        upstreams=_addresses(entry.get("upstreams"), f"{where}.upstreams"),
-        config_upstreams=_addresses(entry.get("config_upstreams"), f"{where}.config_upstreams"),
+        upstreams=upstreams,
+        config_upstreams=config_upstreams,
         mode=mode,
         max_hold=float(max_hold),
         stop_message=message,
@@ -127,8 +153,14 @@ def _route(entry: Any, where: str) -> RouteRuntime:
 
 
 def _addresses(value: Any, where: str) -> tuple[str, ...] | None:
+    """A non-empty list of ``HOST:PORT`` strings, each as the config would accept it."""
     if value is None:
         return None
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise StateFileError(f"{where}: expected a non-empty list of HOST:PORT strings")
+    for text in value:
+        try:
+            parse_address(text)
+        except ValueError as exc:
+            raise StateFileError(f"{where}: {exc}") from None
     return tuple(value)

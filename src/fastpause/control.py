@@ -1,0 +1,510 @@
+"""The control plane of a running proxy: everything that changes it while it serves.
+
+Reload, deploy and the route commands all end the same way: a new routing table
+swapped into the engine in one assignment (held requests are routed again
+against it by the core), health monitors matched to the new table, upstreams
+that no route uses any more drained in the background, and the runtime state
+written to the state file. Reloads and deploys run one at a time; route
+commands only touch a ``RouteState``, which outlives every table.
+"""
+
+import asyncio
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fastpause import _core, statefile
+from fastpause.accesslog import AccessLog
+from fastpause.commands import Command, Outcome, UnknownRoute, apply
+from fastpause.config import (
+    Address,
+    Config,
+    ConfigError,
+    RouteConfig,
+    load,
+    parse_address,
+    with_admin,
+)
+from fastpause.deploy import (
+    DeployFailed,
+    Deployment,
+    DeployRequest,
+    Event,
+    apply_deployments,
+    check_targets,
+    resolve_targets,
+)
+from fastpause.health import Check, CheckSettings, HealthChecks
+from fastpause.listeners import ListenError, Listeners, reason
+from fastpause.router import build_table, dialed, resolve_upstreams, retired
+from fastpause.statefile import RouteRuntime, RuntimeState, StateFileError
+
+NO_CONFIG_FILE = "no config file to reload; start with --config or pass one"
+# The core has no "upstream idle" event, so a drain looks at ``Upstream.active``
+# this often; it only runs while an upstream is being retired.
+DRAIN_POLL_INTERVAL = 0.05
+
+
+class ReloadError(Exception):
+    """A reload that was refused; the previous config keeps running."""
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A reload that took effect."""
+
+    path: str
+    routes: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Startup:
+    """What the proxy starts with: the first table and the deployments restored into it."""
+
+    table: _core.RoutingTable
+    deployments: dict[str, Deployment]
+
+
+def start_table(config: Config) -> Startup:
+    """Build the first routing table, with what the state file restores.
+
+    Blocking (it resolves names): called before the event loop starts. A
+    ``ConfigError`` here stops the start; a state file problem does not.
+    """
+    saved = _read_state_file(config.state_file)
+    routes = saved.routes if saved is not None else {}
+    effective, deployments, notes = apply_deployments(config, _saved_deployments(config, routes))
+    resolved = resolve_upstreams(config)
+    unresolvable = set()
+    for name, deployment in deployments.items():
+        try:
+            resolved |= resolve_targets(deployment.upstreams)
+        except DeployFailed as error:
+            notes.append(f"route {name}: not restoring the deploy: {error}")
+            unresolvable.add(name)
+    if unresolvable:
+        deployments = {n: d for n, d in deployments.items() if n not in unresolvable}
+        effective, deployments, _ = apply_deployments(config, deployments)
+    for note in notes:
+        say(note)
+    table = build_table(effective, resolved=resolved)
+    for route in table.routes:
+        if route.name in routes:
+            _restore_mode(route.state, routes[route.name])
+    return Startup(table, deployments)
+
+
+class ControlPlane:
+    """The running proxy's config, table, listeners, health checks and runtime state."""
+
+    def __init__(
+        self,
+        engine: _core.Engine,
+        config: Config,
+        *,
+        config_path: str | None,
+        admin_option: str | None,
+        listeners: Listeners,
+        access_log: AccessLog | None,
+        deployments: dict[str, Deployment],
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.listeners = listeners
+        self.access_log = access_log
+        self._config_path = config_path
+        self._admin_option = admin_option
+        self._deployments = deployments
+        self._lock = asyncio.Lock()
+        self._health = HealthChecks(self._on_verdict)
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._retiring: set[_core.Upstream] = set()
+        # One thread, so state files are written in the order the changes happened.
+        self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-file")
+
+    def start(self) -> None:
+        """Start the health checks of the first table."""
+        self._update_health()
+
+    def close(self) -> None:
+        """Stop checking, cut what is still draining (the end of a shutdown)."""
+        self._health.stop()
+        for task in self._tasks:
+            task.cancel()
+        for upstream in self._retiring:
+            upstream.close_all()
+        self._state_writer.shutdown(wait=True)
+
+    # ------------------------------------------------------------ route commands
+
+    async def command(self, command: Command) -> Outcome:
+        """Apply a route command to the current table and record the new state."""
+        outcome = apply(command, self.engine.table)
+        await self.save_state()
+        return outcome
+
+    def route_state(self, name: str) -> _core.RouteState:
+        return _route(self.engine.table, name).state
+
+    # ------------------------------------------------------------ reload
+
+    async def reload(self, path: str | None = None) -> Reloaded:
+        """Read the config again (or ``path``) and put it in force, or change nothing.
+
+        Returns once the new table is in place; upstreams it no longer uses drain
+        in the background.
+        """
+        try:
+            async with self._lock:
+                reloaded = await self._reload(path)
+        except ReloadError as error:
+            complain(f"reload failed: {error}; still serving the previous config")
+            raise
+        for note in reloaded.notes:
+            say(note)
+        say(f"reloaded {reloaded.path}: {_count(reloaded.routes, 'route')}")
+        return reloaded
+
+    async def _reload(self, path: str | None) -> Reloaded:
+        source = path or self._config_path
+        if source is None:
+            raise ReloadError(NO_CONFIG_FILE)
+        loop = asyncio.get_running_loop()
+        try:
+            config, resolved = await loop.run_in_executor(None, self._read_config, source)
+        except ConfigError as error:
+            raise ReloadError(str(error)) from None
+        self._check_admin_unchanged(config)
+        effective, deployments, notes = apply_deployments(config, self._deployments)
+        old = self.engine.table
+        table = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
+        try:
+            change = await self.listeners.prepare(config.listen)
+        except ListenError as error:
+            raise ReloadError(str(error)) from None
+        try:
+            access_log = self._reopened_access_log(config)
+        except OSError as error:
+            self.listeners.abandon(change)
+            problem = f"cannot open access log {config.access_log}: {reason(error)}"
+            raise ReloadError(problem) from None
+        # Nothing below can fail: the reload happens.
+        self.engine.table = table
+        opened, closed = self.listeners.commit(change)
+        self._switch_access_log(access_log)
+        self.engine.max_held_bytes = config.max_held_bytes
+        self.config = config
+        self._config_path = source
+        self._deployments = deployments
+        self._update_health()
+        self._retire_in_background(retired(old, table), config.drain_timeout)
+        await self.save_state()
+        notes += [f"listening on {url}" for url in opened]
+        notes += [f"no longer listening on {url}" for url in closed]
+        return Reloaded(source, len(table.routes), tuple(notes))
+
+    def _read_config(self, path: str) -> tuple[Config, dict[str, str]]:
+        """Load, validate and resolve ``path`` (blocking: runs in an executor)."""
+        config = load(path)
+        if self._admin_option is not None:
+            config = with_admin(config, self._admin_option)
+        return config, resolve_upstreams(config)
+
+    def _check_admin_unchanged(self, config: Config) -> None:
+        """The admin API is how the reload was asked for; it changes only by a restart."""
+        if config.admin != self.config.admin:
+            raise ReloadError(
+                f"{config.source}: admin: the admin address cannot change by reload "
+                f"(running on {_describe_admin(self.config)}, the file says "
+                f"{_describe_admin(config)}); restart fastpause to change it"
+            )
+        if config.admin_token != self.config.admin_token:
+            raise ReloadError(
+                f"{config.source}: admin_token: the admin token cannot change by reload; "
+                "restart fastpause to change it"
+            )
+
+    def _reopened_access_log(self, config: Config) -> AccessLog | None:
+        """The access log for ``config``: the current one unless its target or format changed."""
+        current = (self.config.access_log, self.config.access_log_format)
+        if (config.access_log, config.access_log_format) == current:
+            return self.access_log
+        if config.access_log is None:
+            return None
+        return AccessLog.open(config.access_log, config.access_log_format)
+
+    def _switch_access_log(self, access_log: AccessLog | None) -> None:
+        if access_log is self.access_log:
+            return
+        previous, self.access_log = self.access_log, access_log
+        self.engine.access_log = access_log
+        if access_log is not None:
+            access_log.start(asyncio.get_running_loop())
+        if previous is not None:
+            previous.close()
+
+    # ------------------------------------------------------------ deploy
+
+    def start_deploy(
+        self, request: DeployRequest, emit: Callable[[Event], None]
+    ) -> "asyncio.Task[bool]":
+        """Run ``deploy`` as a task of its own: it finishes even if its caller goes away,
+        and a shutdown cancels it (what it was draining is then cut)."""
+        task = asyncio.get_running_loop().create_task(self.deploy(request, emit))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def deploy(self, request: DeployRequest, emit: Callable[[Event], None]) -> bool:
+        """Check the new targets, switch the route to them, drain the old ones.
+
+        Progress goes to ``emit`` as it happens; the last event is ``done`` (True
+        returned) or ``failed`` (False, and the route is exactly as it was).
+        """
+        try:
+            async with self._lock:
+                old, new = await self._switch_route(request, emit)
+        except DeployFailed as error:
+            complain(f"deploy of route {request.route} failed: {error}")
+            emit({"event": "failed", "error": str(error)})
+            return False
+        leaving = retired(old, new)
+        emit(
+            {
+                "event": "draining",
+                "upstreams": [upstream.address for upstream in leaving],
+                "in_flight": sum(upstream.active for upstream in leaving),
+            }
+        )
+        drained = await self._retire(leaving, request.drain_timeout)
+        emit({"event": "done", "drained": drained})
+        return True
+
+    async def _switch_route(
+        self, request: DeployRequest, emit: Callable[[Event], None]
+    ) -> tuple[_core.RoutingTable, _core.RoutingTable]:
+        """Everything up to the swap; ``DeployFailed`` means nothing changed."""
+        route_config = self._route_config(request.route)
+        settings = _check_settings(route_config, request.health_path)
+        loop = asyncio.get_running_loop()
+        resolved = await loop.run_in_executor(None, resolve_targets, request.targets)
+        emit(
+            {
+                "event": "checking",
+                "targets": [str(target) for target in request.targets],
+                "health_path": settings.path,
+            }
+        )
+        problems: dict[Address, str] = {}
+        async for target, problem in check_targets(
+            request.targets, resolved, settings, request.deploy_timeout
+        ):
+            if problem is None:
+                emit({"event": "healthy", "target": str(target)})
+            else:
+                problems[target] = problem
+        if problems:
+            raise DeployFailed(
+                "; ".join(
+                    f"{target} did not pass the health check at {settings.path} within "
+                    f"{request.deploy_timeout:g}s: {problems[target]}"
+                    for target in request.targets
+                    if target in problems
+                )
+            )
+        deployment = Deployment(request.targets, route_config.upstreams)
+        deployments = {**self._deployments, request.route: deployment}
+        effective, deployments, _ = apply_deployments(self.config, deployments)
+        old = self.engine.table
+        previous = _route(old, request.route)
+        held = previous.state.held if previous.state.mode_name == "running" else 0
+        new = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
+        self.engine.table = new
+        self._deployments = deployments
+        self._update_health()
+        await self.save_state()
+        targets = _route(new, request.route).upstreams
+        say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
+        emit(
+            {
+                "event": "switched",
+                "from": [upstream.address for upstream in previous.upstreams],
+                "to": [upstream.address for upstream in targets],
+                "held_released": held,
+            }
+        )
+        return old, new
+
+    def _route_config(self, name: str) -> RouteConfig:
+        for route in self.config.routes:
+            if route.name == name:
+                return route
+        raise DeployFailed(str(UnknownRoute(name)))
+
+    def has_route(self, name: str) -> bool:
+        return any(route.name == name for route in self.engine.table.routes)
+
+    # ------------------------------------------------------------ draining
+
+    def _retire_in_background(self, upstreams: list[_core.Upstream], timeout: float) -> None:
+        """Drain ``upstreams`` without making the caller wait (a reload returns at the swap)."""
+        if not upstreams:
+            return
+        task = asyncio.get_running_loop().create_task(self._retire(upstreams, timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _retire(self, upstreams: list[_core.Upstream], timeout: float) -> bool:
+        """Drain, wait for in-flight exchanges up to ``timeout``, then cut the rest.
+
+        True when every exchange finished in time.
+        """
+        for upstream in upstreams:
+            upstream.drain()
+            self._retiring.add(upstream)
+        try:
+            return await _wait_idle(upstreams, timeout)
+        finally:
+            for upstream in upstreams:
+                upstream.close_all()
+                self._retiring.discard(upstream)
+
+    # ------------------------------------------------------------ health
+
+    def _update_health(self) -> None:
+        """Monitor every upstream of a route with a ``health_path``; trust the others."""
+        settings = {route.name: route for route in self.config.routes}
+        checks = []
+        unchecked = []
+        for route in self.engine.table.routes:
+            route_config = settings[route.name]
+            if route_config.health_path is None:
+                unchecked += route.upstreams
+                continue
+            check_settings = _check_settings(route_config, route_config.health_path)
+            checks += [Check(route.name, up, check_settings) for up in route.upstreams]
+        self._health.update(checks)
+        for upstream in unchecked:
+            if not upstream.healthy:
+                self.engine.set_upstream_health(upstream, True)
+
+    def _on_verdict(self, check: Check, healthy: bool, problem: str | None) -> None:
+        self.engine.set_upstream_health(check.upstream, healthy)
+        where = f"upstream {check.upstream.address} of route {check.route}"
+        say(f"{where} is up" if healthy else f"{where} is down ({problem})")
+
+    # ------------------------------------------------------------ state file
+
+    async def save_state(self) -> None:
+        """Write the runtime state when a state file is configured; a failure is reported,
+        not raised: the change it records has already happened."""
+        path = self.config.state_file
+        if path is None:
+            return
+        state = self._runtime_state()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._state_writer, statefile.save, path, state)
+        except StateFileError as error:
+            complain(f"state file {error}")
+
+    def _runtime_state(self) -> RuntimeState:
+        routes = {}
+        for route in self.engine.table.routes:
+            state = route.state
+            deployment = self._deployments.get(route.name)
+            routes[route.name] = RouteRuntime(
+                upstreams=_strings(deployment.upstreams) if deployment else None,
+                config_upstreams=_strings(deployment.config_upstreams) if deployment else None,
+                mode=state.mode_name,
+                max_hold=state.max_hold,
+                stop_message=state.stop_message,
+            )
+        return RuntimeState(routes)
+
+
+def _read_state_file(path: str | None) -> RuntimeState | None:
+    """The saved state; a file that cannot be used is reported and ignored."""
+    if path is None:
+        return None
+    try:
+        return statefile.load(path)
+    except StateFileError as error:
+        complain(f"ignoring state file {error}")
+        return None
+
+
+def _saved_deployments(config: Config, routes: dict[str, RouteRuntime]) -> dict[str, Deployment]:
+    """The deployments the state file records for routes the config still has."""
+    names = {route.name for route in config.routes}
+    return {
+        name: Deployment(_addresses(runtime.upstreams), _addresses(runtime.config_upstreams))
+        for name, runtime in routes.items()
+        if name in names and runtime.upstreams is not None and runtime.config_upstreams is not None
+    }
+
+
+def _restore_mode(state: _core.RouteState, runtime: RouteRuntime) -> None:
+    if runtime.mode == "paused":
+        state.pause(runtime.max_hold)
+    elif runtime.mode == "stopped":
+        state.stop(runtime.stop_message)
+
+
+def _check_settings(route: RouteConfig, path: str | None) -> CheckSettings:
+    return CheckSettings(
+        path=path or route.health_path or "/up",
+        interval=route.health_interval,
+        timeout=route.health_timeout,
+        passes=route.health_passes,
+        fails=route.health_fails,
+        host_header=route.host_header,
+    )
+
+
+async def _wait_idle(upstreams: Iterable[_core.Upstream], timeout: float) -> bool:
+    """True once no exchange is in progress on ``upstreams``; False at ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(upstream.active for upstream in upstreams):
+        left = deadline - loop.time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(DRAIN_POLL_INTERVAL, left))
+    return True
+
+
+def _route(table: _core.RoutingTable, name: str) -> _core.Route:
+    for route in table.routes:
+        if route.name == name:
+            return route
+    raise UnknownRoute(name)
+
+
+def _strings(addresses: Iterable[Address]) -> tuple[str, ...]:
+    return tuple(str(address) for address in addresses)
+
+
+def _addresses(texts: Iterable[str] | None) -> tuple[Address, ...]:
+    """Addresses the state file recorded (``statefile`` checked their syntax)."""
+    return tuple(parse_address(text) for text in texts or ())
+
+
+def _describe_admin(config: Config) -> str:
+    return "off" if config.admin is None else str(config.admin)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def say(message: str) -> None:
+    """A status line on stdout, flushed at once: supervisors and tests wait for these."""
+    print(f"fastpause: {message}", flush=True)
+
+
+def complain(message: str) -> None:
+    """An error line on stderr."""
+    print(f"fastpause: {message}", file=sys.stderr, flush=True)

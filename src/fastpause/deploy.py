@@ -1,0 +1,116 @@
+"""Deploys: switch a route to new targets once they pass their health check.
+
+kamal-proxy's ``deploy`` semantics (check the new targets, swap, drain the old
+ones), done with late binding: requests held while the route switches go to the
+new targets, and a paused route's held requests go there when it resumes.
+
+A deploy is a runtime *override* of the route's ``upstreams``. It outlives a
+reload only while the config's list for that route is still the one the deploy
+replaced: once the file names other upstreams, someone changed the config on
+purpose, and the config wins.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from fastpause.config import Address, Config, ConfigError
+from fastpause.health import CheckSettings, wait_until_healthy
+from fastpause.router import resolve
+
+DEFAULT_HEALTH_PATH = "/up"
+DEFAULT_DEPLOY_TIMEOUT = 30.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
+
+# One line of a deploy's progress, ready to be JSON: {"event": "checking", ...}.
+Event = dict[str, object]
+
+
+class DeployFailed(Exception):
+    """The deploy changed nothing; the message says why."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A route's deployed targets, and the config's list they replaced."""
+
+    upstreams: tuple[Address, ...]
+    config_upstreams: tuple[Address, ...]
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What ``fastpause deploy`` asks for; None means the route's (or the default) value."""
+
+    route: str
+    targets: tuple[Address, ...]
+    health_path: str | None = None
+    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+
+def apply_deployments(
+    config: Config, deployments: Mapping[str, Deployment]
+) -> tuple[Config, dict[str, Deployment], list[str]]:
+    """``config`` with the deployed upstreams in place of the configured ones.
+
+    Returns the config to build the routing table from, the deployments still in
+    force and a note for each one dropped because its route's ``upstreams`` changed
+    in the config (deployments of routes that are gone are dropped silently).
+    """
+    routes = []
+    kept: dict[str, Deployment] = {}
+    notes: list[str] = []
+    for route in config.routes:
+        deployment = deployments.get(route.name)
+        if deployment is not None and deployment.config_upstreams == route.upstreams:
+            kept[route.name] = deployment
+            route = replace(route, upstreams=deployment.upstreams)
+        elif deployment is not None and deployment.upstreams != route.upstreams:
+            notes.append(
+                f"route {route.name}: upstreams changed in the config since the deploy to "
+                f"{_listing(deployment.upstreams)}; using the config's "
+                f"{_listing(route.upstreams)}"
+            )
+        routes.append(route)
+    return replace(config, routes=tuple(routes)), kept, notes
+
+
+def resolve_targets(targets: Sequence[Address]) -> dict[str, str]:
+    """The IP of each target; blocking, so the proxy calls it in an executor.
+
+    Raises ``DeployFailed`` naming the target that does not resolve.
+    """
+    resolved: dict[str, str] = {}
+    for target in targets:
+        try:
+            resolved[str(target)] = resolve(target, None, str(target))
+        except ConfigError as error:
+            raise DeployFailed(str(error)) from None
+    return resolved
+
+
+async def check_targets(
+    targets: Sequence[Address],
+    resolved: Mapping[str, str],
+    settings: CheckSettings,
+    timeout: float,
+) -> AsyncIterator[tuple[Address, str | None]]:
+    """Check every target in parallel; yield (target, None or last problem) as each ends.
+
+    A target ends when it has passed ``settings.passes`` checks in a row, or when
+    ``timeout`` passes for all of them together.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+
+    async def check(target: Address) -> tuple[Address, str | None]:
+        ip = resolved[str(target)]
+        problem = await wait_until_healthy(str(target), ip, target.port, settings, deadline)
+        return target, problem
+
+    for finished in asyncio.as_completed([check(target) for target in targets]):
+        yield await finished
+
+
+def _listing(addresses: Sequence[Address]) -> str:
+    return ", ".join(str(address) for address in addresses)
