@@ -48,6 +48,7 @@ cdef enum ConnectionHeader:
     CONN_NONE
     CONN_CLOSE
     CONN_KEEP_ALIVE
+    CONN_UPGRADE
 
 
 cdef enum ChunkResult:
@@ -95,6 +96,9 @@ cdef struct RequestHead:
     int expect_continue
     int te_trailers
     int has_request_id
+    int upgrade_index
+    int conn_upgrade
+    int is_upgrade
     const char* error
 
 
@@ -318,17 +322,22 @@ cdef class UpstreamProtocol:
     cdef int status
     cdef bint connecting
     cdef bint in_exchange
+    cdef bint peer_eof
     cdef void start_connect(self, double timeout)
     cdef void _connect_ended(self)
     cdef void _connect_failed(self, str why)
     cdef void _end_exchange(self)
     cdef void cut(self)
+    cdef void half_close(self)
+    cdef void _start_tunnel(self, object buf, const unsigned char* p, ResponseHead* r,
+                            Py_ssize_t end, Py_ssize_t n)
     cdef void make_idle(self)
     cdef void attach(self, ClientProtocol client)
     cdef void send(self, object data)
     cdef void request_complete(self)
     cdef void detach_abort(self)
     cdef void close(self)
+    cdef void _shut(self, bint abort)
     cdef void pause_upstream_reading(self)
     cdef void resume_upstream_reading(self)
     cdef void _on_data(self, object data)
@@ -367,6 +376,7 @@ cdef class ClientProtocol:
     cdef bint is_head
     cdef bint idempotent
     cdef bint expect_continue
+    cdef bint upgrade
     cdef int body_kind
     cdef long long body_left
     cdef long long body_seen
@@ -415,6 +425,8 @@ cdef class ClientProtocol:
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable)
     cdef void interim_response(self, bytes head)
     cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind)
+    cdef void start_tunnel(self, bytes head)
+    cdef void half_close(self)
     cdef void write_body(self, object piece, Py_ssize_t n)
     cdef void write_body_pieces(self, list pieces, Py_ssize_t n)
     cdef void response_done(self, bint upstream_reusable)

@@ -129,6 +129,11 @@ class Route:
     strip_path_prefix: bool
     lb: str
 
+# Upgrade requests (WebSocket and others; h2c is refused by forwarding the request
+# without it) keep their Upgrade/Connection fields; on 101 the client and upstream
+# connections become a raw tunnel with backpressure both ways, in flight (and held
+# like any request while paused) until either side closes.
+
 class RoutingTable:
     """An immutable snapshot: routes plus the listener-wide limits and timeouts.
 

@@ -11,6 +11,7 @@ cdef enum ClientState:
     C_HEAD    # part of a request head received
     C_BODY    # request dispatched, body still arriving
     C_WAIT    # request complete, response under way
+    C_TUNNEL  # upgraded (101): raw bytes both ways until either side closes
     C_CLOSED
 
 cdef enum PauseReason:
@@ -46,6 +47,10 @@ cdef class ClientProtocol:
         self.deadline.set(_monotonic() + self.table.client_head_timeout)
 
     def data_received(self, data):
+        if self.state == C_TUNNEL:
+            self.engine.n_bytes_in += len(data)
+            self.upstream.transport.write(data)
+            return
         if self.state == C_CLOSED:
             return
         self.engine.n_bytes_in += len(data)
@@ -58,6 +63,13 @@ cdef class ClientProtocol:
 
     def eof_received(self):
         self.eof = True
+        if self.state == C_TUNNEL:
+            # the client is done sending; the tunnel ends once the upstream is done too
+            if self.upstream.peer_eof:
+                self._close()
+                return False
+            self.upstream.half_close()
+            return True
         if self.state == C_WAIT and self.held_queue is None:
             return True  # half-closed: still deliver the response, then close
         # A held request whose client hung up is gone (DESIGN invariant 5): like
@@ -179,6 +191,7 @@ cdef class ClientProtocol:
         self.body_seen = 0
         self.req_done = h.body_kind == BODY_NONE
         self.expect_continue = h.expect_continue and h.version == 11 and not self.req_done
+        self.upgrade = h.is_upgrade
         self.attempts = 1
         self._note_request_line(p, h)
         if h.target_form == FORM_AUTHORITY:
@@ -513,6 +526,30 @@ cdef class ClientProtocol:
                                      <long long>(self.held_for * 1000))
             fields = held if fields is None else fields + held
         return fields
+
+    cdef void start_tunnel(self, bytes head):
+        """The upstream agreed to switch protocols: relay raw bytes from now on.
+
+        The tunnel counts as in flight until either side closes (a deploy's drain
+        or shutdown cuts it at the deadline).
+        """
+        cdef object buf = self.rbuf
+        self.resp_started = True
+        self.status = 101
+        self.upstream_head = None
+        self.keep_alive = False
+        self.state = C_TUNNEL
+        self.transport.write(head)
+        self.engine.n_bytes_out += len(head)
+        self._rearm()
+        self._resume(P_PIPELINE)
+        if buf is not None and self.rpos < len(buf):
+            self.upstream.transport.write(buf[self.rpos:])
+        self.rbuf = None
+
+    cdef void half_close(self):
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
     cdef void write_body(self, object piece, Py_ssize_t n):
         self.transport.write(piece)

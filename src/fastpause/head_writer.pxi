@@ -136,7 +136,7 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     for i in range(h.nfields):
         if h.fields[i].kind == H_X_FORWARDED_FOR or h.fields[i].kind == H_TRANSFER_ENCODING:
             extra += h.fields[i].value_len + 2
-    _out_begin(h.head_len + extra + hv_len + host_len + len(client_ip) + 256)
+    _out_begin(h.head_len * 2 + extra + hv_len + host_len + len(client_ip) + 256)
     _put(p, h.method_len)
     _put(b" ", 1)
     if h.target_form == FORM_ASTERISK:
@@ -172,6 +172,10 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
         _put(b"\r\n", 2)
     if h.te_trailers:
         _put(b"TE: trailers\r\n", 14)
+    if h.is_upgrade:
+        _put(b"Connection: upgrade\r\nUpgrade: ", 30)
+        _put(p + h.fields[h.upgrade_index].value_start, h.fields[h.upgrade_index].value_len)
+        _put(b"\r\n", 2)
     _put(b"X-Forwarded-For: ", 17)
     if _put_field_values(p, h.fields, h.nfields, H_X_FORWARDED_FOR):
         _put(b", ", 2)
@@ -197,7 +201,7 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
                                int connection, bytes extra):
     """The response head as the client sees it; ``connection`` is CONN_* (what to announce),
     ``extra`` (or None) is more header lines the proxy adds."""
-    _out_begin(r.head_len + 128 + (len(extra) if extra is not None else 0))
+    _out_begin(r.head_len * 2 + 128 + (len(extra) if extra is not None else 0))
     _put(b"HTTP/1.1", 8)
     _put(p + 8, r.status_line_len - 8)
     _put(b"\r\n", 2)
@@ -212,6 +216,10 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
         _put(b"Connection: close\r\n", 19)
     elif connection == CONN_KEEP_ALIVE:
         _put(b"Connection: keep-alive\r\n", 24)
+    elif connection == CONN_UPGRADE:
+        _put(b"Connection: upgrade\r\nUpgrade: ", 30)
+        _put_field_values(p, r.fields, r.nfields, H_UPGRADE)
+        _put(b"\r\n", 2)
     if extra is not None:
         _put(<const char*>extra, len(extra))
     _put(b"\r\n", 2)

@@ -142,6 +142,8 @@ cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) 
             elif _ieq(p + s, ln, b"keep-alive", 10):
                 h.conn_keep_alive = 1
             else:
+                if _ieq(p + s, ln, b"upgrade", 7):
+                    h.conn_upgrade = 1
                 h.conn_other = 1
     elif kind == H_EXPECT:
         if _ieq(p + f.value_start, f.value_len, b"100-continue", 12):
@@ -159,6 +161,8 @@ cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) 
             if ln >= 8 and _ieq(p + s, 8, b"trailers", 8) and (ln == 8 or p[s + 8] == 59
                                                               or _is_ows(p[s + 8])):
                 h.te_trailers = 1
+    elif kind == H_UPGRADE:
+        h.upgrade_index = f - h.fields
     elif kind == H_X_REQUEST_ID:
         h.has_request_id = 1
     return 0
@@ -208,6 +212,7 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
     h.fields = fields
     h.content_length = -1
     h.host_index = -1
+    h.upgrade_index = -1
     h.head_len = n
     status = _parse_request_line(p, n, h, max_uri, &pos)
     if status:
@@ -273,7 +278,20 @@ cdef int _check_request_framing(const unsigned char* p, RequestHead* h) noexcept
         h.keep_alive = not h.conn_close
     else:
         h.keep_alive = h.conn_keep_alive and not h.conn_close
+    h.is_upgrade = (h.conn_upgrade and h.upgrade_index >= 0 and h.version == 11
+                    and h.body_kind == BODY_NONE and not _offers_h2c(p, &h.fields[h.upgrade_index]))
     return 0
+
+
+cdef bint _offers_h2c(const unsigned char* p, Field* f) noexcept nogil:
+    """HTTP/2 over cleartext is refused: such a request goes on as plain HTTP/1.1."""
+    cdef Py_ssize_t pos = f.value_start, end = f.value_start + f.value_len, s, ln
+    while True:
+        pos = _next_list_item(p, pos, end, &s, &ln)
+        if ln == 0:
+            return False
+        if _ieq(p + s, ln, b"h2c", 3):
+            return True
 
 
 cdef inline bint _method_is(const unsigned char* p, RequestHead* h, const char* m, Py_ssize_t n) noexcept nogil:

@@ -5,6 +5,7 @@ cdef enum UpstreamState:
     U_CONNECTING
     U_ACTIVE
     U_IDLE
+    U_TUNNEL    # after 101 Switching Protocols: raw bytes both ways
     U_CLOSED
 
 cdef enum:
@@ -134,13 +135,21 @@ cdef class UpstreamProtocol:
             self.deadline.set(_monotonic() + self.client.route.response_header_timeout)
 
     cdef void detach_abort(self):
-        """The client is gone mid-exchange: this connection's state is unknown, drop it."""
+        """The client is gone mid-exchange: this connection's state is unknown, drop it
+        (a tunnel's end is a clean end: what the client sent last still goes out)."""
         self.client = None
         if self.state == U_CONNECTING:
             return  # finish connecting and join the pool
-        self.close()
+        if self.state == U_TUNNEL:
+            self._shut(False)
+        else:
+            self.close()
 
     cdef void close(self):
+        self._shut(True)
+
+    cdef void _shut(self, bint abort):
+        """Close (``abort``: at once, dropping unsent bytes) and leave every book."""
         if self.state == U_IDLE:
             self.upstream.forget(self)
         self._end_exchange()
@@ -153,7 +162,10 @@ cdef class UpstreamProtocol:
             self.connect_task = None
             self._connect_ended()
         if self.transport is not None:
-            self.transport.abort()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     cdef void pause_upstream_reading(self):
         if not self.reading_paused and self.transport is not None:
@@ -172,13 +184,23 @@ cdef class UpstreamProtocol:
     # -- asyncio protocol callbacks ------------------------------------------------
 
     def data_received(self, data):
-        if self.state == U_ACTIVE and self.client is not None:
+        if self.state == U_TUNNEL:
+            self.client.write_body(data, len(data))
+        elif self.state == U_ACTIVE and self.client is not None:
             self._on_data(data)
         else:
             # bytes on an idle connection: the upstream broke the protocol; never reuse it
             self.close()
 
     def eof_received(self):
+        if self.state == U_TUNNEL:
+            # the upstream is done sending; the tunnel ends once the client is done too
+            self.peer_eof = True
+            if self.client.eof:
+                self.client._close()
+            else:
+                self.client.half_close()
+            return True
         if self.state == U_ACTIVE and self.client is not None:
             if self.head_done and self.body_kind == BODY_CLOSE:
                 self._finish()
@@ -191,7 +213,12 @@ cdef class UpstreamProtocol:
         return False
 
     def connection_lost(self, exc):
-        if self.state == U_ACTIVE and self.client is not None:
+        cdef ClientProtocol c
+        if self.state == U_TUNNEL:
+            c = self.client
+            self.client = None
+            c._close()
+        elif self.state == U_ACTIVE and self.client is not None:
             if self.head_done and self.body_kind == BODY_CLOSE and exc is None:
                 self._finish()
             else:
@@ -207,10 +234,17 @@ cdef class UpstreamProtocol:
 
     cdef void cut(self):
         """End this connection now, whatever it carries (an upstream's drain deadline)."""
-        if self.state == U_ACTIVE and self.client is not None:
+        cdef ClientProtocol c = self.client
+        if self.state == U_ACTIVE and c is not None:
             self._fail(502, f"upstream {self.upstream.address} was removed")
         else:
             self.close()
+            if c is not None:
+                c._close()
+
+    cdef void half_close(self):
+        if self.transport is not None and self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def pause_writing(self):
         if self.client is not None:
@@ -220,7 +254,9 @@ cdef class UpstreamProtocol:
     def resume_writing(self):
         if self.client is not None:
             self.client._resume(P_UPSTREAM)
-            if not self.head_done and self.request_done:
+            if self.state == U_TUNNEL:
+                self.deadline.clear()
+            elif not self.head_done and self.request_done:
                 self.request_complete()
             elif not self.head_done:
                 self.deadline.clear()
@@ -267,8 +303,11 @@ cdef class UpstreamProtocol:
             self.scan_pos = 0
             if r.status < 200:
                 if r.status == 101:
-                    self._fail(502, "upstream switched protocols without an upgrade request")
-                    return -1
+                    if not c.upgrade:
+                        self._fail(502, "upstream switched protocols without an upgrade request")
+                        return -1
+                    self._start_tunnel(buf, p, &r, end, n)
+                    return 1
                 if r.status != 100 and c.version == 11:
                     # 100 Continue is the proxy's own business (it answers Expect itself)
                     c.interim_response(build_response_head(p, &r, False, CONN_NONE, None))
@@ -301,6 +340,18 @@ cdef class UpstreamProtocol:
         if end < n:
             self._forward_body(buf, end)
         return 1
+
+    cdef void _start_tunnel(self, object buf, const unsigned char* p, ResponseHead* r,
+                            Py_ssize_t end, Py_ssize_t n):
+        """101: from now on bytes flow both ways untouched, with backpressure both ways."""
+        cdef ClientProtocol c = self.client
+        self.head_done = True
+        self.state = U_TUNNEL
+        self.rbuf = None
+        self.deadline.clear()
+        c.start_tunnel(build_response_head(p, r, False, CONN_UPGRADE, None))
+        if end < n and self.client is not None:
+            c.write_body(buf[end:], n - end)
 
     cdef void _forward_body(self, object data, Py_ssize_t pos):
         cdef ClientProtocol c = self.client
@@ -401,6 +452,8 @@ cdef class UpstreamProtocol:
         cdef ClientProtocol c
         if self.state == U_CONNECTING:
             self._connect_failed(f"connecting to upstream {self.upstream.address} timed out")
+        elif self.state == U_TUNNEL:
+            self.cut()  # the client stopped reading what the upstream sends
         elif self.state == U_ACTIVE:
             if not self.head_done and self.request_done:
                 self._fail(504, f"upstream {self.upstream.address} did not send a response "
