@@ -279,6 +279,9 @@ cdef class Engine:
     cdef RoutingTable _table
     cdef public object access_log
     cdef public long long max_held_bytes
+    cdef public long long max_connections
+    cdef public object on_capacity
+    cdef readonly bint at_capacity
     cdef long long n_held_bytes
     cdef set clients
     cdef bint shutting_down
@@ -293,6 +296,7 @@ cdef class Engine:
     cdef long long n_bytes_out
     cdef long long n_upstream_errors
     cdef void count_response(self, int status)
+    cdef void client_opened(self, ClientProtocol c)
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)
     cdef void upstream_up(self, Upstream up)

@@ -172,7 +172,14 @@ class Engine:
         access_log: Callable[[AccessRecord], None] | None = None,
         *,
         max_held_bytes: int = 256 << 20,
-    ) -> None: ...
+        max_connections: int = 0,
+        on_capacity: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``on_capacity(True)`` when ``max_connections`` client connections are open
+        (stop accepting), ``on_capacity(False)`` once below 90% of it (accept again)."""
+    max_connections: int
+    on_capacity: Callable[[bool], None] | None
+    at_capacity: bool
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:
         """An active health check's verdict; healthy releases requests held for it."""
     def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...

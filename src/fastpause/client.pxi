@@ -42,8 +42,7 @@ cdef class ClientProtocol:
         self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
         self.table = self.engine._table
-        self.engine.clients.add(self)
-        self.engine.n_connections_total += 1
+        self.engine.client_opened(self)
         self.deadline.set(_monotonic() + self.table.client_head_timeout)
 
     def data_received(self, data):

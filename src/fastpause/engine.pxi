@@ -9,10 +9,13 @@ cdef class Engine:
     """Owns the routing snapshot and every client connection of one process."""
 
     def __init__(self, loop, RoutingTable table, access_log=None, *,
-                 long long max_held_bytes=256 << 20):
+                 long long max_held_bytes=256 << 20, long long max_connections=0,
+                 on_capacity=None):
         cdef bytes seed = os.urandom(16)
         self.loop = loop
         self.max_held_bytes = max_held_bytes
+        self.max_connections = max_connections
+        self.on_capacity = on_capacity
         self.access_log = access_log
         self.clients = set()
         self.shutting_down = False
@@ -80,8 +83,22 @@ cdef class Engine:
         cdef int cls = status // 100
         self.n_responses[cls if 1 <= cls <= 5 else 0] += 1
 
+    cdef void client_opened(self, ClientProtocol c):
+        self.clients.add(c)
+        self.n_connections_total += 1
+        if (self.max_connections and not self.at_capacity
+                and len(self.clients) >= self.max_connections):
+            self.at_capacity = True
+            if self.on_capacity is not None:
+                self.on_capacity(True)
+
     cdef void client_closed(self, ClientProtocol c):
         self.clients.discard(c)
+        if self.at_capacity and len(self.clients) < self.max_connections * 9 // 10:
+            # hysteresis: accepting resumes once a tenth of the connections are gone
+            self.at_capacity = False
+            if self.on_capacity is not None:
+                self.on_capacity(False)
         if not self.clients and self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
@@ -150,4 +167,5 @@ cdef class Engine:
             "bytes_out": self.n_bytes_out,
             "upstream_errors": self.n_upstream_errors,
             "held_bytes": self.n_held_bytes,
+            "at_capacity": self.at_capacity,
         }
