@@ -184,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 def _profile(sup, workdir, backend_port, duration, log) -> dict:
     from benchmarks import profiling
 
-    return profiling.profile(sup, workdir, backend_port, max(5.0, duration), log=log)
+    try:
+        return profiling.profile(sup, workdir, backend_port, max(5.0, duration), log=log)
+    except Exception as error:  # a profiler problem must not cost the rest of the run
+        log(f"  profile failed: {error!r}")
+        return {"error": repr(error)}
 
 
 def _save(path: Path, results: dict) -> None:

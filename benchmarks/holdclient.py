@@ -6,7 +6,8 @@ Run as its own process (so its memory and CPU are not the harness's):
 
 It connects (at most ``--parallel`` connects at a time), sends the browser-like
 request on every connection, prints ``sent N`` on stdout once all are sent,
-then waits for all answers (or the timeout) and prints one JSON line:
+then waits for all answers (or the timeout) and writes one JSON document
+(to ``--out FILE``, printing ``done``; else as one line on stdout):
 ``{"sent", "statuses": {"200": n, ...}, "errors": {...}, "answered": [t...]}``
 where the ``answered`` times are ``time.monotonic()`` values (CLOCK_MONOTONIC,
 comparable across processes on Linux), sorted.
@@ -110,6 +111,7 @@ def main() -> int:
     parser.add_argument("--path", default="/")
     parser.add_argument("--parallel", type=int, default=256)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--out", help="write the JSON result here (else stdout)")
     args = parser.parse_args()
     work = run(args.host, args.port, args.count, args.path, args.parallel, args.timeout)
     try:
@@ -118,7 +120,12 @@ def main() -> int:
         result = uvloop.run(work)
     except ImportError:
         result = asyncio.run(work)
-    print(json.dumps(result), flush=True)
+    if args.out:
+        with open(args.out, "w") as out:
+            json.dump(result, out)
+        print("done", flush=True)
+    else:
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -66,6 +66,7 @@ class HoldClient:
 
     def __init__(self, sup: Supervisor, port: int, count: int, name: str, timeout: float = 90.0):
         self.timeout = timeout
+        self.out = sup.workdir / f"{name}.json"
         self.proc = sup.start(
             name,
             [
@@ -78,6 +79,8 @@ class HoldClient:
                 str(count),
                 "--timeout",
                 str(timeout),
+                "--out",
+                str(self.out),
             ],
             stdout_pipe=True,
             cwd=Path(__file__).resolve().parent.parent,
@@ -102,7 +105,10 @@ class HoldClient:
 
     def result(self) -> dict:
         try:
-            return json.loads(self._line(self.timeout + 30))
+            line = self._line(self.timeout + 30)
+            if line != "done":
+                raise HarnessError(f"hold client: unexpected {line[:200]!r}")
+            return json.loads(self.out.read_text())
         finally:
             self.selector.close()
             self.sup.stop(self.proc)

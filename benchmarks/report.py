@@ -65,7 +65,10 @@ def write(results: dict, outdir: Path, target: Path) -> None:
     add("")
     load_before = m.get("load", [0, 0, 0])
     load_after = results.get("load_after", [0, 0, 0])
-    add(f"- Date: {m.get('date', '?')}; run took {results.get('elapsed_seconds', 0) / 60:.0f} min")
+    add(
+        f"- Date: {m.get('date', '?')}; the last invocation took "
+        f"{results.get('elapsed_seconds', 0) / 60:.0f} min"
+    )
     add(
         f"- CPU: {m.get('cpu', '?')}, `nproc` = {m.get('nproc', '?')}; memory "
         f"{m.get('memory', '?')}; kernel {m.get('kernel', '?')}; {m.get('os', '?')}"
