@@ -51,6 +51,14 @@ cdef enum ConnectionHeader:
     CONN_UPGRADE
 
 
+cdef enum UpstreamState:
+    U_CONNECTING
+    U_ACTIVE
+    U_IDLE
+    U_TUNNEL    # after 101 Switching Protocols: raw bytes both ways
+    U_CLOSED
+
+
 cdef enum ChunkResult:
     CH_DATA
     CH_MORE
@@ -145,6 +153,7 @@ cdef class Deadline:
 
 cdef class Upstream:
     cdef readonly str address
+    cdef bytes address_b
     cdef readonly str host
     cdef readonly int port
     cdef readonly int keepalive
@@ -428,7 +437,8 @@ cdef class ClientProtocol:
     cdef void upstream_ready(self, UpstreamProtocol up)
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable)
     cdef void interim_response(self, bytes head)
-    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind)
+    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
+                             const unsigned char* body, Py_ssize_t body_len)
     cdef void start_tunnel(self, bytes head)
     cdef void half_close(self)
     cdef void write_body(self, object piece, Py_ssize_t n)

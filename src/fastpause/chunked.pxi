@@ -192,9 +192,9 @@ cdef class ChunkedDecoder:
             elif st == CS_TRAILER_LF:
                 if c != 10:
                     return self._fail(b"bare CR in trailer section")
+                self.trailers += b"\r\n"
                 if self._check_trailer_line() != 0:
                     return CH_ERROR
-                self.trailers += b"\r\n"
                 st = CS_TRAILER_START
             elif st == CS_END_LF:
                 if c != 10:
@@ -210,7 +210,7 @@ cdef class ChunkedDecoder:
     cdef int _check_trailer_line(self):
         cdef Field f
         cdef const unsigned char* t = self.trailers
-        if _validate_field_line(t, self.trailer_line, len(self.trailers), &f, &self.error) != 0:
+        if _scan_field_line(t, self.trailer_line, len(self.trailers), &f, &self.error) < 0:
             return CH_ERROR
         if f.kind == H_CONTENT_LENGTH or f.kind == H_TRANSFER_ENCODING or f.kind == H_HOST:
             self.error = b"framing or routing field in trailer section"

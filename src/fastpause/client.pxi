@@ -242,7 +242,7 @@ cdef class ClientProtocol:
                                  True, False)
             return
         self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
-                                                 up.address.encode("ascii"), self.engine)
+                                                 up.address_b, self.engine)
         if not self.route_active:
             self.route_active = True
             rs.request_started()
@@ -492,8 +492,10 @@ cdef class ClientProtocol:
             self.transport.write(head)
             self.engine.n_bytes_out += len(head)
 
-    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind):
-        """Write the final response head; returns whether the body is re-chunked."""
+    cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
+                             const unsigned char* body, Py_ssize_t body_len):
+        """Write the final response head (and ``body``, a whole small body, in the same
+        write); returns whether the body that follows is re-chunked."""
         cdef bint chunked = False
         cdef int conn = CONN_NONE
         cdef bytes head
@@ -511,9 +513,10 @@ cdef class ClientProtocol:
             conn = CONN_CLOSE
         elif self.version == 10:
             conn = CONN_KEEP_ALIVE
-        head = build_response_head(p, r, chunked, conn, self._extra_fields())
+        head = build_response_head(p, r, chunked, conn, self._extra_fields(), body, body_len)
         self.transport.write(head)
         self.engine.n_bytes_out += len(head)
+        self.resp_bytes += body_len
         return chunked
 
     cdef bytes _extra_fields(self):

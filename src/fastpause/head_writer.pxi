@@ -198,10 +198,12 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
 
 
 cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chunked,
-                               int connection, bytes extra):
+                               int connection, bytes extra,
+                               const unsigned char* body=NULL, Py_ssize_t body_len=0):
     """The response head as the client sees it; ``connection`` is CONN_* (what to announce),
-    ``extra`` (or None) is more header lines the proxy adds."""
-    _out_begin(r.head_len * 2 + 128 + (len(extra) if extra is not None else 0))
+    ``extra`` (or None) is more header lines the proxy adds, ``body`` a whole body to
+    append so that head and body leave in one write."""
+    _out_begin(r.head_len * 2 + 128 + (len(extra) if extra is not None else 0) + body_len)
     _put(b"HTTP/1.1", 8)
     _put(p + 8, r.status_line_len - 8)
     _put(b"\r\n", 2)
@@ -223,6 +225,8 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
     if extra is not None:
         _put(<const char*>extra, len(extra))
     _put(b"\r\n", 2)
+    if body_len:
+        _put(body, body_len)
     return _out_bytes()
 
 

@@ -222,24 +222,18 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
         return status
     while True:
         line_start = pos
-        eol = line_start
-        while p[eol] != 13:
-            if p[eol] == 10 or p[eol] == 0:
-                h.error = b"invalid character in header section"
+        if p[pos] == 13:
+            if p[pos + 1] != 10:
+                h.error = b"bare CR in header section"
                 return 400
-            eol += 1
-        if p[eol + 1] != 10:
-            h.error = b"bare CR in header section"
-            return 400
-        if eol == line_start:
             break
         if h.nfields >= max_fields:
             h.error = b"too many header fields"
             return 431
         f = &fields[h.nfields]
-        status = _validate_field_line(p, line_start, eol, f, &h.error)
-        if status:
-            return status
+        eol = _scan_field_line(p, line_start, n, f, &h.error)
+        if eol < 0:
+            return 400
         h.nfields += 1
         if f.kind != H_OTHER:
             status = _apply_framing_field(p, h, f)

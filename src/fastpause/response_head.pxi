@@ -36,22 +36,17 @@ cdef int parse_response(const unsigned char* p, Py_ssize_t n, ResponseHead* r, F
     pos += 2
     while True:
         line_start = pos
-        eol = line_start
-        while p[eol] != 13:
-            if p[eol] == 10 or p[eol] == 0:
-                r.error = b"invalid character in response header section"
+        if p[pos] == 13:
+            if p[pos + 1] != 10:
+                r.error = b"bare CR in response header section"
                 return -1
-            eol += 1
-        if p[eol + 1] != 10:
-            r.error = b"bare CR in response header section"
-            return -1
-        if eol == line_start:
             break
         if r.nfields >= max_fields:
             r.error = b"too many response header fields"
             return -1
         f = &fields[r.nfields]
-        if _validate_field_line(p, line_start, eol, f, &r.error) != 0:
+        eol = _scan_field_line(p, line_start, n, f, &r.error)
+        if eol < 0:
             return -1
         r.nfields += 1
         pos = eol + 2

@@ -81,6 +81,7 @@ cdef class Upstream:
         if keepalive < 0:
             raise ValueError("keepalive must be >= 0")
         self.address = address
+        self.address_b = address.encode("ascii")
         self.host = host
         self.port = port
         self.keepalive = keepalive
@@ -96,7 +97,7 @@ cdef class Upstream:
         cdef UpstreamProtocol conn
         while self.idle:
             conn = self.idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
+            if conn.state == U_IDLE:  # a connection that closed left the pool already
                 return conn
         return None
 

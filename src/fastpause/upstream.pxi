@@ -1,15 +1,9 @@
 # The upstream side of an exchange: connecting, sending the request, framing the
 # response and streaming it to the client, then returning to the pool.
 
-cdef enum UpstreamState:
-    U_CONNECTING
-    U_ACTIVE
-    U_IDLE
-    U_TUNNEL    # after 101 Switching Protocols: raw bytes both ways
-    U_CLOSED
-
 cdef enum:
     MAX_RESPONSE_HEAD = 65536
+    INLINE_BODY_MAX = 16384  # bodies up to this size are copied next to the head
     WRITE_HIGH = 256 * 1024
     WRITE_LOW = 64 * 1024
 
@@ -322,7 +316,17 @@ cdef class UpstreamProtocol:
         self.body_kind = response_body_kind(&r, c.is_head)
         self.reusable = (not r.conn_close and (r.version == 11 or r.conn_keep_alive)
                          and self.body_kind != BODY_CLOSE)
-        self.client_chunked = c.start_response(p, &r, self.body_kind)
+        if (self.body_kind == BODY_LENGTH and r.content_length <= n - end
+                and r.content_length <= INLINE_BODY_MAX):
+            # the whole (small) body came with the head: both leave in one write
+            if r.content_length < n - end:
+                self.reusable = False  # bytes after the declared body: never reuse
+            c.start_response(p, &r, self.body_kind, p + end, <Py_ssize_t>r.content_length)
+            self.rbuf = None
+            if self.client is not None:
+                self._finish()
+            return 1
+        self.client_chunked = c.start_response(p, &r, self.body_kind, NULL, 0)
         self.rbuf = None
         if self.client is None:
             return -1  # the client went away while the head was written
