@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         help="rebuild BENCHMARKS.md and the plots from results.json",
     )
     p.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    p.add_argument(
+        "--build",
+        action="store_true",
+        help="build fastpause from this working tree into the work directory and run that "
+        "copy (immune to reinstalls of the shared virtualenv during the run)",
+    )
     return p
 
 
@@ -97,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Supervisor(workdir) as sup:
             peers.ensure_tools()
+            if args.build:
+                log("building fastpause from the working tree ...")
+                peers.Fastpause.build(ROOT, workdir / "fastpause-build")
             results["machine"] = machine.facts()
             results["settings"] = {
                 "duration": duration,
@@ -156,7 +165,21 @@ def main(argv: list[str] | None = None) -> int:
             swaps = dict(results.get("swap", {}))
             for variant in swap.VARIANTS:
                 if wanted("swap", variant):
-                    swaps[variant] = swap.swap_run(sup, workdir, variant, swap_duration, log=log)
+                    try:
+                        swaps[variant] = swap.swap_run(
+                            sup, workdir, variant, swap_duration, log=log
+                        )
+                    except HarnessError as error:
+                        log(f"  swap {variant} failed: {error}")
+                        kind, proxy, how = swap.VARIANTS[variant]
+                        swaps[variant] = {
+                            "variant": variant,
+                            "kind": kind,
+                            "proxy": proxy,
+                            "how": how,
+                            "available": True,
+                            "error": str(error),
+                        }
                     results["swap"] = swaps
                     _save(results_file, results)
     except HarnessError as error:

@@ -74,7 +74,8 @@ class Peer:
 
 
 class Backend:
-    """NGINX origin: ``return 200`` small body on ``/``; static 16 KiB and 1 MiB
+    """NGINX origin: ``return 200`` small body on ``/`` (and ``/up``, the health
+    check path of ``fastpause deploy``); static 16 KiB and 1 MiB
     files on ``/16k`` and ``/1m`` (NGINX's config parser refuses a
     ``return`` string over 4 KiB), sendfile on, keep-alive effectively unlimited."""
 
@@ -107,6 +108,7 @@ http {{
         listen 127.0.0.1:{port} backlog=16384;
         root {self.www};
         location = / {{ return 200 "{SMALL_BODY.strip()}\\n"; }}
+        location = /up {{ return 200 "ok\\n"; }}
         location / {{ }}
     }}
 }}
@@ -143,6 +145,43 @@ def _nginx_temp_paths(base: Path) -> str:
 class Fastpause(Peer):
     name = "fastpause"
     label = "fastpause"
+    # Set by ``build``: a private copy of fastpause, so that a concurrent reinstall of
+    # the shared virtualenv cannot change the proxy in the middle of a run.
+    pythonpath: str | None = None
+    built_from: str = ""
+
+    @classmethod
+    def env(cls) -> dict[str, str]:
+        return {"PYTHONPATH": cls.pythonpath} if cls.pythonpath else {}
+
+    @classmethod
+    def build(cls, source: Path, target: Path) -> None:
+        """``pip install --target`` the working tree into ``target`` and use that copy."""
+        commit = run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"], timeout=30, check=False
+        ).strip()
+        dirty = run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", "src"],
+            timeout=30,
+            check=False,
+        ).strip()
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "--target",
+                str(target),
+                str(source),
+            ],
+            timeout=900,
+        )
+        cls.pythonpath = str(target)
+        cls.built_from = f"commit {commit}" + (" + uncommitted changes in src/" if dirty else "")
 
     def write_config(self, path: Path, port: int, upstream: int, admin: str) -> None:
         path.write_text(
@@ -165,23 +204,34 @@ max_held = 10000
         admin = f"unix:{base}/admin.sock"
         self.write_config(conf, port, upstream, admin)
         proc = sup.start(
-            f"fastpause-{port}", [sys.executable, "-m", "fastpause", "run", "--config", str(conf)]
+            f"fastpause-{port}",
+            [sys.executable, "-m", "fastpause", "run", "--config", str(conf)],
+            env=self.env(),
         )
         wait_for_port(port, proc)
         return Running(self, proc, port, upstream, conf, admin)
 
     def cli(self, running: Running, *args: str, timeout: float = 60.0) -> str:
         return run(
-            [sys.executable, "-m", "fastpause", *args, "--admin", running.admin], timeout=timeout
+            [sys.executable, "-m", "fastpause", *args, "--admin", running.admin],
+            timeout=timeout,
+            env={**os.environ, **self.env()},
         )
 
     def version(self) -> str:
-        return run([sys.executable, "-m", "fastpause", "version"], timeout=30).strip()
+        env = {**os.environ, **Fastpause.env()}
+        out = run([sys.executable, "-m", "fastpause", "version"], timeout=30, env=env).strip()
+        return out + (f" (built from {Fastpause.built_from})" if Fastpause.built_from else "")
 
     @staticmethod
     def has_command(command: str) -> bool:
         """Whether this build of fastpause offers ``reload`` / ``deploy``."""
-        out = run([sys.executable, "-m", "fastpause", command, "--help"], timeout=30, check=False)
+        out = run(
+            [sys.executable, "-m", "fastpause", command, "--help"],
+            timeout=30,
+            check=False,
+            env={**os.environ, **Fastpause.env()},
+        )
         return "invalid choice" not in out and "usage:" in out
 
 

@@ -102,7 +102,11 @@ def hold_plot(results: dict, outdir: Path) -> list[str]:
 
 
 def swap_plots(results: dict, outdir: Path) -> list[str]:
-    swaps = {k: v for k, v in results.get("swap", {}).items() if v.get("available")}
+    swaps = {
+        k: v
+        for k, v in results.get("swap", {}).items()
+        if v.get("available") and not v.get("error")
+    }
     if not swaps:
         return []
     plt = _plt()

@@ -349,6 +349,12 @@ def _swap(results: dict, add, rel, images) -> None:
     )
     add("|---|---|---|--:|--:|--:|--:|--:|--:|")
     for r in swaps.values():
+        if r.get("error"):
+            add(
+                f"| {r['kind']} | {LABELS.get(r['proxy'], r['proxy'])} | {r['how']} | "
+                f"failed: {r['error'][:200]} | | | | | |"
+            )
+            continue
         if not r.get("available"):
             add(
                 f"| {r['kind']} | {LABELS.get(r['proxy'], r['proxy'])} | {r['how']} | "
@@ -384,12 +390,19 @@ def _profile(results: dict, add) -> None:
             where = "[k]" if row["kernel"] else row["dso"]
             add(f"| {i} | {row['percent']:.2f} | {where} | `{row['symbol']}` |")
         add("")
+        if perf.get("dso"):
+            add(
+                "By binary: "
+                + ", ".join(f"{d['dso']} {d['percent']:.1f} %" for d in perf["dso"][:6])
+                + "."
+            )
+            add("")
     spy = prof.get("py-spy")
     if spy:
         add(
             f"`py-spy record --native` ({spy['samples']:,} samples, "
             f"{spy['rps_while_profiled']:,.0f} req/s while profiled). Top 15 by self time, "
-            "then by total (inclusive) time:"
+            "then the core's own functions (`.pxi`) by total (inclusive) time:"
         )
         add("")
         add("| # | self % | function | | total % | function |")

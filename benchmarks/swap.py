@@ -164,7 +164,17 @@ def swap_run(sup: Supervisor, workdir: Path, variant: str, duration: float, log=
                 peer.write_config(running.config, running.port, new_port, running.admin)
                 peer.cli(running, "reload", "--config", str(running.config))
             else:
-                peer.cli(running, "deploy", "app", "--to", f"127.0.0.1:{new_port}")
+                peer.cli(
+                    running,
+                    "deploy",
+                    "app",
+                    "--to",
+                    f"127.0.0.1:{new_port}",
+                    "--health-path",
+                    "/up",
+                    "--drain-timeout",
+                    "5s",
+                )
             events.append((time.monotonic(), "proxy switched"))
             sup.stop(old, sig=3, grace=10)
             events.append((time.monotonic(), "old backend stopped"))
