@@ -25,6 +25,7 @@ from fastpause.config import (
     quick_config,
     with_admin,
 )
+from fastpause.deploy import Deployment, apply_deployments
 from fastpause.units import parse_duration, parse_size, parse_whole_seconds
 
 ROUTE = """
@@ -144,7 +145,10 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.try_duration, route.try_interval, route.max_held) == (30.0, 0.25, 10_000)
     assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
     assert route.retry_after == 5
+    assert (route.health_interval, route.health_timeout) == (1.0, 2.0)
+    assert (route.health_passes, route.health_fails, route.fail_duration) == (1, 2, 10.0)
     assert config.max_held_bytes == 256 << 20
+    assert (config.drain_timeout, config.state_file) == (30.0, None)
     assert (config.admin, config.admin_token) == (default_admin_address(), None)
 
 
@@ -164,6 +168,8 @@ def test_every_key(tmp_path: Path) -> None:
         access_log = "/var/log/fastpause.log"
         access_log_format = "json"
         max_held_bytes = "1GiB"
+        drain_timeout = "0s"
+        state_file = "/var/lib/fastpause/state.json"
         admin = "0.0.0.0:9900"
         admin_token = "0123456789abcdef0123"
 
@@ -183,6 +189,11 @@ def test_every_key(tmp_path: Path) -> None:
         max_held = 0
         max_held_body = "64KiB"
         health_path = "/up"
+        health_interval = "250ms"
+        health_timeout = "1s"
+        health_passes = 3
+        health_fails = 5
+        fail_duration = "0s"
         hold_time_header = "X-Fastpause-Held-Ms"
         retry_after = "1m"
         """,
@@ -207,6 +218,7 @@ def test_every_key(tmp_path: Path) -> None:
     )
     assert (config.access_log, config.access_log_format) == ("/var/log/fastpause.log", "json")
     assert config.max_held_bytes == 1 << 30
+    assert (config.drain_timeout, config.state_file) == (0.0, "/var/lib/fastpause/state.json")
     assert (config.admin, config.admin_token) == (Address("0.0.0.0", 9900), "0123456789abcdef0123")
     assert config.routes == (
         RouteConfig(
@@ -229,6 +241,11 @@ def test_every_key(tmp_path: Path) -> None:
             max_held=0,
             max_held_body=64 * 1024,
             health_path="/up",
+            health_interval=0.25,
+            health_timeout=1.0,
+            health_passes=3,
+            health_fails=5,
+            fail_duration=0.0,
             hold_time_header="X-Fastpause-Held-Ms",
             retry_after=60,
         ),
@@ -285,6 +302,60 @@ def test_admin_from_the_command_line_is_checked_like_the_file() -> None:
 
 # Each case: TOML text, the key path the message must name, the problem it must state.
 ERRORS = [
+    pytest.param(
+        f"{ROUTE}health_interval = '0s'\n",
+        "routes[0].health_interval",
+        "invalid duration '0s': must be greater than 0",
+        id="health-interval-zero",
+    ),
+    pytest.param(
+        f"{ROUTE}health_timeout = 2\n",
+        "routes[0].health_timeout",
+        "expected a duration string with a unit",
+        id="health-timeout-bare-number",
+    ),
+    pytest.param(
+        f"{ROUTE}health_passes = 0\n",
+        "routes[0].health_passes",
+        "0 is out of range: expected 1 to 1000",
+        id="health-passes-zero",
+    ),
+    pytest.param(
+        f"{ROUTE}health_fails = '2'\n",
+        "routes[0].health_fails",
+        "expected an integer, got string '2'",
+        id="health-fails-string",
+    ),
+    pytest.param(
+        f"{ROUTE}fail_duration = '-1s'\n",
+        "routes[0].fail_duration",
+        "invalid duration '-1s': must not be negative",
+        id="fail-duration-negative",
+    ),
+    pytest.param(
+        f"{ROUTE}health_intervall = '1s'\n",
+        "routes[0]",
+        "unknown key 'health_intervall' (did you mean 'health_interval'?)",
+        id="health-key-typo",
+    ),
+    pytest.param(
+        f"drain_timeout = 'soon'\n{ROUTE}",
+        "drain_timeout",
+        "invalid duration 'soon'",
+        id="drain-timeout-bad",
+    ),
+    pytest.param(
+        f"state_file = ''\n{ROUTE}",
+        "state_file",
+        "must not be empty",
+        id="state-file-empty",
+    ),
+    pytest.param(
+        f"state_file = true\n{ROUTE}",
+        "state_file",
+        "expected a string, got boolean true",
+        id="state-file-not-a-string",
+    ),
     pytest.param(
         """
         [[routes]]
@@ -777,7 +848,77 @@ def test_table_carries_the_holding_settings() -> None:
     assert (built.max_held_body, built.retry_after, built.state.name) == (100, 9, "app")
 
 
+def test_table_carries_the_passive_health_setting() -> None:
+    route = RouteConfig("app", (Address("127.0.0.1", 9001),), fail_duration=0.0)
+    [built] = router.build_table(Config(routes=(route,))).routes
+    assert built.fail_duration == 0.0
+
+
+def test_rebuild_never_reuses_a_draining_upstream() -> None:
+    """A drained upstream takes no new requests: a reload that brings its address back
+    needs a fresh one."""
+    config = quick_config([], ["127.0.0.1:9001"])
+    first = router.build_table(config)
+    first.routes[0].upstreams[0].drain()
+    second = router.build_table(config, first)
+    assert second.routes[0].upstreams[0] is not first.routes[0].upstreams[0]
+    assert not second.routes[0].upstreams[0].draining
+
+
+def test_build_with_resolved_addresses_does_not_resolve() -> None:
+    config = quick_config([], ["no-such-host.invalid:9001"])
+    table = router.build_table(config, resolved={"no-such-host.invalid:9001": "10.0.0.7"})
+    [upstream] = table.routes[0].upstreams
+    assert (upstream.address, upstream.host, upstream.port) == (
+        "no-such-host.invalid:9001",
+        "10.0.0.7",
+        9001,
+    )
+
+
+def test_retired_upstreams_are_those_no_route_uses() -> None:
+    first = router.build_table(quick_config([], ["127.0.0.1:9001", "127.0.0.1:9002"]))
+    second = router.build_table(quick_config([], ["127.0.0.1:9002", "127.0.0.1:9003"]), first)
+    assert router.retired(first, second) == [first.routes[0].upstreams[0]]
+    assert router.retired(second, second) == []
+
+
 def test_build_without_previous_never_reuses() -> None:
     config = quick_config([], ["127.0.0.1:9001"])
     first = router.build_table(config)
     assert router.build_table(config).routes[0].upstreams[0] is not first.routes[0].upstreams[0]
+
+
+# ---------------------------------------------------------------- deploy overrides
+
+
+def test_a_deploy_outlives_a_config_whose_upstreams_did_not_change() -> None:
+    config = quick_config([], ["127.0.0.1:9001"])
+    deployed = Deployment((Address("127.0.0.1", 9002),), (Address("127.0.0.1", 9001),))
+    effective, kept, notes = apply_deployments(config, {"default": deployed})
+    assert effective.routes[0].upstreams == (Address("127.0.0.1", 9002),)
+    assert (kept, notes) == ({"default": deployed}, [])
+
+
+def test_the_config_wins_once_its_upstreams_changed() -> None:
+    config = quick_config([], ["127.0.0.1:9003"])
+    deployed = Deployment((Address("127.0.0.1", 9002),), (Address("127.0.0.1", 9001),))
+    effective, kept, notes = apply_deployments(config, {"default": deployed})
+    assert effective == config
+    assert kept == {}
+    assert notes == [
+        "route default: upstreams changed in the config since the deploy to 127.0.0.1:9002; "
+        "using the config's 127.0.0.1:9003"
+    ]
+
+
+def test_a_config_updated_to_the_deployed_upstreams_drops_the_deploy_quietly() -> None:
+    config = quick_config([], ["127.0.0.1:9002"])
+    deployed = Deployment((Address("127.0.0.1", 9002),), (Address("127.0.0.1", 9001),))
+    assert apply_deployments(config, {"default": deployed}) == (config, {}, [])
+
+
+def test_deploys_of_routes_that_are_gone_are_dropped() -> None:
+    config = quick_config([], ["127.0.0.1:9001"])
+    deployed = Deployment((Address("127.0.0.1", 9002),), (Address("127.0.0.1", 9001),))
+    assert apply_deployments(config, {"gone": deployed}) == (config, {}, [])
