@@ -8,6 +8,7 @@ token. Waits poll the status with a deadline; nothing sleeps to synchronize.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from admin_support import AdminHttp, raw_exchange
-from helpers import build_request, chunked
+from helpers import build_request, chunked, free_port
 
 TOKEN = "s3cret-token-0123456789"
 WAIT = 30.0
@@ -89,7 +90,18 @@ def test_status_shape(admin_proxy, backend):
         "stop_message": None,
     }
     [upstream] = upstreams  # Upstream.stats() of the core, whatever else it reports
-    assert upstream.items() >= {"address": backend.address, "requests": 0, "connects": 0}.items()
+    assert (
+        upstream.items()
+        >= {
+            "address": backend.address,
+            "requests": 0,
+            "connects": 0,
+            "healthy": True,
+            "down": False,
+            "draining": False,
+            "active": 0,
+        }.items()
+    )
     assert proxy.get("/inspect").status == 200
     [upstream] = proxy.admin.route()["upstreams"]
     assert (upstream["requests"], upstream["connects"]) == (1, 1)
@@ -250,6 +262,8 @@ def test_unknown_path_is_404(admin_proxy, method, target):
         ("DELETE", "/metrics", "GET"),
         ("GET", "/routes/app/pause", "POST"),
         ("PUT", "/routes/app/stop", "POST"),
+        ("GET", "/reload", "POST"),
+        ("GET", "/routes/app/deploy", "POST"),
     ],
 )
 def test_wrong_method_is_405(admin_proxy, method, target, allowed):
@@ -345,6 +359,175 @@ def test_each_response_closes_the_connection(admin_proxy):
     answer = raw_exchange(admin.spec, two)
     assert answer.count(b"HTTP/1.1 ") == 1
     assert b"\r\nConnection: close\r\n" in answer
+
+
+# ---------------------------------------------------------------- reload
+
+
+def test_reload_applies_the_changed_config(admin_proxy, backend, start_backend):
+    proxy = admin_proxy()
+    other = start_backend("other")
+    path = proxy.config_path
+    path.write_text(path.read_text().replace(backend.address, other.address))
+    reply = proxy.admin.call("POST", "/reload")
+    assert (reply.status, reply.json()) == (200, {"config": str(path), "routes": 1, "notes": []})
+    assert proxy.output.wait_for(lambda line: line.startswith("fastpause: reloaded")) == (
+        f"fastpause: reloaded {path}: 1 route"
+    )
+    [upstream] = proxy.admin.route()["upstreams"]
+    assert upstream["address"] == other.address
+    assert proxy.get("/inspect").status == 200
+    assert other.stats()["paths"] == {"/inspect": 1}
+
+
+def test_reload_of_another_file(admin_proxy, backend, start_backend, tmp_path):
+    proxy = admin_proxy()
+    other = start_backend("other")
+    path = tmp_path / "elsewhere.toml"
+    path.write_text(proxy.config_path.read_text().replace(backend.address, other.address))
+    reply = proxy.admin.call("POST", "/reload", {"config": str(path)})
+    assert (reply.status, reply.json()["config"]) == (200, str(path))
+    assert proxy.admin.route()["upstreams"][0]["address"] == other.address
+    # the file given is the one later reloads read
+    path.write_text(path.read_text().replace(other.address, backend.address))
+    assert proxy.admin.call("POST", "/reload").json()["config"] == str(path)
+    assert proxy.admin.route()["upstreams"][0]["address"] == backend.address
+
+
+def test_invalid_config_is_400_and_the_old_one_keeps_running(admin_proxy, backend):
+    proxy = admin_proxy()
+    path = proxy.config_path
+    path.write_text("max_headers = 'lots'\n" + path.read_text())
+    reply = proxy.admin.call("POST", "/reload")
+    error = f"{path}: max_headers: expected an integer, got string 'lots'"
+    assert (reply.status, reply.json()) == (400, {"error": error})
+    assert f"fastpause: reload failed: {error}; still serving the previous config" in (
+        proxy.stderr()
+    )
+    assert proxy.get("/inspect").status == 200
+    assert proxy.admin.route()["upstreams"][0]["address"] == backend.address
+
+
+def test_reload_refuses_to_change_the_admin_address(admin_proxy, tmp_path):
+    proxy = admin_proxy()
+    path = proxy.config_path
+    path.write_text(path.read_text().replace("admin0.sock", "moved.sock"))
+    reply = proxy.admin.call("POST", "/reload")
+    assert reply.status == 400
+    assert reply.json()["error"] == (
+        f"{path}: admin: the admin address cannot change by reload (running on "
+        f"unix:{tmp_path}/admin0.sock, the file says unix:{tmp_path}/moved.sock); "
+        "restart fastpause to change it"
+    )
+    assert proxy.admin.route()["mode"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b'{"file": "/x.toml"}', "unknown field 'file' (known: config)"),
+        (b'{"config": "relative.toml"}', "config: 'relative.toml' is not an absolute path"),
+        (b'{"config": 5}', "config: expected a file path, got 5"),
+        (b'{"config": "/no/such/file.toml"}', "/no/such/file.toml: cannot read file"),
+    ],
+)
+def test_bad_reload_request_is_400(admin_proxy, body, error):
+    admin = admin_proxy().admin
+    reply = admin.call("POST", "/reload", body)
+    assert reply.status == 400, reply
+    assert reply.json()["error"].startswith(error), reply.json()
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def deploy_events(admin: AdminHttp, route: str, body: dict) -> list[dict]:
+    """POST a deploy and return its NDJSON events once the stream ends."""
+    reply = admin.call("POST", f"/routes/{route}/deploy", body)
+    assert reply.status == 200, reply
+    assert reply.headers["Content-Type"] == "application/x-ndjson"
+    assert reply.headers["Transfer-Encoding"] == "chunked"
+    return [json.loads(line) for line in reply.body.splitlines()]
+
+
+def test_deploy_switches_to_a_healthy_target(admin_proxy, backend, start_backend):
+    proxy = admin_proxy()
+    other = start_backend("other")
+    events = deploy_events(
+        proxy.admin, "app", {"to": [other.address], "health_path": "/status/200"}
+    )
+    assert events == [
+        {"event": "checking", "targets": [other.address], "health_path": "/status/200"},
+        {"event": "healthy", "target": other.address},
+        {"event": "switched", "from": [backend.address], "to": [other.address], "held_released": 0},
+        {"event": "draining", "upstreams": [backend.address], "in_flight": 0},
+        {"event": "done", "drained": True},
+    ]
+    assert proxy.get("/inspect").status == 200
+    assert other.stats()["paths"].get("/inspect") == 1
+    assert proxy.admin.route()["upstreams"][0]["address"] == other.address
+
+
+def test_deploy_to_an_unhealthy_target_changes_nothing(admin_proxy, backend):
+    proxy = admin_proxy()
+    dead = f"127.0.0.1:{free_port()}"
+    events = deploy_events(proxy.admin, "app", {"to": [dead], "deploy_timeout": "100ms"})
+    assert events == [
+        {"event": "checking", "targets": [dead], "health_path": "/up"},
+        {
+            "event": "failed",
+            "error": f"{dead} did not pass the health check at /up within 0.1s: connection refused",
+        },
+    ]
+    assert proxy.admin.route()["upstreams"][0]["address"] == backend.address
+    assert proxy.get("/inspect").status == 200
+
+
+def test_deploy_to_an_unknown_route_is_404(admin_proxy, backend):
+    reply = admin_proxy().admin.call("POST", "/routes/nope/deploy", {"to": [backend.address]})
+    assert (reply.status, reply.json()) == (404, {"error": "no route named 'nope'"})
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"", "to: required: the new targets (HOST:PORT)"),
+        (b"[]", "the body must be a JSON object"),
+        (b'{"to": []}', "to: expected a non-empty list of HOST:PORT strings, got []"),
+        (b'{"to": "127.0.0.1:1"}', "to: expected a non-empty list of HOST:PORT strings"),
+        (b'{"to": [5]}', "to: expected a HOST:PORT string, got 5"),
+        (b'{"to": ["nowhere"]}', "to: invalid address 'nowhere'"),
+        (b'{"to": ["127.0.0.1:0"]}', "to: invalid address '127.0.0.1:0'"),
+        (b'{"to": ["127.0.0.1:1", "127.0.0.1:1"]}', "to: duplicate target '127.0.0.1:1'"),
+        (b'{"to": ["127.0.0.1:1"], "health_path": "up"}', "health_path: invalid health_path"),
+        (b'{"to": ["127.0.0.1:1"], "deploy_timeout": 0}', "deploy_timeout: must be greater"),
+        (b'{"to": ["127.0.0.1:1"], "drain_timeout": "x"}', "drain_timeout: invalid duration"),
+        (
+            b'{"to": ["127.0.0.1:1"], "targets": []}',
+            "unknown field 'targets' (known: to, health_path, deploy_timeout, drain_timeout)",
+        ),
+    ],
+)
+def test_bad_deploy_request_is_400(admin_proxy, backend, body, error):
+    admin = admin_proxy().admin
+    reply = admin.call("POST", "/routes/app/deploy", body)
+    assert reply.status == 400, reply
+    assert reply.json()["error"].startswith(error), reply.json()
+    assert admin.route()["upstreams"][0]["address"] == backend.address
+
+
+# ---------------------------------------------------------------- health checks
+
+
+def test_failing_health_checks_show_in_the_status(admin_proxy, backend):
+    proxy = admin_proxy(
+        route={"health_path": "/status/503", "health_interval": "10ms", "health_fails": 1}
+    )
+    line = proxy.output.wait_for(lambda line: " is down " in line)
+    assert line == f"fastpause: upstream {backend.address} of route app is down (status 503)"
+    [upstream] = proxy.admin.route()["upstreams"]
+    assert upstream["healthy"] is False
 
 
 # ---------------------------------------------------------------- TCP and the token
