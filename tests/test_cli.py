@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
@@ -655,9 +656,265 @@ def test_no_proxy_answering(tmp_path: Path) -> None:
         (("status", "--admin", "off"), {}, "command line: --admin: 'off' names no proxy"),
         (("status",), {"FASTPAUSE_ADMIN": "nowhere"}, "environment: FASTPAUSE_ADMIN: invalid"),
         (("pause",), {}, "the following arguments are required: ROUTE"),
+        (("reload", "app"), {}, "unrecognized arguments: app"),
+        (("deploy", "app"), {}, "the following arguments are required: --to"),
+        (("deploy", "--to", "127.0.0.1:1"), {}, "the following arguments are required: ROUTE"),
+        (("deploy", "app", "--to", "nowhere"), {}, "argument --to: invalid address 'nowhere'"),
+        (("deploy", "app", "--to", "127.0.0.1:0"), {}, "port must be a number from 1 to 65535"),
+        (
+            ("deploy", "app", "--to", "127.0.0.1:1", "--health-path", "up"),
+            {},
+            "argument --health-path: invalid health_path 'up': must start with '/'",
+        ),
+        (
+            ("deploy", "app", "--to", "127.0.0.1:1", "--deploy-timeout", "0s"),
+            {},
+            "argument --deploy-timeout: invalid duration '0s': must be greater than 0",
+        ),
+        (
+            ("deploy", "app", "--to", "127.0.0.1:1", "--drain-timeout", "soon"),
+            {},
+            "argument --drain-timeout: invalid duration 'soon'",
+        ),
     ],
 )
 def test_admin_command_usage_errors(
     args: tuple[str, ...], env: dict[str, str], message: str
 ) -> None:
     assert_user_error(fastpause(*args, **env), message)
+
+
+# ---------------------------------------------------------------- reload
+
+
+def test_reload_and_deploy_need_a_running_proxy(tmp_path: Path) -> None:
+    missing = f"fastpause: no proxy is answering at unix:{tmp_path}/fastpause.sock (no such socket)"
+    assert_admin_failure(fastpause("reload"), missing)
+    assert_admin_failure(fastpause("deploy", "app", "--to", "127.0.0.1:1"), missing)
+
+
+def test_reload_applies_the_changed_file(tmp_path: Path, backend, start_backend) -> None:
+    other = start_backend("other")
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        path = tmp_path / "fastpause.toml"
+        path.write_text(path.read_text().replace(str(backend.port), str(other.port)))
+        assert admin_ok("reload") == f"reloaded {path}: 1 route\n"
+        assert proxy.api.route()["upstreams"][0]["address"] == other.address
+
+
+def test_reload_with_a_relative_config_path(tmp_path: Path, backend, start_backend) -> None:
+    other = start_backend("other")
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        moved = tmp_path / "moved.toml"
+        moved.write_text(
+            (tmp_path / "fastpause.toml").read_text().replace(str(backend.port), str(other.port))
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "fastpause", "reload", "--config", "moved.toml"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert (result.returncode, result.stdout) == (0, f"reloaded {moved}: 1 route\n"), result
+        assert proxy.api.route()["upstreams"][0]["address"] == other.address
+
+
+def test_reload_of_an_invalid_file_fails(tmp_path: Path, backend) -> None:
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        path = tmp_path / "fastpause.toml"
+        path.write_text("max_headers = 'lots'\n" + path.read_text())
+        assert_admin_failure(
+            fastpause("reload"),
+            f"fastpause: {path}: max_headers: expected an integer, got string 'lots'",
+        )
+        assert get(proxy.host, proxy.port, "/inspect")[0] == 200
+
+
+def test_reload_without_a_config_file() -> None:
+    with running_proxy("--listen", "127.0.0.1:0", "--to", "127.0.0.1:9") as running:
+        running.started()
+        assert_admin_failure(
+            fastpause("reload"),
+            "fastpause: no config file to reload; start with --config or pass one",
+        )
+
+
+def wait_for_stderr(proxy, text: str) -> None:
+    """Poll the proxy's stderr file until ``text`` appears (bounded)."""
+    deadline = time.monotonic() + WAIT
+    while text not in proxy.stderr():
+        assert time.monotonic() < deadline, f"{text!r} not on stderr: {proxy.stderr()}"
+        time.sleep(0.01)  # polling interval, not synchronization
+
+
+def test_sighup_reloads(proxy_factory, backend, start_backend) -> None:
+    proxy = proxy_factory()
+    other = start_backend("other")
+    path = proxy.config_path
+    path.write_text(path.read_text().replace(backend.address, other.address))
+    proxy.proc.send_signal(signal.SIGHUP)
+    reloaded = proxy.output.wait_for(lambda line: "reloaded" in line, timeout=WAIT)
+    assert reloaded == f"fastpause: reloaded {path}: 1 route"
+    assert proxy.get("/inspect").status == 200
+    assert other.stats()["paths"] == {"/inspect": 1}
+
+
+def test_sighup_with_an_invalid_file_keeps_serving(proxy_factory, backend) -> None:
+    proxy = proxy_factory()
+    path = proxy.config_path
+    path.write_text(path.read_text() + "bogus = 1\n")
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for_stderr(
+        proxy,
+        f"fastpause: reload failed: {path}: routes[0]: unknown key 'bogus'; "
+        "still serving the previous config\n",
+    )
+    assert proxy.get("/inspect").status == 200
+    assert proxy.proc.poll() is None
+
+
+# ---------------------------------------------------------------- deploy
+
+
+def test_deploy_prints_each_step(tmp_path: Path, backend, start_backend) -> None:
+    other = start_backend("other")
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        out = admin_ok("deploy", "app", "--to", other.address, "--health-path", "/status/200")
+        assert out.splitlines() == [
+            f"app: checking {other.address} at /status/200",
+            f"app: {other.address} is healthy",
+            f"app: switched {backend.address} -> {other.address} (0 held requests released)",
+            f"app: draining {backend.address} (0 in flight)",
+            "app: done",
+        ]
+        assert get(proxy.host, proxy.port, "/inspect")[0] == 200
+        assert other.stats()["paths"]["/inspect"] == 1
+
+
+def test_deploy_releases_held_requests_to_the_new_target(
+    tmp_path: Path, backend, requester: ThreadPoolExecutor
+) -> None:
+    dead = free_port()
+    with admin_proxy(tmp_path, dead) as proxy:
+        held = requester.submit(get, proxy.host, proxy.port, "/inspect")
+        proxy.api.wait_held(1)
+        out = admin_ok("deploy", "app", "--to", backend.address, "--health-path", "/status/204")
+        assert f"app: switched 127.0.0.1:{dead} -> {backend.address} (1 held request released)" in (
+            out.splitlines()
+        )
+        assert held.result(WAIT)[0] == 200
+
+
+def test_failed_deploy_exits_1(tmp_path: Path, backend) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    with admin_proxy(tmp_path, backend.port) as proxy:
+        result = fastpause("deploy", "app", "--to", dead, "--deploy-timeout", "100ms")
+        assert (result.returncode, result.stdout) == (1, f"app: checking {dead} at /up\n")
+        assert result.stderr == (
+            f"fastpause: app: deploy failed: {dead} did not pass the health check at /up "
+            "within 0.1s: connection refused\n"
+        )
+        assert proxy.api.route()["upstreams"][0]["address"] == backend.address
+        assert_admin_failure(
+            fastpause("deploy", "nope", "--to", dead), "fastpause: no route named 'nope'"
+        )
+
+
+# ---------------------------------------------------------------- state file
+
+
+def state_config(tmp_path: Path) -> str:
+    return f'state_file = "{tmp_path}/state.json"\n'
+
+
+def test_changes_are_saved_to_the_state_file(tmp_path: Path, backend, start_backend) -> None:
+    other = start_backend("other")
+    with admin_proxy(tmp_path, backend.port, state_config(tmp_path)):
+        state = tmp_path / "state.json"
+        assert not state.exists()  # nothing changed yet
+        admin_ok("deploy", "app", "--to", other.address, "--health-path", "/status/200")
+        admin_ok("stop", "app", "--message", "Back soon")
+        saved = json.loads(state.read_text())
+        assert saved == {
+            "version": 1,
+            "routes": {
+                "app": {
+                    "upstreams": [other.address],
+                    "config_upstreams": [backend.address],
+                    "mode": "stopped",
+                    "max_hold": 30.0,
+                    "stop_message": "Back soon",
+                }
+            },
+        }
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".state")] == []
+
+
+def write_state(tmp_path: Path, **route: object) -> Path:
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"version": 1, "routes": {"app": route}}))
+    return path
+
+
+def test_a_restart_restores_deploy_and_pause(
+    tmp_path: Path, backend, requester: ThreadPoolExecutor
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    write_state(
+        tmp_path, upstreams=[backend.address], config_upstreams=[dead], mode="paused", max_hold=20
+    )
+    with admin_proxy(tmp_path, int(dead.rsplit(":", 1)[1]), state_config(tmp_path)) as proxy:
+        route = proxy.api.route()
+        assert (route["mode"], route["max_hold_seconds"]) == ("paused", 20)
+        assert [upstream["address"] for upstream in route["upstreams"]] == [backend.address]
+        held = requester.submit(get, proxy.host, proxy.port, "/inspect")
+        proxy.api.wait_held(1)
+        admin_ok("resume", "app")
+        assert held.result(WAIT)[0] == 200
+
+
+def test_a_restored_deploy_yields_to_a_changed_config(tmp_path: Path, backend) -> None:
+    stale = f"127.0.0.1:{free_port()}"
+    write_state(tmp_path, upstreams=[stale], config_upstreams=["127.0.0.1:1"], mode="stopped")
+    config = write_config(
+        tmp_path,
+        f'listen = ["127.0.0.1:0"]\n{state_config(tmp_path)}{route_to(backend.port)}',
+    )
+    with running_proxy("--config", str(config)) as running:
+        note = running.wait_for(r"^fastpause: route app: upstreams changed")
+        assert note.string == (
+            f"fastpause: route app: upstreams changed in the config since the deploy to {stale}; "
+            f"using the config's {backend.address}"
+        )
+        running.started()
+        route = AdminHttp(f"unix:{tmp_path}/fastpause.sock").route()
+        assert route["mode"] == "stopped"  # the mode is restored all the same
+        assert [upstream["address"] for upstream in route["upstreams"]] == [backend.address]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{garbage", "not valid JSON"),
+        ('{"version": 7, "routes": {}}', "unsupported version 7"),
+    ],
+)
+def test_an_unusable_state_file_is_ignored(
+    tmp_path: Path, backend, content: str, problem: str
+) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    config = write_config(
+        tmp_path,
+        f'listen = ["127.0.0.1:0"]\n{state_config(tmp_path)}{route_to(backend.port)}',
+    )
+    with running_proxy("--config", str(config)) as running:
+        host, port = running.started()
+        assert get(host, port, "/inspect")[0] == 200
+        running.signal(signal.SIGTERM)
+        status, _, stderr = running.finish()
+    assert status == 0
+    assert f"fastpause: ignoring state file {state}: {problem}" in stderr
+    assert "Traceback" not in stderr
