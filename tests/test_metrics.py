@@ -29,6 +29,8 @@ FAMILIES = {
     ("fastpause_upstream_connects", "counter"),
     ("fastpause_upstream_connect_failures", "counter"),
     ("fastpause_upstream_requests", "counter"),
+    ("fastpause_upstream_up", "gauge"),
+    ("fastpause_upstream_active", "gauge"),
     ("fastpause_bytes_in", "counter"),
     ("fastpause_bytes_out", "counter"),
     ("fastpause_held_bytes", "gauge"),
@@ -101,6 +103,8 @@ def test_counters_follow_traffic(metrics_proxy, backend):
     assert value(samples, "fastpause_upstream_requests_total", upstream=upstream) == 3
     assert value(samples, "fastpause_upstream_connects_total", upstream=upstream) == 1
     assert value(samples, "fastpause_upstream_connect_failures_total", upstream=upstream) == 0
+    assert value(samples, "fastpause_upstream_up", upstream=upstream) == 1
+    assert value(samples, "fastpause_upstream_active", upstream=upstream) == 0
     assert value(samples, "fastpause_in_flight", route="app") == 0
 
 
@@ -166,9 +170,21 @@ def test_rejections_are_counted(metrics_proxy, backend):
 
 def test_connect_failures_are_counted(metrics_proxy, backend):
     dead = f"127.0.0.1:{free_port()}"
-    proxy = metrics_proxy(route={"try_duration": "0s"}, upstreams=[dead])
+    proxy = metrics_proxy(route={"try_duration": "0s", "fail_duration": "1h"}, upstreams=[dead])
     assert proxy.get("/").status == 502
     samples = scrape(proxy.admin)
     assert value(samples, "fastpause_upstream_connect_failures_total", upstream=dead) >= 1
     assert value(samples, "fastpause_upstream_connects_total", upstream=dead) == 0
     assert value(samples, "fastpause_responses_total", **{"class": "5xx"}) == 1
+    assert value(samples, "fastpause_upstream_up", upstream=dead) == 0  # fail_duration
+
+
+def test_active_exchanges_are_a_gauge(metrics_proxy, backend):
+    proxy = metrics_proxy()
+    with proxy.conn() as busy:
+        busy.send(build_request("GET", "/hold?key=busy"))
+        backend.wait_held("busy")
+        samples = scrape(proxy.admin)
+        assert value(samples, "fastpause_upstream_active", upstream=backend.address) == 1
+        backend.release("busy")
+        assert busy.read_response().status == 200

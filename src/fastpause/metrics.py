@@ -46,6 +46,16 @@ _UPSTREAM_COUNTERS = [
     ),
     ("fastpause_upstream_requests", "requests", "Requests sent to the upstream."),
 ]
+# (metric name, key computed in _upstream_metrics, help text)
+_UPSTREAM_GAUGES = [
+    (
+        "fastpause_upstream_up",
+        "up",
+        "1 when the upstream takes new requests: its health check passes and no recent "
+        "failure marked it down.",
+    ),
+    ("fastpause_upstream_active", "active", "Exchanges in progress with the upstream."),
+]
 
 
 class ProxyCollector:
@@ -137,23 +147,32 @@ def _cumulative(buckets: list[tuple[float, int]]) -> list[tuple[str, float]]:
 
 
 def _upstream_metrics(upstream_lists: Iterable[list[_core.Upstream]]) -> Iterator[Metric]:
-    """Per-upstream counters, labelled by the address as written in the config.
+    """Per-upstream counters and gauges, labelled by the address as written in the config.
 
     Routes may share an upstream object (counted once) and two pools may serve the
-    same address (summed): one series per address either way.
+    same address (summed; the address is up when any of its pools is): one series
+    per address either way.
     """
     unique = {id(upstream): upstream for upstreams in upstream_lists for upstream in upstreams}
     totals: dict[str, dict[str, int]] = {}
     for upstream in unique.values():
         stats = upstream.stats()
-        per_address = totals.setdefault(upstream.address, {})
+        per_address = totals.setdefault(upstream.address, {"up": 0})
         for _, key, _ in _UPSTREAM_COUNTERS:
             per_address[key] = per_address.get(key, 0) + int(stats[key])
+        per_address["active"] = per_address.get("active", 0) + int(stats["active"])
+        takes_requests = bool(stats["healthy"]) and not stats["down"]
+        per_address["up"] = max(per_address["up"], int(takes_requests))
     for metric, key, help_text in _UPSTREAM_COUNTERS:
         counter = CounterMetricFamily(metric, help_text, labels=["upstream"])
         for address, per_address in totals.items():
             counter.add_metric([address], per_address[key])
         yield counter
+    for metric, key, help_text in _UPSTREAM_GAUGES:
+        gauge = GaugeMetricFamily(metric, help_text, labels=["upstream"])
+        for address, per_address in totals.items():
+            gauge.add_metric([address], per_address[key])
+        yield gauge
 
 
 def _number(value: object) -> float:
