@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from fastpause import _core, statefile
 from fastpause.accesslog import AccessLog
@@ -93,6 +94,9 @@ def start_table(config: Config) -> Startup:
     for route in table.routes:
         if route.name in routes:
             _restore_mode(route.state, routes[route.name])
+        restored = _describe_restored(route, route.name in deployments)
+        if restored:
+            say(f"route {route.name}: restored from {config.state_file}: {restored}")
     return Startup(table, deployments)
 
 
@@ -119,7 +123,7 @@ class ControlPlane:
         self._deployments = deployments
         self._lock = asyncio.Lock()
         self._health = HealthChecks(self._on_verdict)
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[_core.Upstream] = set()
         # One thread, so state files are written in the order the changes happened.
         self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-file")
@@ -249,7 +253,7 @@ class ControlPlane:
 
     def start_deploy(
         self, request: DeployRequest, emit: Callable[[Event], None]
-    ) -> "asyncio.Task[bool]":
+    ) -> asyncio.Task[bool]:
         """Run ``deploy`` as a task of its own: it finishes even if its caller goes away,
         and a shutdown cancels it (what it was draining is then cut)."""
         task = asyncio.get_running_loop().create_task(self.deploy(request, emit))
@@ -290,6 +294,41 @@ class ControlPlane:
         settings = _check_settings(route_config, request.health_path)
         loop = asyncio.get_running_loop()
         resolved = await loop.run_in_executor(None, resolve_targets, request.targets)
+        await self._check_targets(request, resolved, settings, emit)
+        deployments = dict(self._deployments)
+        if request.targets == route_config.upstreams:  # back to the config: no override
+            deployments.pop(request.route, None)
+        else:
+            deployments[request.route] = Deployment(request.targets, route_config.upstreams)
+        effective, deployments, _ = apply_deployments(self.config, deployments)
+        old = self.engine.table
+        previous = _route(old, request.route)
+        held = previous.state.held if previous.state.mode_name == "running" else 0
+        new = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
+        self.engine.table = new
+        self._deployments = deployments
+        self._update_health()
+        await self.save_state()
+        targets = _route(new, request.route).upstreams
+        say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
+        emit(
+            {
+                "event": "switched",
+                "from": [upstream.address for upstream in previous.upstreams],
+                "to": [upstream.address for upstream in targets],
+                "held_released": held,
+            }
+        )
+        return old, new
+
+    async def _check_targets(
+        self,
+        request: DeployRequest,
+        resolved: dict[str, str],
+        settings: CheckSettings,
+        emit: Callable[[Event], None],
+    ) -> None:
+        """Health-check the new targets in parallel; ``DeployFailed`` names each that failed."""
         emit(
             {
                 "event": "checking",
@@ -314,28 +353,6 @@ class ControlPlane:
                     if target in problems
                 )
             )
-        deployment = Deployment(request.targets, route_config.upstreams)
-        deployments = {**self._deployments, request.route: deployment}
-        effective, deployments, _ = apply_deployments(self.config, deployments)
-        old = self.engine.table
-        previous = _route(old, request.route)
-        held = previous.state.held if previous.state.mode_name == "running" else 0
-        new = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
-        self.engine.table = new
-        self._deployments = deployments
-        self._update_health()
-        await self.save_state()
-        targets = _route(new, request.route).upstreams
-        say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
-        emit(
-            {
-                "event": "switched",
-                "from": [upstream.address for upstream in previous.upstreams],
-                "to": [upstream.address for upstream in targets],
-                "held_released": held,
-            }
-        )
-        return old, new
 
     def _route_config(self, name: str) -> RouteConfig:
         for route in self.config.routes:
@@ -444,6 +461,16 @@ def _saved_deployments(config: Config, routes: dict[str, RouteRuntime]) -> dict[
         for name, runtime in routes.items()
         if name in names and runtime.upstreams is not None and runtime.config_upstreams is not None
     }
+
+
+def _describe_restored(route: _core.Route, deployed: bool) -> str:
+    """What the state file changed about ``route``, for the start-up lines ("" if nothing)."""
+    changes = []
+    if deployed:
+        changes.append(f"deployed to {', '.join(u.address for u in route.upstreams)}")
+    if route.state.mode_name != "running":
+        changes.append(route.state.mode_name)
+    return ", ".join(changes)
 
 
 def _restore_mode(state: _core.RouteState, runtime: RouteRuntime) -> None:
