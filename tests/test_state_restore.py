@@ -20,7 +20,9 @@ from deploy_support import (  # noqa: E402
     ConfigFile,
     deploy_cli,
     describe,
+    proxy_output,
     route_addresses,
+    wait_for,
 )
 from hold_support import Admin, in_thread  # noqa: E402
 
@@ -207,3 +209,17 @@ def test_state_file_is_replaced_atomically(hold_proxy, identity_backend, state_p
         t.join(10)
     assert reads[0] > 0
     assert torn == [], torn[:3]
+
+
+def test_state_file_that_cannot_be_written_is_reported_and_commands_still_work(
+    hold_proxy, identity_backend, tmp_path
+):
+    a = identity_backend("A")
+    path = tmp_path / "no-such-dir" / "state.json"
+    proxy = hold_proxy(top={"state_file": str(path)}, upstreams=[a.address])
+    proxy.admin.pause()
+    assert proxy.admin.route()["mode"] == "paused"
+    proxy.admin.resume()
+    assert proxy.get("/x").status == 200
+    wait_for(lambda: str(path) in proxy_output(proxy), "a line about the state file")
+    assert proxy.proc.poll() is None
