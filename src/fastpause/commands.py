@@ -26,7 +26,8 @@ class UnknownRoute(LookupError):
 class Command(Protocol):
     """A control action for one route."""
 
-    route: str
+    @property
+    def route(self) -> str: ...
 
     def apply(self, state: _core.RouteState) -> Outcome: ...
 

@@ -28,6 +28,7 @@ from fastpause.config import (
     with_admin,
 )
 from fastpause.deploy import (
+    DEFAULT_HEALTH_PATH,
     DeployFailed,
     Deployment,
     DeployRequest,
@@ -482,7 +483,7 @@ def _restore_mode(state: _core.RouteState, runtime: RouteRuntime) -> None:
 
 def _check_settings(route: RouteConfig, path: str | None) -> CheckSettings:
     return CheckSettings(
-        path=path or route.health_path or "/up",
+        path=path or route.health_path or DEFAULT_HEALTH_PATH,
         interval=route.health_interval,
         timeout=route.health_timeout,
         passes=route.health_passes,

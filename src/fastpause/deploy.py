@@ -18,9 +18,8 @@ from fastpause.config import Address, Config, ConfigError
 from fastpause.health import CheckSettings, wait_until_healthy
 from fastpause.router import resolve
 
-DEFAULT_HEALTH_PATH = "/up"
+DEFAULT_HEALTH_PATH = "/up"  # kamal-proxy's, and Rails' built-in health check
 DEFAULT_DEPLOY_TIMEOUT = 30.0
-DEFAULT_DRAIN_TIMEOUT = 30.0
 
 # One line of a deploy's progress, ready to be JSON: {"event": "checking", ...}.
 Event = dict[str, object]
@@ -40,13 +39,14 @@ class Deployment:
 
 @dataclass(frozen=True)
 class DeployRequest:
-    """What ``fastpause deploy`` asks for; None means the route's (or the default) value."""
+    """What ``fastpause deploy`` asks for; no ``health_path`` means the route's, else
+    ``DEFAULT_HEALTH_PATH``."""
 
     route: str
     targets: tuple[Address, ...]
-    health_path: str | None = None
-    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    health_path: str | None
+    deploy_timeout: float
+    drain_timeout: float
 
 
 def apply_deployments(

@@ -10,6 +10,7 @@ bound and the admin API answers, so a supervisor or test that waits for
 import asyncio
 import contextlib
 import signal
+from typing import Any
 
 import uvloop
 
@@ -182,7 +183,7 @@ class Server:
         plural = "" if open_connections == 1 else "s"
         say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
         drained = engine.wait_drained()
-        cut = asyncio.ensure_future(self._cut.wait())
+        cut: asyncio.Future[Any] = asyncio.ensure_future(self._cut.wait())
         await asyncio.wait(
             [drained, cut],
             timeout=grace,
