@@ -30,10 +30,11 @@ Answer = bytes | None
 
 
 class TinyServer:
-    """Answers every connection with ``answer`` and records the request heads."""
+    """Answers the n-th connection with ``answers[n]`` (the last one again after that)
+    and records the request heads."""
 
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
         self.requests: list[bytes] = []
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -48,12 +49,13 @@ class TinyServer:
         self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answer = self.answers[min(len(self.requests), len(self.answers) - 1)]
         try:
             self.requests.append(await reader.readuntil(b"\r\n\r\n"))
-            if self.answer is None:
+            if answer is None:
                 await reader.read()  # hang until the client gives up
             else:
-                writer.write(self.answer)
+                writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -209,7 +211,7 @@ def test_health_checks_report_down_then_up() -> None:
             checks.update([Check("app", up, CheckSettings("/up", interval=0.01, fails=1))])
             await asyncio.wait_for(verdicts.changed.wait(), 10)
             verdicts.changed.clear()
-            server.answer = b"HTTP/1.1 200 OK\r\n\r\n"
+            server.answers = [b"HTTP/1.1 200 OK\r\n\r\n"]
             await asyncio.wait_for(verdicts.changed.wait(), 10)
             checks.stop()
         return verdicts.seen
@@ -284,4 +286,16 @@ def test_a_deadline_already_past_checks_nothing() -> None:
         deadline = asyncio.get_running_loop().time() - 1
         return await wait_until_healthy("t", "127.0.0.1", 9, CheckSettings("/up"), deadline)
 
-    assert run(scenario) == "not checked before the deploy timeout"
+    assert run(scenario) == "no answer before the deploy timeout"
+
+
+def test_a_check_cut_short_by_the_deadline_keeps_the_problem_before_it() -> None:
+    """The first check finds a 503; the second hangs until the deadline passes."""
+
+    async def scenario() -> str | None:
+        async with TinyServer(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", None) as server:
+            settings = CheckSettings("/up", interval=0.001, timeout=60.0)
+            deadline = asyncio.get_running_loop().time() + 0.2
+            return await wait_until_healthy("t", "127.0.0.1", server.port, settings, deadline)
+
+    assert run(scenario) == "status 503"

@@ -177,17 +177,18 @@ async def wait_until_healthy(
 
     Returns None once healthy, or the last problem when ``deadline`` (loop time)
     passes first; a target that passed, but not often enough in a row, says so.
+    A check cut short by the deadline does not count: its "no answer" would hide
+    the real problem of the checks before it.
     """
-    loop = asyncio.get_running_loop()
     host_header = settings.host_header or address
     streak = 0
-    problem: str | None = "not checked before the deploy timeout"
-    while (left := deadline - loop.time()) > 0:
-        problem = await probe(host, port, settings.path, host_header, min(settings.timeout, left))
-        streak = streak + 1 if problem is None else 0
-        if streak >= settings.passes:
-            return None
-        left = deadline - loop.time()
-        if left > 0:
-            await asyncio.sleep(min(settings.interval, left))
+    problem: str | None = "no answer before the deploy timeout"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            while True:
+                problem = await probe(host, port, settings.path, host_header, settings.timeout)
+                streak = streak + 1 if problem is None else 0
+                if streak >= settings.passes:
+                    return None
+                await asyncio.sleep(settings.interval)
     return problem or f"passed {streak} of {settings.passes} checks in a row"
