@@ -188,7 +188,9 @@ def hold_run(sup: Supervisor, workdir: Path, kind: str, count: int, log=print) -
             "answered": len(answered),
             "statuses": result["statuses"],
             "errors": result["errors"],
-            "release_curve": [t - released_at for t in answered[:: max(1, len(answered) // 400)]],
+            "release_curve": [
+                t - released_at for t in answered[:: max(1, len(answered) // 400)] + answered[-1:]
+            ],
             "proxy_alive": running.proc.alive(),
         }
         log(

@@ -77,9 +77,11 @@ def hold_plot(results: dict, outdir: Path) -> list[str]:
     left.set_title(f"RSS growth per held request ({hold[kinds[0]]['count']:,} held)")
     left.set_ylabel("KiB per held request")
     for kind, color in zip(kinds, colors, strict=False):
-        curve = hold[kind]["release_curve"]
+        curve = list(hold[kind]["release_curve"])
         if not curve:
             continue
+        if hold[kind]["last"] is not None and hold[kind]["last"] > curve[-1]:
+            curve.append(hold[kind]["last"])  # the sampled curve may miss the very last answer
         n = hold[kind]["answered"]
         fractions = [(i + 1) / len(curve) for i in range(len(curve))]
         right.step(

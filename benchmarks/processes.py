@@ -56,6 +56,7 @@ class Supervisor:
         self.workdir = workdir
         self.procs: list[Proc] = []
         self._previous: dict[int, object] = {}
+        self.interrupted = False
 
     def __enter__(self) -> "Supervisor":
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -63,14 +64,17 @@ class Supervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for signum in self._previous:  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(signum, signal.SIG_IGN)
         self.close()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Turn the signal into an exception: the ``finally`` blocks and __exit__
-        # run, and every process is stopped on the way out.
-        signal.signal(signum, signal.SIG_IGN)
+        # run, and every process is stopped on the way out. The flag makes the
+        # next ``start`` raise again, should library code have swallowed this one.
+        self.interrupted = True
         raise KeyboardInterrupt(f"signal {signum}")
 
     def start(
@@ -82,6 +86,8 @@ class Supervisor:
         cwd: Path | None = None,
         stdout_pipe: bool = False,
     ) -> Proc:
+        if self.interrupted:
+            raise KeyboardInterrupt("interrupted")
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as sink:
             popen = subprocess.Popen(
