@@ -66,18 +66,29 @@ def test_stop_answers_held_and_new_requests_with_the_message(hold_proxy, backend
 # --------------------------------------------------------------------------- health path
 
 
+def _backend_hits(backend, path: str) -> int:
+    return backend.stats()["paths"].get(path, 0)
+
+
 def test_health_path_is_answered_by_the_proxy_while_paused_or_stopped(hold_proxy, backend):
-    proxy = hold_proxy(route={"health_path": "/up"})
+    # health_path is also checked on the upstream (once at start, then every hour here)
+    up = "/status/200"
+    proxy = hold_proxy(route={"health_path": up, "health_interval": "1h"})
     admin = proxy.admin
+    deadline = time.monotonic() + 30
+    while _backend_hits(backend, up) < 1:  # the proxy's own first check
+        assert time.monotonic() < deadline, "the proxy never checked the backend's health"
+        time.sleep(0.05)
     # running: the health path is an ordinary request (the backend answers it)
-    assert proxy.get("/up").status == 404
-    assert backend.stats()["paths"] == {"/up": 1}
+    assert proxy.get(up).status == 200
+    seen = _backend_hits(backend, up)
+    assert seen == 2
 
     admin.pause()
     held = send_held(proxy, admin, build_request("GET", "/inspect?held"), 1)
     for method in ("GET", "HEAD"):
-        resp = proxy.request(build_request(method, "/up"))
-        assert resp.status == 200, f"{method} /up while paused: {resp!r}"
+        resp = proxy.request(build_request(method, up))
+        assert resp.status == 200, f"{method} {up} while paused: {resp!r}"
     assert admin.route()["held"] == 1, "the health check was held, or released the held one"
 
     admin.stop(message=MESSAGE)
@@ -85,11 +96,11 @@ def test_health_path_is_answered_by_the_proxy_while_paused_or_stopped(hold_proxy
     held.close()
     assert resp.status == 503, resp
     for method in ("GET", "HEAD"):
-        resp = proxy.request(build_request(method, "/up"))
-        assert resp.status == 200, f"{method} /up while stopped: {resp!r}"
+        resp = proxy.request(build_request(method, up))
+        assert resp.status == 200, f"{method} {up} while stopped: {resp!r}"
     assert proxy.get("/inspect?other").status == 503
 
-    assert backend.stats()["paths"] == {"/up": 1}, "the backend saw a paused/stopped health check"
+    assert _backend_hits(backend, up) == seen, "the backend saw a paused/stopped health check"
     admin.start()
     assert proxy.get("/inspect").status == 200
 

@@ -236,6 +236,7 @@ cdef class RouteState:
     cdef double release_rate
     cdef double release_credit
     cdef object pacer
+    cdef bint draining
     cdef object prober
     cdef Route probe_route
     cdef bint unavailable
@@ -258,6 +259,7 @@ cdef class RouteState:
     cdef ClientProtocol pop(self)
     cdef void _observe(self, double seconds)
     cdef void release_all(self)
+    cdef void _top_up(self)
     cdef void _start_pacing(self)
     cdef void note_unavailable(self, Route route)
     cdef void upstream_up(self, Upstream up)
@@ -420,7 +422,7 @@ cdef class ClientProtocol:
     cdef void _start_request(self, const unsigned char* p, RequestHead* h)
     cdef void _new_exchange(self)
     cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h)
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h, bint released)
     cdef void _hold(self, double deadline)
     cdef bint _held_bytes_over(self)
     cdef void _reject_held_body(self)

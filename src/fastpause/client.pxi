@@ -21,6 +21,7 @@ cdef enum PauseReason:
 
 cdef enum:
     PENDING_LIMIT = 256 * 1024
+    MAX_REPLAYS = 4  # an idempotent request that no upstream answered at all
 
 
 cdef class ClientProtocol:
@@ -214,9 +215,9 @@ cdef class ClientProtocol:
         self.set_cookie = None
         self.state = C_WAIT if self.req_done else C_BODY
         self._rearm()
-        self._route_request(p, h)
+        self._route_request(p, h, False)
 
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h):
+    cdef void _route_request(self, const unsigned char* p, RequestHead* h, bint released):
         """Dispatch now, hold, or answer for the route (DESIGN: ROUTED -> DISPATCH|HELD).
 
         While requests wait for an unavailable upstream, a new one still tries to
@@ -233,7 +234,8 @@ cdef class ClientProtocol:
             self._send_error(503, rs.stop_message or "the service is stopped for maintenance",
                              False, rs.stop_retry_after or route.retry_after)
             return
-        if rs.mode == MODE_PAUSED or rs.pacer is not None:
+        if rs.mode == MODE_PAUSED or (not released and (rs.pacer is not None or rs.draining)):
+            # paused, or others are still being released: wait behind them (FIFO)
             self._hold(_monotonic() + rs.max_hold)
             return
         up = route.pick(_monotonic(), self, p, h)
@@ -298,7 +300,7 @@ cdef class ClientProtocol:
         parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
         self.route = self.engine._table.match(p, &h)
         self.attempts = 1
-        self._route_request(p, &h)
+        self._route_request(p, &h, True)
 
     cdef void hold_expired(self):
         self.engine.n_held_bytes -= self.pending_bytes
@@ -465,7 +467,7 @@ cdef class ClientProtocol:
 
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable):
         """The exchange failed before any response byte reached the client."""
-        cdef Py_ssize_t limit = len(self.route.upstreams) if connect_failed else 2
+        cdef Py_ssize_t limit = len(self.route.upstreams) if connect_failed else MAX_REPLAYS
         cdef Upstream up
         self.upstream = None
         if self.state == C_CLOSED:

@@ -16,6 +16,7 @@ cdef double[14] HOLD_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
                                 10.0, 30.0, 60.0, 120.0]
 _MODE_NAMES = ("running", "paused", "stopped")
 _RELEASE_TICK = 0.01
+cdef Py_ssize_t RELEASE_WINDOW = 64  # the default upstream keep-alive pool size
 
 
 cdef class RouteState:
@@ -98,17 +99,30 @@ cdef class RouteState:
             self.expiry.set(self.head.hold_deadline)
 
     cdef void release_all(self):
-        """Send every held request on, in arrival order (or start paced release)."""
-        cdef ClientProtocol c
-        cdef Py_ssize_t n = self.count
+        """Send every held request on, in arrival order (or start paced release).
+
+        Released requests go out through a window of RELEASE_WINDOW in flight: each
+        completed exchange releases the next, over the keep-alive connection it
+        just freed. Opening one upstream connection per held request at once would
+        make the first answer wait for thousands of connects.
+        """
         if self.release_rate > 0:
             self._start_pacing()
             return
-        while n > 0 and self.head is not None and self.mode == MODE_RUNNING:
+        self.draining = True
+        self._top_up()
+
+    cdef void _top_up(self):
+        cdef ClientProtocol c
+        cdef Py_ssize_t n = self.count  # those that go straight back in wait for next time
+        while (n > 0 and self.head is not None and self.mode == MODE_RUNNING
+               and self.in_flight < RELEASE_WINDOW):
             n -= 1
             c = self.pop()
             self.n_released += 1
             c.release()
+        if self.head is None or self.mode != MODE_RUNNING:
+            self.draining = False
 
     cdef void _start_pacing(self):
         if self.pacer is None and self.head is not None:
@@ -133,10 +147,15 @@ cdef class RouteState:
             self.pacer = self.engine.loop.call_later(_RELEASE_TICK, self._pace)
 
     cdef void note_unavailable(self, Route route):
-        """No upstream took a connection: probe on the retry interval until one does."""
+        """No upstream took a connection: probe on the retry interval until one does.
+
+        A release in progress stops here: what it would send next would only find
+        the same closed door, so the queue waits for the next release event.
+        """
         self.unavailable = True
+        self.draining = False
+        self.probe_route = route  # the current snapshot's route: a reload may change it
         if self.prober is None:
-            self.probe_route = route
             self.prober = self.engine.loop.call_later(route.try_interval, self._probe)
 
     def _probe(self):
@@ -186,6 +205,7 @@ cdef class RouteState:
         self.mode = MODE_STOPPED
         self.stop_message = message
         self.stop_retry_after = retry_after
+        self.draining = False
         self._cancel_pacing()
         if self.engine is not None:
             self.fail_all(503, message or "the service is stopped for maintenance")
@@ -212,6 +232,8 @@ cdef class RouteState:
 
     cdef void request_ended(self):
         self.in_flight -= 1
+        if self.draining:
+            self._top_up()
         if self.in_flight == 0 and self.drain_waiters is not None:
             waiters, self.drain_waiters = self.drain_waiters, None
             for fut in waiters:

@@ -440,9 +440,14 @@ cdef class UpstreamProtocol:
         if self.head_done:
             c.response_broken(why)
             return
-        if not self.reused and not self.got_response_bytes:
-            # a fresh connection reset before any answer: the upstream is in trouble
-            self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
+        if not self.got_response_bytes:
+            if self.reused:
+                # a pooled connection died under the request: its idle siblings are
+                # likely stale too (the upstream restarting); the replay dials afresh
+                self.upstream.close_idle()
+            else:
+                # a fresh connection reset before any answer: the upstream is in trouble
+                self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
         # RFC 9110 §9.2.2 / DESIGN invariant 2: bytes went out, so only an idempotent
         # request without a body that saw no response byte may be replayed.
         retryable = (status == 502 and not self.got_response_bytes and c.idempotent
