@@ -58,6 +58,8 @@ class Upstream:
         """Take no new requests; idle connections close now, busy ones when done."""
     def close_all(self) -> None:
         """Cut every connection, busy ones included (the end of a drain)."""
+    def close_tunnels(self) -> None:
+        """Cut upgraded (WebSocket) connections now; ordinary exchanges drain."""
 
 class RouteState:
     """A route's runtime state: running/paused/stopped and its hold queue.

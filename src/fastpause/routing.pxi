@@ -151,6 +151,14 @@ cdef class Upstream:
         for conn in list(self.conns):
             conn.cut()
 
+    def close_tunnels(self):
+        """Cut the upgraded (WebSocket) connections now, as kamal-proxy does on deploy;
+        ordinary exchanges are left to drain."""
+        cdef UpstreamProtocol conn
+        for conn in list(self.conns):
+            if conn.state == U_TUNNEL:
+                conn.cut()
+
     @property
     def active(self):
         """Exchanges in progress on this upstream."""
