@@ -6,11 +6,12 @@ because an error that does not say where is the error users file issues about.
 
 import os
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from fastpause import router
+from fastpause import _core, router
 from fastpause.config import (
     Address,
     Config,
@@ -145,9 +146,11 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.try_duration, route.try_interval, route.max_held) == (30.0, 0.25, 10_000)
     assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
     assert route.retry_after == 5
+    assert (route.hosts, route.path_prefix, route.strip_path_prefix) == ((), None, False)
+    assert (route.lb, route.weights, route.upstream_weights()) == ("round_robin", (), [1])
     assert (route.health_interval, route.health_timeout) == (1.0, 2.0)
     assert (route.health_passes, route.health_fails, route.fail_duration) == (1, 2, 10.0)
-    assert config.max_held_bytes == 256 << 20
+    assert (config.max_held_bytes, config.max_connections) == (256 << 20, 0)
     assert (config.drain_timeout, config.state_file) == (30.0, None)
     assert (config.admin, config.admin_token) == (default_admin_address(), None)
 
@@ -168,6 +171,7 @@ def test_every_key(tmp_path: Path) -> None:
         access_log = "/var/log/fastpause.log"
         access_log_format = "json"
         max_held_bytes = "1GiB"
+        max_connections = 5000
         drain_timeout = "0s"
         state_file = "/var/lib/fastpause/state.json"
         admin = "0.0.0.0:9900"
@@ -175,7 +179,15 @@ def test_every_key(tmp_path: Path) -> None:
 
         [[routes]]
         name = "web-1.prod_a"
-        upstreams = ["10.0.0.1:8000", "app_server:8000", "[2001:db8::1]:80"]
+        upstreams = [
+            "10.0.0.1:8000",
+            { address = "app_server:8000", weight = 3 },
+            { address = "[2001:db8::1]:80" },
+        ]
+        hosts = ["App.Example.com", "*.example.com", "www.example.org."]
+        path_prefix = "/api/v1"
+        strip_path_prefix = true
+        lb = "least_conn"
         max_body_size = 0
         host_header = "example.com:8080"
         request_id = true
@@ -217,7 +229,7 @@ def test_every_key(tmp_path: Path) -> None:
         0,
     )
     assert (config.access_log, config.access_log_format) == ("/var/log/fastpause.log", "json")
-    assert config.max_held_bytes == 1 << 30
+    assert (config.max_held_bytes, config.max_connections) == (1 << 30, 5000)
     assert (config.drain_timeout, config.state_file) == (0.0, "/var/lib/fastpause/state.json")
     assert (config.admin, config.admin_token) == (Address("0.0.0.0", 9900), "0123456789abcdef0123")
     assert config.routes == (
@@ -228,6 +240,11 @@ def test_every_key(tmp_path: Path) -> None:
                 Address("app_server", 8000),
                 Address("2001:db8::1", 80),
             ),
+            weights=(1, 3, 1),
+            hosts=("app.example.com", "*.example.com", "www.example.org"),
+            path_prefix="/api/v1",
+            strip_path_prefix=True,
+            lb="least_conn",
             max_body_size=0,
             host_header="example.com:8080",
             request_id=True,
@@ -690,9 +707,160 @@ ERRORS = [
     ),
     pytest.param(
         f"{ROUTE}{ROUTE.replace('app', 'api')}",
-        "routes",
-        "host/path routing is not available yet: define exactly one route",
-        id="more-than-one-route",
+        "routes[1]",
+        "route 'api' and routes[0] ('app') both match any host and any path: "
+        "give one of them other hosts or another path_prefix",
+        id="two-routes-for-everything",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['a.example.com', 'B.example.com']\npath_prefix = '/v1'\n"
+        f"{ROUTE.replace('app', 'api')}hosts = ['b.example.com.']\npath_prefix = '/v1'\n",
+        "routes[1]",
+        "route 'api' and routes[0] ('app') both match host b.example.com and path prefix /v1",
+        id="routes-sharing-a-host-and-prefix",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/v1'\n{ROUTE.replace('app', 'api')}"
+        f"{ROUTE.replace('app', 'web')}path_prefix = '/v1'\n",
+        "routes[2]",
+        "route 'web' and routes[0] ('app') both match any host and path prefix /v1",
+        id="routes-sharing-a-prefix",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = 'app.example.com'\n",
+        "routes[0].hosts",
+        "expected an array of host names like",
+        id="hosts-not-an-array",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = []\n",
+        "routes[0].hosts",
+        "must list at least one host name (leave hosts out to match any host)",
+        id="hosts-empty",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['app.example.com:8080']\n",
+        "routes[0].hosts[0]",
+        "invalid host 'app.example.com:8080': hosts match whatever the port, leave it out "
+        "('app.example.com')",
+        id="host-with-port",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['ok.example.com', '*']\n",
+        "routes[0].hosts[1]",
+        "invalid host '*': expected a name like 'app.example.com' or '*.example.com'",
+        id="host-bare-star",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['a.*.example.com']\n",
+        "routes[0].hosts[0]",
+        "invalid host 'a.*.example.com'",
+        id="host-star-inside",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['bad host.com']\n",
+        "routes[0].hosts[0]",
+        "invalid host 'bad host.com'",
+        id="host-with-space",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = [7]\n",
+        "routes[0].hosts[0]",
+        "expected a string, got integer 7",
+        id="host-not-a-string",
+    ),
+    pytest.param(
+        f"{ROUTE}hosts = ['app.example.com', 'APP.example.com']\n",
+        "routes[0].hosts[1]",
+        "duplicate host 'APP.example.com'",
+        id="duplicate-host",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = 'api'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix 'api': must start with '/'",
+        id="path-prefix-not-absolute",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/api?x=1'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix '/api?x=1': expected a URL path without query",
+        id="path-prefix-with-query",
+    ),
+    pytest.param(
+        f"{ROUTE}strip_path_prefix = true\n",
+        "routes[0].strip_path_prefix",
+        "nothing to strip: the route has no path_prefix",
+        id="strip-without-prefix",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/api'\nstrip_path_prefix = 'yes'\n",
+        "routes[0].strip_path_prefix",
+        "expected true or false, got string 'yes'",
+        id="strip-not-a-boolean",
+    ),
+    pytest.param(
+        f"{ROUTE}lb = 'roundrobin'\n",
+        "routes[0].lb",
+        "expected one of round_robin, least_conn, random_two, first, ip_hash, cookie, "
+        "got string 'roundrobin'",
+        id="unknown-lb-policy",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = [{ address = '127.0.0.1:1', weight = 0 }]\n",
+        "routes[0].upstreams[0].weight",
+        "0 is out of range: expected 1 to 1000",
+        id="weight-zero",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = [{ address = '127.0.0.1:1', weight = 1.5 }]\n",
+        "routes[0].upstreams[0].weight",
+        "expected an integer, got float 1.5",
+        id="weight-not-an-integer",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = ['127.0.0.1:1', { weight = 2 }]\n",
+        "routes[0].upstreams[1]",
+        "missing required key 'address'",
+        id="weighted-upstream-without-address",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = [{ address = '127.0.0.1:1', weigth = 2 }]\n",
+        "routes[0].upstreams[0]",
+        "unknown key 'weigth' (did you mean 'weight'?)",
+        id="weighted-upstream-key-typo",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = [{ address = 'nowhere', weight = 2 }]\n",
+        "routes[0].upstreams[0].address",
+        "invalid address 'nowhere': expected HOST:PORT",
+        id="weighted-upstream-bad-address",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\n"
+        "upstreams = ['127.0.0.1:1', { address = '127.0.0.1:1', weight = 2 }]\n",
+        "routes[0].upstreams[1]",
+        "duplicate address '127.0.0.1:1'",
+        id="duplicate-upstream-in-both-forms",
+    ),
+    pytest.param(
+        "[[routes]]\nname = 'app'\nupstreams = [8080]\n",
+        "routes[0].upstreams[0]",
+        'expected a HOST:PORT string or a table like { address = "127.0.0.1:3000", '
+        "weight = 2 }, got integer 8080",
+        id="upstream-neither-string-nor-table",
+    ),
+    pytest.param(
+        f"max_connections = -1\n{ROUTE}",
+        "max_connections",
+        "-1 is out of range: expected 0 to 10000000",
+        id="negative-max-connections",
+    ),
+    pytest.param(
+        f"max_connections = '100'\n{ROUTE}",
+        "max_connections",
+        "expected an integer, got string '100'",
+        id="max-connections-string",
     ),
 ]
 
@@ -889,6 +1057,148 @@ def test_build_without_previous_never_reuses() -> None:
     assert router.build_table(config).routes[0].upstreams[0] is not first.routes[0].upstreams[0]
 
 
+def test_several_routes_each_with_their_own_settings(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            """
+            [[routes]]
+            name = "api"
+            hosts = ["api.example.com"]
+            upstreams = [{ address = "127.0.0.1:9001", weight = 5 }, "127.0.0.1:9002"]
+            lb = "round_robin"
+            try_duration = "5s"
+
+            [[routes]]
+            name = "api_v2"
+            hosts = ["api.example.com"]
+            path_prefix = "/v2"
+            strip_path_prefix = true
+            upstreams = ["127.0.0.1:9003"]
+            max_body_size = "1KiB"
+
+            [[routes]]
+            name = "default"
+            upstreams = ["127.0.0.1:9001"]
+            lb = "cookie"
+            """,
+        )
+    )
+    api, v2, default = config.routes
+    assert (api.name, api.hosts, api.path_prefix, api.weights) == (
+        "api",
+        ("api.example.com",),
+        None,
+        (5, 1),
+    )
+    assert (api.try_duration, v2.try_duration) == (5.0, 30.0)
+    assert (v2.path_prefix, v2.strip_path_prefix, v2.max_body_size) == ("/v2", True, 1024)
+    assert (default.hosts, default.lb, default.max_body_size) == ((), "cookie", 1 << 30)
+
+
+@pytest.mark.parametrize("lb", _core.LB_POLICIES)
+def test_every_lb_policy_is_accepted(tmp_path: Path, lb: str) -> None:
+    assert load(write(tmp_path, f"{ROUTE}lb = '{lb}'\n")).routes[0].lb == lb
+
+
+def test_weights_of_one_are_the_default(tmp_path: Path) -> None:
+    """Writing weight = 1 everywhere is the same config as writing no weights."""
+    path = write(
+        tmp_path,
+        """
+        [[routes]]
+        name = "app"
+        upstreams = [{ address = "127.0.0.1:9001", weight = 1 }, "127.0.0.1:9002"]
+        """,
+    )
+    [route] = load(path).routes
+    assert route == RouteConfig(
+        name="app", upstreams=(Address("127.0.0.1", 9001), Address("127.0.0.1", 9002))
+    )
+    assert route.upstream_weights() == [1, 1]
+
+
+DISTINCT_ROUTES = [
+    pytest.param(
+        {"hosts": ["api.example.com"], "path_prefix": "/v1"},
+        {"hosts": ["api.example.com"], "path_prefix": "/v2"},
+        id="same-host-other-prefix",
+    ),
+    pytest.param({"hosts": ["api.example.com"]}, {"hosts": ["*.example.com"]}, id="exact-wildcard"),
+    pytest.param({"path_prefix": "/v1"}, {}, id="prefix-and-default"),
+    pytest.param({"path_prefix": "/v1"}, {"path_prefix": "/v1/"}, id="trailing-slash-differs"),
+    pytest.param(
+        {"hosts": ["a.example.com"], "path_prefix": "/v1"},
+        {"path_prefix": "/v1"},
+        id="host-and-hostless",
+    ),
+]
+
+
+@pytest.mark.parametrize(("first", "second"), DISTINCT_ROUTES)
+def test_routes_that_differ_in_host_or_prefix_are_accepted(first: dict, second: dict) -> None:
+    routes = [
+        {"name": "one", "upstreams": ["127.0.0.1:9001"], **first},
+        {"name": "two", "upstreams": ["127.0.0.1:9001"], **second},
+    ]
+    config = parse({"routes": routes}, "config.toml")
+    table = router.build_table(config)  # the data plane agrees
+    assert [route.name for route in table.routes] == ["one", "two"]
+
+
+def test_the_data_plane_refusing_a_table_is_a_config_error() -> None:
+    """Validation catches ambiguous routes first; a config built without it still gets
+    a located error, naming both routes, rather than a traceback."""
+    route = RouteConfig("one", (Address("127.0.0.1", 9001),), hosts=("a.example.com",))
+    config = Config(routes=(route, replace(route, name="two")), source="built.toml")
+    with pytest.raises(ConfigError) as caught:
+        router.build_table(config)
+    assert caught.value.source == "built.toml"
+    assert caught.value.path == "routes"
+    assert "'one'" in caught.value.problem and "'two'" in caught.value.problem
+
+
+def test_table_carries_the_routing_settings() -> None:
+    route = RouteConfig(
+        "app",
+        (Address("127.0.0.1", 9001), Address("127.0.0.1", 9002)),
+        weights=(4, 1),
+        hosts=("app.example.com", "*.example.org"),
+        path_prefix="/app",
+        strip_path_prefix=True,
+        lb="ip_hash",
+    )
+    [built] = router.build_table(Config(routes=(route,))).routes
+    assert built.hosts == ("app.example.com", "*.example.org")
+    assert (built.path_prefix, built.strip_path_prefix, built.lb) == (b"/app", True, "ip_hash")
+    assert router.path_prefix(built) == "/app"
+
+
+def test_routes_sharing_an_upstream_share_its_pool() -> None:
+    shared = Address("127.0.0.1", 9001)
+    config = Config(
+        routes=(
+            RouteConfig("a", (shared,), path_prefix="/a"),
+            RouteConfig("b", (shared, Address("127.0.0.1", 9002)), weights=(2, 1)),
+        )
+    )
+    a, b = router.build_table(config).routes
+    assert a.upstreams[0] is b.upstreams[0]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "prefix", "strip", "text"),
+    [
+        ((), None, False, "*"),
+        (("api.example.com",), None, False, "api.example.com"),
+        (("api.example.com", "*.example.org"), "/v2", False, "api.example.com,*.example.org/v2"),
+        ((), "/docs", True, "/docs (stripped)"),
+    ],
+)
+def test_describe_match(hosts: tuple[str, ...], prefix: str | None, strip: bool, text: str) -> None:
+    assert router.describe_match(hosts, prefix, strip) == text
+
+
 # ---------------------------------------------------------------- deploy overrides
 
 
@@ -916,6 +1226,17 @@ def test_a_config_updated_to_the_deployed_upstreams_drops_the_deploy_quietly() -
     config = quick_config([], ["127.0.0.1:9002"])
     deployed = Deployment((Address("127.0.0.1", 9002),), (Address("127.0.0.1", 9001),))
     assert apply_deployments(config, {"default": deployed}) == (config, {}, [])
+
+
+def test_deployed_targets_have_weight_one() -> None:
+    """The config's weights belong to the config's upstreams, not to deployed targets."""
+    route = RouteConfig(
+        "default", (Address("127.0.0.1", 9001), Address("127.0.0.1", 9002)), weights=(3, 1)
+    )
+    deployed = Deployment((Address("127.0.0.1", 9003), Address("127.0.0.1", 9004)), route.upstreams)
+    effective, _, _ = apply_deployments(Config(routes=(route,)), {"default": deployed})
+    assert effective.routes[0].upstreams == deployed.upstreams
+    assert effective.routes[0].upstream_weights() == [1, 1]
 
 
 def test_deploys_of_routes_that_are_gone_are_dropped() -> None:

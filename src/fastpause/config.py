@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import Any, Literal
 
+from fastpause._core import LB_POLICIES
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 
 AccessLogFormat = Literal["common", "json"]
@@ -68,6 +69,13 @@ class RouteConfig:
 
     name: str
     upstreams: tuple[Address, ...]
+    # One weight per upstream, or () when every upstream has weight 1 (the common
+    # case, and what a deploy's targets get).
+    weights: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()  # lowercase names and "*.suffix" wildcards; () is any host
+    path_prefix: str | None = None
+    strip_path_prefix: bool = False
+    lb: str = "round_robin"
     max_body_size: int = 1 << 30
     host_header: str | None = None
     request_id: bool = False
@@ -88,6 +96,10 @@ class RouteConfig:
     fail_duration: float = 10.0
     hold_time_header: str | None = None
     retry_after: int = 5
+
+    def upstream_weights(self) -> list[int]:
+        """The weight of each upstream, in order (1 where none was given)."""
+        return list(self.weights) or [1] * len(self.upstreams)
 
 
 def default_admin_address() -> UnixAddress:
@@ -119,6 +131,7 @@ class Config:
     access_log: str | None = None
     access_log_format: AccessLogFormat = "common"
     max_held_bytes: int = 256 << 20
+    max_connections: int = 0  # 0: no limit
     drain_timeout: float = 30.0
     state_file: str | None = None
     admin: AdminAddress | None = field(default_factory=default_admin_address)
@@ -128,11 +141,11 @@ class Config:
 
 DEFAULT_UPSTREAM = "127.0.0.1:8003"
 DEFAULT_LISTEN = "127.0.0.1:8080"
-SINGLE_ROUTE_ONLY = "host/path routing is not available yet: define exactly one route"
 
 _NO_ROUTE = "at least one route is required: add a [[routes]] table"
 _ADDRESS_HELP = "expected HOST:PORT (IPv6 in brackets, e.g. '[::1]:8080')"
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_HOST_WITH_PORT = re.compile(r".+:[0-9]*")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 # What may follow "Host:" on the wire: a uri-host with an optional port, nothing
 # that could end the header line or smuggle a second one.
@@ -413,15 +426,68 @@ def _host_header(value: Any) -> str:
 def parse_health_path(value: Any) -> str:
     """The path upstreams are checked at, answered by the proxy itself while a route
     is paused or stopped; a plain origin-form path, since it is sent as given."""
+    return _url_path("health_path", value)
+
+
+def _path_prefix(value: Any) -> str:
+    """The path a route takes requests under; compared byte for byte, segment by segment
+    (``/api`` takes ``/api`` and ``/api/x``, not ``/apix``), so it must be a plain path."""
+    return _url_path("path_prefix", value)
+
+
+def _url_path(key: str, value: Any) -> str:
+    """An origin-form path without query: what the data plane compares or sends as is."""
     path = _string(value)
     if not path.startswith("/"):
-        raise ValueError(f"invalid health_path {path!r}: must start with '/'")
+        raise ValueError(f"invalid {key} {path!r}: must start with '/'")
     if not _PATH.fullmatch(path):
         raise ValueError(
-            f"invalid health_path {path!r}: expected a URL path without query, spaces "
+            f"invalid {key} {path!r}: expected a URL path without query, spaces "
             "or control characters"
         )
     return path
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    """The host names a route takes requests for; leaving ``hosts`` out means any host."""
+    if not isinstance(value, list):
+        example = '["app.example.com", "*.example.com"]'
+        raise ValueError(f"expected an array of host names like {example}, got {describe(value)}")
+    if not value:
+        raise ValueError("must list at least one host name (leave hosts out to match any host)")
+    hosts: list[str] = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            host = _host(item)
+            if host in hosts:
+                raise ValueError(f"duplicate host {item!r}")
+            hosts.append(host)
+    return tuple(hosts)
+
+
+def _host(value: Any) -> str:
+    """One ``hosts`` entry, in the form requests are compared in: lowercase, no trailing
+    dot. ``*.example.com`` takes every name under example.com, not example.com itself."""
+    text = _string(value)
+    host = text.lower().removesuffix(".")
+    name = host.removeprefix("*.")
+    if _HOST_WITH_PORT.fullmatch(name):
+        raise ValueError(
+            f"invalid host {text!r}: hosts match whatever the port, leave it out "
+            f"({text.rpartition(':')[0]!r})"
+        )
+    if not _is_hostname(name):
+        raise ValueError(
+            f"invalid host {text!r}: expected a name like 'app.example.com' or '*.example.com'"
+        )
+    return host
+
+
+def _lb(value: Any) -> str:
+    """A load-balancing policy of the data plane (``_core.LB_POLICIES``)."""
+    if not isinstance(value, str) or value not in LB_POLICIES:
+        raise ValueError(f"expected one of {', '.join(LB_POLICIES)}, got {describe(value)}")
+    return value
 
 
 def _hold_time_header(value: Any) -> str:
@@ -492,8 +558,58 @@ def _addresses(*, listen: bool) -> Parser:
     return parse
 
 
+@dataclass(frozen=True)
+class _Upstreams:
+    """A route's ``upstreams`` array: the addresses and, in the same order, their weights."""
+
+    addresses: tuple[Address, ...]
+    weights: tuple[int, ...]
+
+
+def _upstreams(value: Any) -> _Upstreams:
+    """``"HOST:PORT"`` strings and ``{ address = "HOST:PORT", weight = 3 }`` tables, mixed."""
+    if not isinstance(value, list):
+        example = '["127.0.0.1:3000"]'
+        raise ValueError(
+            f"expected an array of HOST:PORT strings like {example}, got {describe(value)}"
+        )
+    if not value:
+        raise ValueError("must list at least one address")
+    addresses: list[Address] = []
+    weights: list[int] = []
+    for index, item in enumerate(value):
+        with _at(f"[{index}]"):
+            address, weight = _upstream(item)
+            if address in addresses:
+                raise ValueError(f"duplicate address '{address}'")
+            addresses.append(address)
+            weights.append(weight)
+    return _Upstreams(tuple(addresses), tuple(weights))
+
+
+def _upstream(item: Any) -> tuple[Address, int]:
+    """One upstream and its weight (1 unless a table gives one)."""
+    if isinstance(item, str):
+        return parse_address(item), 1
+    if not isinstance(item, dict):
+        example = '{ address = "127.0.0.1:3000", weight = 2 }'
+        raise ValueError(
+            f"expected a HOST:PORT string or a table like {example}, got {describe(item)}"
+        )
+    fields = _read_table(item, _WEIGHTED_UPSTREAM)
+    if "address" not in fields:
+        raise _Invalid("", "missing required key 'address'")
+    return fields["address"], fields.get("weight", 1)
+
+
+def _upstream_address(value: Any) -> Address:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a HOST:PORT string, got {describe(value)}")
+    return parse_address(value)
+
+
 def _routes(value: Any) -> tuple[RouteConfig, ...]:
-    """The ``[[routes]]`` array: distinct names and, for now, exactly one route."""
+    """The ``[[routes]]`` array: distinct names, and no two routes taking the same requests."""
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError(f"expected an array of tables ([[routes]]), got {describe(value)}")
     if not value:
@@ -505,9 +621,27 @@ def _routes(value: Any) -> tuple[RouteConfig, ...]:
             if any(route.name == seen.name for seen in routes):
                 raise _Invalid("name", f"duplicate route name '{route.name}'")
             routes.append(route)
-    if len(routes) > 1:
-        raise ValueError(SINGLE_ROUTE_ONLY)
+    _check_unambiguous(routes)
     return tuple(routes)
+
+
+def _check_unambiguous(routes: Sequence[RouteConfig]) -> None:
+    """Refuse two routes that match the same host with the same path prefix: which one
+    served those requests would be an accident. The data plane refuses such a table
+    too; found here, the error names both routes' key paths."""
+    claimed: dict[tuple[str | None, str | None], int] = {}
+    for index, route in enumerate(routes):
+        for host in route.hosts or (None,):
+            first = claimed.setdefault((host, route.path_prefix), index)
+            if first != index:
+                hosts = f"host {host}" if host else "any host"
+                path = f"path prefix {route.path_prefix}" if route.path_prefix else "any path"
+                raise _Invalid(
+                    f"[{index}]",
+                    f"route '{route.name}' and routes[{first}] ('{routes[first].name}') both "
+                    f"match {hosts} and {path}: give one of them other hosts or another "
+                    "path_prefix",
+                )
 
 
 def _route(table: Mapping[str, Any]) -> RouteConfig:
@@ -516,7 +650,11 @@ def _route(table: Mapping[str, Any]) -> RouteConfig:
     for required in ("name", "upstreams"):
         if required not in values:
             raise _Invalid("", f"missing required key '{required}'")
-    return RouteConfig(**values)
+    if values.get("strip_path_prefix") and "path_prefix" not in values:
+        raise _Invalid("strip_path_prefix", "nothing to strip: the route has no path_prefix")
+    upstreams: _Upstreams = values.pop("upstreams")
+    weights = upstreams.weights if any(w != 1 for w in upstreams.weights) else ()
+    return RouteConfig(**values, upstreams=upstreams.addresses, weights=weights)
 
 
 _TOP_LEVEL: dict[str, Parser] = {
@@ -535,6 +673,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "access_log": _access_log,
     "access_log_format": _access_log_format,
     "max_held_bytes": _size(at_least="0B"),
+    "max_connections": _integer(0, 10_000_000),  # 0: no limit
     "drain_timeout": _duration(allow_zero=True),  # 0s: cut at once
     "state_file": _string,
     "admin": _admin,
@@ -543,7 +682,11 @@ _TOP_LEVEL: dict[str, Parser] = {
 
 _ROUTE: dict[str, Parser] = {
     "name": _route_name,
-    "upstreams": _addresses(listen=False),
+    "upstreams": _upstreams,
+    "hosts": _hosts,
+    "path_prefix": _path_prefix,
+    "strip_path_prefix": _boolean,
+    "lb": _lb,
     "max_body_size": _size(at_least="0B"),  # 0: unlimited
     "host_header": _host_header,
     "request_id": _boolean,
@@ -564,4 +707,9 @@ _ROUTE: dict[str, Parser] = {
     "fail_duration": _duration(allow_zero=True),  # 0s: passive health off
     "hold_time_header": _hold_time_header,
     "retry_after": parse_whole_seconds,
+}
+
+_WEIGHTED_UPSTREAM: dict[str, Parser] = {
+    "address": _upstream_address,
+    "weight": _integer(1, 1000),
 }

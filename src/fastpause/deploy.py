@@ -7,7 +7,8 @@ new targets, and a paused route's held requests go there when it resumes.
 A deploy is a runtime *override* of the route's ``upstreams``. It outlives a
 reload only while the config's list for that route is still the one the deploy
 replaced: once the file names other upstreams, someone changed the config on
-purpose, and the config wins.
+purpose, and the config wins. Deployed targets all have weight 1: the config's
+weights belong to the config's upstreams.
 """
 
 import asyncio
@@ -40,13 +41,15 @@ class Deployment:
 @dataclass(frozen=True)
 class DeployRequest:
     """What ``fastpause deploy`` asks for; no ``health_path`` means the route's, else
-    ``DEFAULT_HEALTH_PATH``."""
+    ``DEFAULT_HEALTH_PATH``. ``close_tunnels`` cuts the old targets' WebSocket tunnels
+    at the switch (kamal-proxy's behaviour) instead of letting them drain."""
 
     route: str
     targets: tuple[Address, ...]
     health_path: str | None
     deploy_timeout: float
     drain_timeout: float
+    close_tunnels: bool = False
 
 
 def apply_deployments(
@@ -65,7 +68,7 @@ def apply_deployments(
         deployment = deployments.get(route.name)
         if deployment is not None and deployment.config_upstreams == route.upstreams:
             kept[route.name] = deployment
-            route = replace(route, upstreams=deployment.upstreams)
+            route = replace(route, upstreams=deployment.upstreams, weights=())
         elif deployment is not None and deployment.upstreams != route.upstreams:
             notes.append(
                 f"route {route.name}: upstreams changed in the config since the deploy to "

@@ -11,7 +11,8 @@ same name, so a reload neither resumes a paused route nor drops what it holds.
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from fastpause import _core
 from fastpause.config import Address, Config, ConfigError, RouteConfig
@@ -40,7 +41,7 @@ def build_table(
     states = {route.name: route.state for route in previous.routes} if previous else {}
     built: dict[UpstreamKey, _core.Upstream] = {}
     routes = []
-    for route in config.routes:
+    for index, route in enumerate(config.routes):
         upstreams = []
         for address in route.upstreams:
             key = (
@@ -54,17 +55,30 @@ def build_table(
                 built[key] = reusable[key] if key in reusable else _new_upstream(key)
             upstreams.append(built[key])
         state = states.get(route.name) or _core.RouteState(route.name)
-        routes.append(_route(route, upstreams, state))
-    return _core.RoutingTable(
-        routes,
-        max_head_size=config.max_head_size,
-        max_headers=config.max_headers,
-        max_uri_size=config.max_uri_size,
-        client_head_timeout=config.client_head_timeout,
-        client_body_timeout=config.client_body_timeout,
-        keepalive_timeout=config.keepalive_timeout,
-        send_timeout=config.send_timeout,
-    )
+        with _refused_by_core(config, f"routes[{index}]"):
+            routes.append(_route(route, upstreams, state))
+    with _refused_by_core(config, "routes"):
+        return _core.RoutingTable(
+            routes,
+            max_head_size=config.max_head_size,
+            max_headers=config.max_headers,
+            max_uri_size=config.max_uri_size,
+            client_head_timeout=config.client_head_timeout,
+            client_body_timeout=config.client_body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            send_timeout=config.send_timeout,
+        )
+
+
+@contextmanager
+def _refused_by_core(config: Config, path: str) -> Iterator[None]:
+    """The data plane checks routes too (two routes matching the same requests, say);
+    what it refuses that validation let through is a ``ConfigError`` all the same,
+    never a traceback."""
+    try:
+        yield
+    except ValueError as error:
+        raise ConfigError(config.source, path, str(error)) from None
 
 
 def resolve_upstreams(config: Config) -> dict[str, str]:
@@ -97,6 +111,20 @@ def retired(old: _core.RoutingTable, new: _core.RoutingTable) -> list[_core.Upst
         if id(upstream) not in kept
     }
     return list(gone.values())
+
+
+def describe_match(hosts: Sequence[str], path_prefix: str | None, strip_path_prefix: bool) -> str:
+    """The requests a route takes, for people: ``api.example.com,www.example.com/v2``,
+    ``/docs (stripped)``, ``*.example.com``; ``*`` when it takes any request."""
+    match = ",".join(hosts) + (path_prefix or "")
+    if strip_path_prefix:
+        match += " (stripped)"
+    return match or "*"
+
+
+def path_prefix(route: _core.Route) -> str | None:
+    """The route's ``path_prefix`` as written in the config (the core keeps bytes)."""
+    return route.path_prefix.decode("ascii") if route.path_prefix is not None else None
 
 
 def resolve(address: Address, source: str | None, path: str) -> str:
@@ -162,4 +190,9 @@ def _route(
         hold_time_header=route.hold_time_header,
         retry_after=route.retry_after,
         fail_duration=route.fail_duration,
+        hosts=route.hosts,
+        path_prefix=route.path_prefix,
+        strip_path_prefix=route.strip_path_prefix,
+        lb=route.lb,
+        weights=route.upstream_weights(),
     )
