@@ -22,6 +22,10 @@ from pathlib import Path
 import pytest
 from admin_support import AdminHttp, raw_exchange
 from helpers import build_request, chunked, free_port
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+pytest_plugins = ["ws_support"]  # fixtures: ws_backend, routes_proxy
 
 TOKEN = "s3cret-token-0123456789"
 WAIT = 30.0
@@ -74,14 +78,28 @@ def bound_unix_file(path: Path) -> None:
 def test_status_shape(admin_proxy, backend):
     proxy = admin_proxy()
     status = proxy.admin.status()
-    assert set(status) == {"version", "pid", "uptime_seconds", "listeners", "routes"}
+    assert set(status) == {
+        "version",
+        "pid",
+        "uptime_seconds",
+        "listeners",
+        "accepting",
+        "connections",
+        "max_connections",
+        "routes",
+    }
     assert status["pid"] == proxy.pid
     assert status["uptime_seconds"] >= 0
     assert status["listeners"] == [proxy.url]
+    assert (status["accepting"], status["connections"], status["max_connections"]) == (True, 0, 0)
     [route] = status["routes"]
     upstreams = route.pop("upstreams")
     assert route == {
         "name": "app",
+        "hosts": [],
+        "path_prefix": None,
+        "strip_path_prefix": False,
+        "lb": "round_robin",
         "mode": "running",
         "held": 0,
         "oldest_held_age_seconds": None,
@@ -100,11 +118,48 @@ def test_status_shape(admin_proxy, backend):
             "down": False,
             "draining": False,
             "active": 0,
+            "weight": 1,
         }.items()
     )
     assert proxy.get("/inspect").status == 200
     [upstream] = proxy.admin.route()["upstreams"]
     assert (upstream["requests"], upstream["connects"]) == (1, 1)
+
+
+def test_status_shows_how_each_route_matches(routes_proxy, backend, start_backend):
+    other = start_backend("other")
+    proxy = routes_proxy(
+        [
+            {
+                "name": "api",
+                "hosts": ["API.example.com", "*.example.org"],
+                "path_prefix": "/v2",
+                "strip_path_prefix": True,
+                "lb": "cookie",
+                "upstreams": [{"address": backend.address, "weight": 4}, other.address],
+            },
+            {"name": "app", "upstreams": [backend.address]},
+        ]
+    )
+    api, app = proxy.admin.status()["routes"]
+    assert (api["name"], api["hosts"], api["path_prefix"]) == (
+        "api",
+        ["api.example.com", "*.example.org"],
+        "/v2",
+    )
+    assert (api["strip_path_prefix"], api["lb"]) == (True, "cookie")
+    assert [(u["address"], u["weight"]) for u in api["upstreams"]] == [
+        (backend.address, 4),
+        (other.address, 1),
+    ]
+    assert (app["hosts"], app["path_prefix"], app["strip_path_prefix"], app["lb"]) == (
+        [],
+        None,
+        False,
+        "round_robin",
+    )
+    # both routes use the backend: one pool, shown in each route
+    assert app["upstreams"][0]["address"] == backend.address
 
 
 def test_admin_line_comes_before_listening(admin_proxy, tmp_path):
@@ -461,12 +516,50 @@ def test_deploy_switches_to_a_healthy_target(admin_proxy, backend, start_backend
         {"event": "checking", "targets": [other.address], "health_path": "/status/200"},
         {"event": "healthy", "target": other.address},
         {"event": "switched", "from": [backend.address], "to": [other.address], "held_released": 0},
-        {"event": "draining", "upstreams": [backend.address], "in_flight": 0},
+        {
+            "event": "draining",
+            "upstreams": [backend.address],
+            "in_flight": 0,
+            "tunnels_closed": False,
+        },
         {"event": "done", "drained": True},
     ]
     assert proxy.get("/inspect").status == 200
     assert other.stats()["paths"].get("/inspect") == 1
     assert proxy.admin.route()["upstreams"][0]["address"] == other.address
+
+
+def test_deploy_with_close_tunnels_cuts_the_old_targets_websockets(admin_proxy, ws_backend):
+    """Without ``close_tunnels`` a tunnel to the old target would hold the drain open
+    for the whole drain_timeout (ten minutes here); with it the tunnel is cut at the
+    switch, so the drain ends at once and the deploy reports it drained."""
+    old, new = ws_backend("old"), ws_backend("new")
+    proxy = admin_proxy(route={"upstreams": [old.address]})
+    with ws_connect(f"ws://{proxy.host}:{proxy.port}/headers", proxy=None) as tunnel:
+        assert json.loads(tunnel.recv(WAIT))["backend"] == "old"
+        assert proxy.admin.route()["in_flight"] == 1
+        events = deploy_events(
+            proxy.admin,
+            "app",
+            {
+                "to": [new.address],
+                "health_path": "/health",
+                "drain_timeout": "10m",
+                "close_tunnels": True,
+            },
+        )
+        assert [event["event"] for event in events] == [
+            "checking",
+            "healthy",
+            "switched",
+            "draining",
+            "done",
+        ]
+        assert events[3]["tunnels_closed"] is True
+        assert events[4] == {"event": "done", "drained": True}
+        with pytest.raises(ConnectionClosed):
+            tunnel.recv(WAIT)
+    assert proxy.get("/plain").get("X-Backend") == "new"
 
 
 def test_deploy_to_an_unhealthy_target_changes_nothing(admin_proxy, backend):
@@ -505,8 +598,10 @@ def test_deploy_to_an_unknown_route_is_404(admin_proxy, backend):
         (b'{"to": ["127.0.0.1:1"], "drain_timeout": "x"}', "drain_timeout: invalid duration"),
         (
             b'{"to": ["127.0.0.1:1"], "targets": []}',
-            "unknown field 'targets' (known: to, health_path, deploy_timeout, drain_timeout)",
+            "unknown field 'targets' (known: to, health_path, deploy_timeout, drain_timeout, "
+            "close_tunnels)",
         ),
+        (b'{"to": ["127.0.0.1:1"], "close_tunnels": 1}', "close_tunnels: expected true or false"),
     ],
 )
 def test_bad_deploy_request_is_400(admin_proxy, backend, body, error):

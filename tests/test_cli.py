@@ -29,6 +29,9 @@ from pathlib import Path
 import pytest
 from admin_support import AdminHttp
 from helpers import free_port
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+from ws_support import WsBackend
 
 WAIT = 15.0  # upper bound for anything the proxy should do "at once"
 TOKEN = "cli-test-token-0123456789"
@@ -209,6 +212,29 @@ def test_validate_ok(tmp_path: Path) -> None:
     result = fastpause("validate", str(path))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == f"{path}: ok (1 route, 2 listeners)\n"
+
+
+def test_validate_several_routes(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        route_to(9).replace('"app"', '"api"')
+        + 'hosts = ["api.example.com"]\n'
+        + route_to(9).replace('"app"', '"docs"')
+        + 'path_prefix = "/docs"\n'
+        + route_to(9),
+    )
+    result = fastpause("validate", str(path))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == f"{path}: ok (3 routes, 1 listener)\n"
+
+
+def test_validate_ambiguous_routes(tmp_path: Path) -> None:
+    path = write_config(tmp_path, route_to(9) + route_to(10).replace('"app"', '"web"'))
+    assert_user_error(
+        fastpause("validate", str(path)),
+        f"{path}: routes[1]: route 'web' and routes[0] ('app') both match any host and any "
+        "path: give one of them other hosts or another path_prefix\n",
+    )
 
 
 def test_validate_bad_config(tmp_path: Path) -> None:
@@ -553,20 +579,24 @@ def test_status_table_and_json(tmp_path: Path, backend, requester: ThreadPoolExe
         assert blank == ""
         assert header.split() == [
             "ROUTE",
+            "MATCH",
             "MODE",
             "HELD",
             "OLDEST",
             "HELD",
             "IN",
             "FLIGHT",
+            "LB",
             "UPSTREAMS",
         ]
-        route, mode, count, age, in_flight, upstream = row.split()
-        assert (route, mode, count, in_flight, upstream) == (
+        route, match, mode, count, age, in_flight, lb, upstream = row.split()
+        assert (route, match, mode, count, in_flight, lb, upstream) == (
             "app",
+            "*",
             "paused",
             "1",
             "0",
+            "round_robin",
             backend.address,
         )
         assert re.fullmatch(r"\d+\.\ds", age), age
@@ -577,6 +607,64 @@ def test_status_table_and_json(tmp_path: Path, backend, requester: ThreadPoolExe
         assert status["listeners"] == [f"http://127.0.0.1:{proxy.port}"]
         admin_ok("resume", "app")
         assert held.result(WAIT)[0] == 200
+
+
+ROUTES = """
+[[routes]]
+name = "api"
+hosts = ["api.example.com", "*.api.example.com"]
+lb = "least_conn"
+upstreams = [{{ address = "{backend}", weight = 3 }}, "127.0.0.1:{dead}"]
+
+[[routes]]
+name = "docs"
+path_prefix = "/docs"
+strip_path_prefix = true
+upstreams = ["{backend}"]
+
+[[routes]]
+name = "default"
+upstreams = ["{backend}"]
+"""
+
+
+def test_routes_are_announced_and_shown_with_match_policy_and_weights(
+    tmp_path: Path, backend
+) -> None:
+    dead = free_port()
+    config = write_config(
+        tmp_path, 'listen = ["127.0.0.1:0"]\n' + ROUTES.format(backend=backend.address, dead=dead)
+    )
+    with running_proxy("--config", str(config)) as running:
+        routes = [running.wait_for(r"^fastpause: route ").string for _ in range(3)]
+        running.started()
+        assert routes == [
+            f"fastpause: route api for api.example.com,*.api.example.com (least_conn) -> "
+            f"{backend.address} weight 3, 127.0.0.1:{dead}",
+            f"fastpause: route docs for /docs (stripped) -> {backend.address}",
+            f"fastpause: route default -> {backend.address}",
+        ]
+        _, _, header, *rows = admin_ok("status").splitlines()
+        columns = [header.index(name) for name in ("MATCH", "MODE", "LB", "UPSTREAMS")]
+        cells = [
+            [
+                row[start:end].strip()
+                for start, end in zip([0, *columns], [*columns, None], strict=True)
+            ]
+            for row in rows
+        ]
+        assert [(c[0], c[1], c[3], c[4]) for c in cells] == [
+            (
+                "api",
+                "api.example.com,*.api.example.com",
+                "least_conn",
+                f"{backend.address} (weight 3), 127.0.0.1:{dead}",
+            ),
+            ("docs", "/docs (stripped)", "round_robin", backend.address),
+            ("default", "*", "round_robin", backend.address),
+        ]
+        running.signal(signal.SIGTERM)
+        assert running.finish()[0] == 0
 
 
 def test_admin_address_from_option_and_environment(tmp_path: Path, backend) -> None:
@@ -805,6 +893,36 @@ def test_deploy_releases_held_requests_to_the_new_target(
             out.splitlines()
         )
         assert held.result(WAIT)[0] == 200
+
+
+def test_deploy_close_tunnels_cuts_websockets_at_the_switch(tmp_path: Path) -> None:
+    """With --close-tunnels the old target's tunnel is cut at the switch, so the drain
+    has nothing left to wait for: the deploy ends well before its drain timeout, and
+    says the drain completed."""
+    old, new = WsBackend(tmp_path, "old"), WsBackend(tmp_path, "new")
+    try:
+        with admin_proxy(tmp_path, old.port) as proxy:
+            url = f"ws://{proxy.host}:{proxy.port}/headers"
+            with ws_connect(url, proxy=None, open_timeout=WAIT) as tunnel:
+                assert json.loads(tunnel.recv(WAIT))["backend"] == "old"
+                deploy = fastpause(
+                    "deploy", "app", "--to", new.address, "--health-path", "/health",
+                    "--drain-timeout", "10m", "--close-tunnels",
+                )  # fmt: skip
+                assert (deploy.returncode, deploy.stderr) == (0, ""), deploy
+                draining, done = deploy.stdout.splitlines()[-2:]
+                assert re.fullmatch(
+                    rf"app: draining {old.address} \(\d in flight; WebSocket tunnels cut\)",
+                    draining,
+                ), draining
+                assert done == "app: done"
+                with pytest.raises(ConnectionClosed):
+                    tunnel.recv(WAIT)
+            with ws_connect(url, proxy=None, open_timeout=WAIT) as again:
+                assert json.loads(again.recv(WAIT))["backend"] == "new"
+    finally:
+        old.kill()
+        new.kill()
 
 
 def test_failed_deploy_exits_1(tmp_path: Path, backend) -> None:

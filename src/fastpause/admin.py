@@ -40,6 +40,7 @@ from fastpause.config import (
 )
 from fastpause.control import ControlPlane, ReloadError
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, DeployRequest, Event
+from fastpause.router import path_prefix
 from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
 
 MAX_HEAD = 16 * 1024
@@ -287,6 +288,12 @@ def _retry_after(value: Any) -> int:
     return parse_whole_seconds(value)
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _config_path(value: Any) -> str:
     """The config file to reload: absolute, since the proxy's working directory is
     not the caller's."""
@@ -401,13 +408,19 @@ class AdminApi:
             )
 
     def _status(self) -> dict[str, object]:
-        routes = self._control.engine.table.routes
+        control = self._control
         return {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self._started, 3),
-            "listeners": self._control.listeners.urls(),
-            "routes": [_route_status(route) for route in routes],
+            "listeners": control.listeners.urls(),
+            "accepting": control.listeners.accepting,
+            "connections": control.engine.connections(),
+            "max_connections": control.engine.max_connections,
+            "routes": [
+                _route_status(route, control.upstream_weights(route.name))
+                for route in control.engine.table.routes
+            ],
         }
 
     async def _reload(self, body: bytes) -> Outcome:
@@ -428,6 +441,7 @@ class AdminApi:
                 "health_path": parse_health_path,
                 "deploy_timeout": _duration(allow_zero=False),
                 "drain_timeout": _duration(allow_zero=True),
+                "close_tunnels": _flag,
             },
         )
         if "to" not in fields:
@@ -440,6 +454,7 @@ class AdminApi:
             health_path=fields.get("health_path"),
             deploy_timeout=fields.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT),
             drain_timeout=fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+            close_tunnels=fields.get("close_tunnels", False),
         )
         stream = EventStream()
         task = self._control.start_deploy(request, stream.put)
@@ -500,18 +515,25 @@ def _allow(method: str, allowed: str) -> None:
         )
 
 
-def _route_status(route: _core.Route) -> dict[str, object]:
+def _route_status(route: _core.Route, weights: list[int]) -> dict[str, object]:
     state = route.state
     age = state.oldest_held_age
     return {
         "name": route.name,
+        "hosts": list(route.hosts),
+        "path_prefix": path_prefix(route),
+        "strip_path_prefix": route.strip_path_prefix,
+        "lb": route.lb,
         "mode": state.mode_name,
         "held": state.held,
         "oldest_held_age_seconds": None if age is None else round(age, 3),
         "in_flight": state.in_flight,
         "max_hold_seconds": state.max_hold,
         "stop_message": state.stop_message or None,
-        "upstreams": [upstream.stats() for upstream in route.upstreams],
+        "upstreams": [
+            upstream.stats() | {"weight": weight}
+            for upstream, weight in zip(route.upstreams, weights, strict=True)
+        ],
     }
 
 

@@ -32,7 +32,7 @@ from fastpause.config import (
     with_admin,
 )
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT
-from fastpause.router import build_table
+from fastpause.router import build_table, describe_match
 from fastpause.server import Server
 from fastpause.units import parse_duration, parse_whole_seconds
 
@@ -241,6 +241,12 @@ def _add_admin_commands(commands: Any) -> None:
         type=_duration_option(allow_zero=True),
         help="how long requests to the old targets may take to finish (default 30s)",
     )
+    deploy.add_argument(
+        "--close-tunnels",
+        action="store_true",
+        help="cut WebSocket tunnels to the old targets at the switch instead of letting "
+        "them drain (clients reconnect to the new targets)",
+    )
     deploy.set_defaults(handler=_deploy)
 
 
@@ -349,6 +355,8 @@ def _deploy(args: argparse.Namespace) -> int:
     for field in ("health_path", "deploy_timeout", "drain_timeout"):
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
+    if args.close_tunnels:
+        body["close_tunnels"] = True
     deploy_timeout = _seconds(args.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT)
     drain_timeout = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
     # The longest quiet stretch: waiting for another deploy, then our own checks or drain.
@@ -384,7 +392,11 @@ def _deploy_step(route: str, event: dict[str, Any]) -> str | None:
     if kind == "draining":
         if not event["upstreams"]:
             return f"{route}: nothing to drain"
-        return f"{route}: draining {', '.join(event['upstreams'])} ({event['in_flight']} in flight)"
+        cut = "; WebSocket tunnels cut" if event.get("tunnels_closed") else ""
+        return (
+            f"{route}: draining {', '.join(event['upstreams'])} "
+            f"({event['in_flight']} in flight{cut})"
+        )
     if kind == "done":
         if event["drained"]:
             return f"{route}: done"
@@ -403,16 +415,23 @@ def _status_text(status: dict[str, Any]) -> str:
         f"fastpause {status['version']} (pid {status['pid']}), "
         f"up {_age(status['uptime_seconds'])}, listening on {listeners}"
     )
-    rows = [["ROUTE", "MODE", "HELD", "OLDEST HELD", "IN FLIGHT", "UPSTREAMS"]]
+    if not status.get("accepting", True):
+        summary += (
+            f"; connection limit {status['max_connections']} reached, not accepting "
+            f"({status['connections']} open)"
+        )
+    rows = [["ROUTE", "MATCH", "MODE", "HELD", "OLDEST HELD", "IN FLIGHT", "LB", "UPSTREAMS"]]
     for route in status["routes"]:
         age = route["oldest_held_age_seconds"]
         rows.append(
             [
                 route["name"],
+                describe_match(route["hosts"], route["path_prefix"], route["strip_path_prefix"]),
                 route["mode"],
                 str(route["held"]),
                 "-" if age is None else _age(age),
                 str(route["in_flight"]),
+                route["lb"],
                 ", ".join(_upstream_text(upstream) for upstream in route["upstreams"]),
             ]
         )
@@ -425,12 +444,15 @@ def _status_text(status: dict[str, Any]) -> str:
 
 
 def _upstream_text(upstream: dict[str, Any]) -> str:
-    """The address, marked when the upstream gets no new requests."""
+    """The address, its weight unless 1, marked when the upstream gets no new requests."""
+    notes = []
+    if upstream.get("weight", 1) != 1:
+        notes.append(f"weight {upstream['weight']}")
     if not upstream.get("healthy", True):
-        return f"{upstream['address']} (unhealthy)"
-    if upstream.get("down"):
-        return f"{upstream['address']} (down)"
-    return str(upstream["address"])
+        notes.append("unhealthy")
+    elif upstream.get("down"):
+        notes.append("down")
+    return f"{upstream['address']} ({', '.join(notes)})" if notes else str(upstream["address"])
 
 
 def _age(seconds: float) -> str:

@@ -122,6 +122,8 @@ class ControlPlane:
         self._config_path = config_path
         self._admin_option = admin_option
         self._deployments = deployments
+        # The config the routing table is built from: the file's, with the deploys.
+        self._effective = apply_deployments(config, deployments)[0]
         self._lock = asyncio.Lock()
         self._health = HealthChecks(self._on_verdict)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,6 +154,36 @@ class ControlPlane:
 
     def route_state(self, name: str) -> _core.RouteState:
         return _route(self.engine.table, name).state
+
+    def upstream_weights(self, name: str) -> list[int]:
+        """The weights of route ``name``'s upstreams in the current table, in order."""
+        for route in self._effective.routes:
+            if route.name == name:
+                return route.upstream_weights()
+        raise UnknownRoute(name)
+
+    # ------------------------------------------------------------ connection limit
+
+    def on_capacity(self, at_capacity: bool) -> None:
+        """The data plane's ``max_connections`` signal: stop accepting on every listener
+        at the limit (new clients wait in the listen backlog), accept again once the
+        open connections are below 90% of it."""
+        if at_capacity == (not self.listeners.accepting):
+            return
+        if at_capacity:
+            self.listeners.stop_accepting()
+            say(f"connection limit {self.engine.max_connections} reached: not accepting")
+        else:
+            self.listeners.accept_again()
+            say("accepting connections again")
+
+    def _set_connection_limit(self, limit: int) -> None:
+        """A reload's ``max_connections``. The data plane checks its limit only as
+        connections open and close, so a limit lifted (or raised above the connections
+        open now) while the listeners are paused takes effect here, at once."""
+        self.engine.max_connections = limit
+        if limit == 0 or self.engine.connections() < limit:
+            self.on_capacity(False)
 
     # ------------------------------------------------------------ reload
 
@@ -200,9 +232,11 @@ class ControlPlane:
         opened, closed = self.listeners.commit(change)
         self._switch_access_log(access_log)
         self.engine.max_held_bytes = config.max_held_bytes
+        self._set_connection_limit(config.max_connections)
         self.config = config
         self._config_path = source
         self._deployments = deployments
+        self._effective = effective
         self._update_health()
         self._retire_in_background(retired(old, table), config.drain_timeout)
         await self.save_state()
@@ -276,11 +310,15 @@ class ControlPlane:
             emit({"event": "failed", "error": str(error)})
             return False
         leaving = retired(old, new)
+        if request.close_tunnels:
+            for upstream in leaving:
+                upstream.close_tunnels()
         emit(
             {
                 "event": "draining",
                 "upstreams": [upstream.address for upstream in leaving],
                 "in_flight": sum(upstream.active for upstream in leaving),
+                "tunnels_closed": request.close_tunnels,
             }
         )
         drained = await self._retire(leaving, request.drain_timeout)
@@ -308,6 +346,7 @@ class ControlPlane:
         new = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
         self.engine.table = new
         self._deployments = deployments
+        self._effective = effective
         self._update_health()
         await self.save_state()
         targets = _route(new, request.route).upstreams

@@ -1,4 +1,12 @@
-"""The public listening sockets, one ``asyncio.Server`` per ``listen`` entry.
+"""The public listening sockets, and pausing accept() at the connection limit.
+
+fastpause creates, binds and keeps each listening socket itself (a ``listen``
+entry such as ``localhost:8080`` may stand for several addresses) and serves a
+*duplicate* of it with an ``asyncio.Server``. asyncio and uvloop servers cannot
+pause accept(); this split can: closing the server closes only the duplicate,
+the kept socket goes on listening, and the kernel queues new connections in its
+backlog until a server over a fresh duplicate accepts them. A client that
+arrives at the limit waits instead of being refused.
 
 A reload binds the entries that are new before it changes anything, and closes
 the ones that were removed only once the new routing table is in place: a bind
@@ -9,7 +17,8 @@ the connections it accepted carry on.
 import asyncio
 import os
 import socket
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fastpause.config import Address
@@ -17,10 +26,60 @@ from fastpause.config import Address
 # A listen entry: the address as written, and which of several equal entries it is
 # (each "127.0.0.1:0" is its own free port, so equal entries are distinct sockets).
 ListenKey = tuple[Address, int]
+ProtocolFactory = Callable[[], asyncio.Protocol]
+# Connections the kernel queues per socket while nothing accepts (capped by
+# net.core.somaxconn); beyond it, clients retry their SYN.
+BACKLOG = 2048
 
 
 class ListenError(Exception):
     """A listener could not be bound; the message names the address and the reason."""
+
+
+class Listener:
+    """One bound, listening socket, and the server accepting on it when allowed."""
+
+    def __init__(self, sock: socket.socket, protocol_factory: ProtocolFactory) -> None:
+        self._socket = sock
+        self._protocol_factory = protocol_factory
+        self._server: asyncio.Server | None = None
+        self._opening = False
+        self._wanted = False  # whether a server should be accepting now
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{Address(host, port)}"
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None or self._opening
+
+    async def accept(self) -> None:
+        """Accept connections (those queued meanwhile first) until ``stop``."""
+        self._wanted = True
+        if self.serving:
+            return
+        self._opening = True
+        try:
+            duplicate = socket.socket(fileno=os.dup(self._socket.fileno()))
+            server = await asyncio.get_running_loop().create_server(
+                self._protocol_factory, sock=duplicate, backlog=BACKLOG
+            )
+        finally:
+            self._opening = False
+        self._server = server
+        if not self._wanted:  # stopped while the server was being created
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop accepting; the socket keeps listening and queueing new connections."""
+        self._wanted = False
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def close(self) -> None:
+        """Stop listening: new connections are refused, queued ones reset."""
+        self.stop()
+        self._socket.close()
 
 
 @dataclass
@@ -28,75 +87,137 @@ class ListenChange:
     """A new set of listen entries, bound but not yet in force."""
 
     wanted: list[ListenKey]
-    opened: dict[ListenKey, asyncio.Server] = field(default_factory=dict)
+    opened: dict[ListenKey, list[Listener]] = field(default_factory=dict)
 
 
 class Listeners:
-    """The proxy's public listeners, by listen entry."""
+    """The proxy's public listeners, by listen entry, accepting or paused together."""
 
-    def __init__(self, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, protocol_factory: ProtocolFactory) -> None:
         self._protocol_factory = protocol_factory
-        self._bound: dict[ListenKey, asyncio.Server] = {}
+        self._bound: dict[ListenKey, list[Listener]] = {}
+        self._live: set[Listener] = set()  # bound, or prepared by a reload in progress
+        self.accepting = True
+        self._resuming: asyncio.Task[None] | None = None
 
     async def prepare(self, addresses: Sequence[Address]) -> ListenChange:
-        """Bind the entries of ``addresses`` that are not bound yet.
+        """Bind the entries of ``addresses`` that are not bound yet (and accept on them
+        unless the proxy is at its connection limit).
 
         On failure the sockets just bound are closed and ``ListenError`` raised,
         so nothing changed.
         """
         change = ListenChange(_keys(addresses))
-        loop = asyncio.get_running_loop()
         for key in change.wanted:
             if key in self._bound:
                 continue
             address = key[0]
             try:
-                change.opened[key] = await loop.create_server(
-                    self._protocol_factory,
-                    address.host,
-                    address.port,
-                    reuse_address=True,
-                    backlog=2048,
-                )
+                change.opened[key] = await self._open(address)
             except OSError as error:
                 self.abandon(change)
                 raise ListenError(f"cannot listen on {address}: {reason(error)}") from None
         return change
 
+    async def _open(self, address: Address) -> list[Listener]:
+        """A listener for each address a listen entry stands for."""
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        opened: list[Listener] = []
+        try:
+            for family, sockaddr in _distinct(infos):
+                listener = Listener(_bind(family, sockaddr), self._protocol_factory)
+                opened.append(listener)
+                if self.accepting:
+                    await listener.accept()
+        except OSError:
+            for listener in opened:
+                listener.close()
+            raise
+        self._live.update(opened)
+        return opened
+
     def commit(self, change: ListenChange) -> tuple[list[str], list[str]]:
         """Put ``change`` in force; return the URLs opened and the URLs closed."""
         bound = {**self._bound, **change.opened}
         closed: list[str] = []
-        for key, server in bound.items():
+        for key, listeners in bound.items():
             if key not in change.wanted:
-                closed += urls(server)
-                server.close()
+                closed += [listener.url for listener in listeners]
+                self._close(listeners)
         self._bound = {key: bound[key] for key in change.wanted}
-        opened = [url for server in change.opened.values() for url in urls(server)]
+        opened = [listener.url for listeners in change.opened.values() for listener in listeners]
         return opened, closed
 
     def abandon(self, change: ListenChange) -> None:
         """Close what ``prepare`` bound for a change that will not happen."""
-        for server in change.opened.values():
-            server.close()
+        for listeners in change.opened.values():
+            self._close(listeners)
         change.opened.clear()
 
     def urls(self) -> list[str]:
-        """``http://HOST:PORT`` per bound socket, in config order."""
-        return [url for server in self._bound.values() for url in urls(server)]
+        """``http://HOST:PORT`` per bound socket, in config order, with the real port."""
+        return [listener.url for listeners in self._bound.values() for listener in listeners]
 
     def close(self) -> None:
-        """Stop accepting on every listener (shutdown)."""
-        for server in self._bound.values():
-            server.close()
+        """Stop listening on every socket (shutdown): new connections are refused."""
+        self._close(list(self._live))
+
+    def stop_accepting(self) -> None:
+        """The connection limit is reached: new connections wait in the listen backlog."""
+        self.accepting = False
+        for listener in self._live:
+            listener.stop()
+
+    def accept_again(self) -> None:
+        """Below the limit again: accept, starting with the connections that waited."""
+        self.accepting = True
+        if self._resuming is None or self._resuming.done():
+            self._resuming = asyncio.get_running_loop().create_task(self._accept_all())
+
+    async def _accept_all(self) -> None:
+        """Start every listener that is not accepting, until all are or a pause comes."""
+        while self.accepting and (idle := [one for one in self._live if not one.serving]):
+            try:
+                await idle[0].accept()
+            except OSError as error:  # no file descriptor left for the duplicate, say
+                print(
+                    f"fastpause: cannot accept on {idle[0].url} again: {reason(error)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return
+
+    def _close(self, listeners: Iterable[Listener]) -> None:
+        for listener in listeners:
+            listener.close()
+            self._live.discard(listener)
 
 
-def urls(server: asyncio.Server) -> list[str]:
-    """``http://HOST:PORT`` per socket of ``server``, with the real port even for port 0."""
-    found = []
-    for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
-        found.append(f"http://{Address(host, port)}")
+def _bind(family: int, sockaddr: tuple[object, ...]) -> socket.socket:
+    """A listening socket, as ``loop.create_server`` would make it."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # "[::]:80" takes IPv6 only; IPv4 is its own entry
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _distinct(
+    infos: Iterable[tuple[int, int, int, str, tuple[object, ...]]],
+) -> list[tuple[int, tuple[object, ...]]]:
+    """(family, socket address) of each address ``getaddrinfo`` found, once each."""
+    found: list[tuple[int, tuple[object, ...]]] = []
+    for family, _type, _proto, _name, sockaddr in infos:
+        if (family, sockaddr) not in found:
+            found.append((family, sockaddr))
     return found
 
 

@@ -102,6 +102,12 @@ def _engine_metrics(stats: dict[str, int]) -> Iterator[Metric]:
         "fastpause_bytes_out", "Bytes sent to clients.", value=stats["bytes_out"]
     )
     yield GaugeMetricFamily(
+        "fastpause_at_capacity",
+        "1 while max_connections client connections are open and the listeners do not "
+        "accept (new clients wait in the listen backlog).",
+        value=int(stats["at_capacity"]),
+    )
+    yield GaugeMetricFamily(
         "fastpause_held_bytes",
         "Request body bytes buffered for held requests (capped by max_held_bytes).",
         value=stats["held_bytes"],

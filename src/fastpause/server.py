@@ -20,6 +20,7 @@ from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.config import Address, Config
 from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
 from fastpause.listeners import ListenError, Listeners, reason
+from fastpause.router import describe_match, path_prefix
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -82,11 +83,15 @@ class Server:
         control: ControlPlane | None = None
         try:
             engine = _core.Engine(
-                loop, startup.table, access_log, max_held_bytes=self.config.max_held_bytes
+                loop,
+                startup.table,
+                access_log,
+                max_held_bytes=self.config.max_held_bytes,
+                max_connections=self.config.max_connections,
             )
             if admin is not None:
                 await _bind_admin(admin)
-            listeners = await self._listen(engine)
+            listeners = Listeners(engine.protocol_factory("http"))
             control = ControlPlane(
                 engine,
                 self.config,
@@ -96,12 +101,14 @@ class Server:
                 access_log=access_log,
                 deployments=startup.deployments,
             )
+            engine.on_capacity = control.on_capacity
+            await self._listen(listeners)
             if admin is not None:
                 await admin.serve(AdminApi(control, token=self.config.admin_token))
             if access_log is not None:
                 access_log.start(loop)
             control.start()
-            self._announce(startup.table, admin, listeners.urls())
+            self._announce(control, admin)
             self._control = control
             await self._stop_requested.wait()
             await self._shut_down(control, admin)
@@ -145,25 +152,20 @@ class Server:
         except OSError as error:
             raise StartupError(f"cannot open access log {target}: {reason(error)}") from None
 
-    async def _listen(self, engine: _core.Engine) -> Listeners:
+    async def _listen(self, listeners: Listeners) -> None:
         """Bind every listener, or close those already bound and report the failure."""
-        listeners = Listeners(engine.protocol_factory("http"))
         try:
             listeners.commit(await listeners.prepare(self.config.listen))
         except ListenError as error:
             raise StartupError(str(error)) from None
-        return listeners
 
-    def _announce(
-        self, table: _core.RoutingTable, admin: AdminServer | None, urls: list[str]
-    ) -> None:
+    def _announce(self, control: ControlPlane, admin: AdminServer | None) -> None:
         """Print the routes, the admin address, then the bound addresses (real ports)."""
-        for route in table.routes:
-            targets = ", ".join(_describe_upstream(upstream) for upstream in route.upstreams)
-            say(f"route {route.name} -> {targets}")
+        for route in control.engine.table.routes:
+            say(_describe_route(route, control.upstream_weights(route.name)))
         if admin is not None:
             say(f"admin on {admin.describe()}")
-        for url in urls:
+        for url in control.listeners.urls():
             say(f"listening on {url}")
 
     async def _shut_down(self, control: ControlPlane, admin: AdminServer | None) -> None:
@@ -174,6 +176,7 @@ class Server:
         """
         assert self._cut is not None
         engine = control.engine
+        engine.on_capacity = None  # connections closing now must not start accepting again
         control.listeners.close()
         if admin is not None:
             admin.close()
@@ -203,9 +206,25 @@ async def _bind_admin(admin: AdminServer) -> None:
         raise StartupError(str(error)) from None
 
 
-def _describe_upstream(upstream: _core.Upstream) -> str:
-    """``127.0.0.1:8003``, or ``localhost:8003 (127.0.0.1)`` when a name was resolved."""
+def _describe_route(route: _core.Route, weights: list[int]) -> str:
+    """``route api for api.example.com/v2 (least_conn) -> 127.0.0.1:3000 weight 3, ...``;
+    the match and the policy only when they are not the defaults (any request, round
+    robin)."""
+    match = describe_match(route.hosts, path_prefix(route), route.strip_path_prefix)
+    scope = "" if match == "*" else f" for {match}"
+    policy = "" if route.lb == "round_robin" else f" ({route.lb})"
+    targets = ", ".join(
+        _describe_upstream(upstream, weight)
+        for upstream, weight in zip(route.upstreams, weights, strict=True)
+    )
+    return f"route {route.name}{scope}{policy} -> {targets}"
+
+
+def _describe_upstream(upstream: _core.Upstream, weight: int) -> str:
+    """``127.0.0.1:8003``, or ``localhost:8003 (127.0.0.1)`` when a name was resolved,
+    then its weight unless it is 1."""
     dialed = str(Address(upstream.host, upstream.port))
-    return (
+    text = (
         upstream.address if upstream.address == dialed else f"{upstream.address} ({upstream.host})"
     )
+    return text if weight == 1 else f"{text} weight {weight}"
