@@ -34,6 +34,7 @@ FAMILIES = {
     ("fastpause_bytes_in", "counter"),
     ("fastpause_bytes_out", "counter"),
     ("fastpause_held_bytes", "gauge"),
+    ("fastpause_at_capacity", "gauge"),
 }
 
 
@@ -74,6 +75,7 @@ def test_every_family_is_exposed(metrics_proxy, backend):
     }
     assert families >= FAMILIES
     samples = scrape(proxy.admin)
+    assert value(samples, "fastpause_at_capacity") == 0
     assert value(samples, "fastpause_held", route="app") == 0
     assert value(samples, "fastpause_upstream_requests_total", upstream=backend.address) == 0
     for status_class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
