@@ -8,6 +8,8 @@ must arrive after the event that lets it in, which the test marks before causing
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -103,6 +105,18 @@ def assert_waiting(proxy, accepted: int, request: WaitingRequest) -> None:
     assert not request.answered.is_set(), f"answered while waiting: {request.response!r}"
 
 
+def fastpause_status(admin: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastpause", "status", "--admin", admin],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, ""), done
+    return done.stdout
+
+
 def wait_for_line(proxy, wanted: Callable[[str], bool]) -> str:
     line = proxy.output.wait_for(wanted, timeout=WAIT)
     assert line is not None, proxy.describe()
@@ -126,6 +140,10 @@ def test_a_client_over_the_limit_waits_until_connections_close(limited_proxy, co
     assert_waiting(proxy, LIMIT, waiting)
     status = proxy.admin.status()
     assert (status["accepting"], status["max_connections"]) == (False, LIMIT)
+    summary = fastpause_status(proxy.admin.spec).splitlines()[0]
+    assert summary.endswith(f"; connection limit {LIMIT} reached, not accepting ({LIMIT} open)"), (
+        summary
+    )
 
     # 15 open is below 90% of the limit: accepting again, the waiting client first
     waiting.released.set()

@@ -993,6 +993,44 @@ def test_a_restart_restores_deploy_and_pause(
         assert held.result(WAIT)[0] == 200
 
 
+def test_each_route_is_saved_and_restored(tmp_path: Path, backend, start_backend) -> None:
+    other = start_backend("other")
+    routes = (
+        f'[[routes]]\nname = "api"\nhosts = ["api.example.com"]\n'
+        f'upstreams = [{{ address = "{backend.address}", weight = 3 }}]\n'
+        f"{route_to(backend.port)}"
+    )
+    config = write_config(tmp_path, f'listen = ["127.0.0.1:0"]\n{state_config(tmp_path)}{routes}')
+    with running_proxy("--config", str(config)) as running:
+        running.started()
+        admin_ok("deploy", "api", "--to", other.address, "--health-path", "/status/200")
+        admin_ok("pause", "app")
+        running.signal(signal.SIGTERM)
+        assert running.finish()[0] == 0
+    saved = json.loads((tmp_path / "state.json").read_text())["routes"]
+    assert (saved["api"]["upstreams"], saved["api"]["mode"]) == ([other.address], "running")
+    assert (saved["app"]["upstreams"], saved["app"]["mode"]) == (None, "paused")
+
+    with running_proxy("--config", str(config)) as running:
+        restored = [running.wait_for(r"^fastpause: route \w+: restored").string for _ in range(2)]
+        assert restored == [
+            f"fastpause: route api: restored from {tmp_path}/state.json: deployed to "
+            f"{other.address}",
+            f"fastpause: route app: restored from {tmp_path}/state.json: paused",
+        ]
+        host, port = running.started()
+        api, app = AdminHttp(f"unix:{tmp_path}/fastpause.sock").status()["routes"]
+        assert [(u["address"], u["weight"]) for u in api["upstreams"]] == [(other.address, 1)]
+        assert app["mode"] == "paused"
+        conn = http.client.HTTPConnection(host, port, timeout=WAIT)
+        try:
+            conn.request("GET", "/inspect", headers={"Host": "api.example.com"})
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
+        assert other.stats()["paths"]["/inspect"] == 1
+
+
 def test_a_restored_deploy_yields_to_a_changed_config(tmp_path: Path, backend) -> None:
     stale = f"127.0.0.1:{free_port()}"
     write_state(tmp_path, upstreams=[stale], config_upstreams=["127.0.0.1:1"], mode="stopped")
