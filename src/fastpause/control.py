@@ -169,7 +169,7 @@ class ControlPlane:
         at the limit (new clients wait in the listen backlog), accept again once the
         open connections are below 90% of it."""
         if at_capacity == (not self.listeners.accepting):
-            return
+            return  # a reload already acted on it (see ``_set_connection_limit``)
         if at_capacity:
             self.listeners.stop_accepting()
             say(f"connection limit {self.engine.max_connections} reached: not accepting")
@@ -181,8 +181,8 @@ class ControlPlane:
         """A reload's ``max_connections``. The data plane checks its limit only as
         connections open and close, so a limit lifted (or raised above the connections
         open now) while the listeners are paused takes effect here, at once."""
-        self.engine.max_connections = limit
-        if limit == 0 or self.engine.connections() < limit:
+        previous, self.engine.max_connections = self.engine.max_connections, limit
+        if limit == 0 or (limit > previous and self.engine.connections() < limit):
             self.on_capacity(False)
 
     # ------------------------------------------------------------ reload

@@ -103,8 +103,9 @@ def _engine_metrics(stats: dict[str, int]) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "fastpause_at_capacity",
-        "1 while max_connections client connections are open and the listeners do not "
-        "accept (new clients wait in the listen backlog).",
+        "1 from the moment max_connections client connections are open until fewer than "
+        "90% of it are: the listeners do not accept meanwhile (new clients wait in the "
+        "listen backlog).",
         value=int(stats["at_capacity"]),
     )
     yield GaugeMetricFamily(
