@@ -40,12 +40,25 @@ class Stack:
         top: dict | None = None,
         upstreams: list[str] | None = None,
         with_backend: bool = True,
+        routes: list[dict] | None = None,
     ) -> None:
+        """``routes`` replaces the single route (an upstream "BACKEND" is the backend)."""
         self.tmp = tmp
         self.backend = conftest.Backend(tmp, "backend") if with_backend else None
         addresses = upstreams or [self.backend.address]
         route_cfg = {"name": "app", "upstreams": addresses}
         route_cfg.update(route or {})
+        route_cfgs = [route_cfg]
+        if routes is not None:
+            route_cfgs = [
+                {
+                    **r,
+                    "upstreams": [
+                        self.backend.address if u == "BACKEND" else u for u in r["upstreams"]
+                    ],
+                }
+                for r in routes
+            ]
         self.proxy = None
         last = None
         for attempt in range(3):
@@ -56,7 +69,7 @@ class Stack:
             }
             top_cfg.update(top or {})
             path = tmp / f"proxy{attempt}.toml"
-            path.write_text(conftest.render_config(top_cfg, [route_cfg]))
+            path.write_text(conftest.render_config(top_cfg, route_cfgs))
             try:
                 self.proxy = conftest.Proxy(path, tmp, f"proxy{attempt}")
                 break
@@ -151,6 +164,7 @@ class Script:
     ends the exchange; without one the connection is kept)."""
 
     steps: list = field(default_factory=list)
+    early: bool = False  # answer right after the head, without reading the body
 
     @classmethod
     def reply(cls, data: bytes, then: str = KEEP) -> Script:
@@ -238,16 +252,19 @@ class RawUpstream:
         try:
             while not self._stop.is_set():
                 try:
-                    target = self._read_request(sock, buf)
+                    head = self._read_head(sock, buf)
+                    script = self._script_for(head[0]) if head else None
+                    if head and not script.early and not self._read_body(sock, buf, *head[1:]):
+                        head = None
                 except ConnectionResetError:
-                    target = None
-                if target is None:
+                    head = None
+                if head is None:
                     with self.lock:
                         self.closed_by_peer.add(n)
                     return
                 with self.lock:
-                    self.requests.append((n, target))
-                if not self._run(sock, self._script_for(target), n):
+                    self.requests.append((n, head[0]))
+                if not self._run(sock, script, n):
                     return
         except (OSError, ValueError) as e:
             if not self._stop.is_set() and not isinstance(e, ConnectionError | TimeoutError):
@@ -278,8 +295,8 @@ class RawUpstream:
         buf += data
         return True
 
-    def _read_request(self, sock: socket.socket, buf: bytearray) -> str | None:
-        """Read one request (head and body) the proxy sends; its target, None at EOF."""
+    def _read_head(self, sock: socket.socket, buf: bytearray):
+        """Read one request head: (target, content length, chunked), None at EOF."""
         while b"\r\n\r\n" not in buf:
             if not self._recv_more(sock, buf):
                 return None
@@ -296,37 +313,41 @@ class RawUpstream:
                 length = int(value.strip())
             elif name.strip().lower() == b"transfer-encoding":
                 chunked = True
+        return target, length, chunked
+
+    def _read_body(self, sock: socket.socket, buf: bytearray, length: int, chunked: bool) -> bool:
+        """Read (and drop) the request body; False at EOF."""
         if chunked:
             while True:
                 while b"\r\n" not in buf:
                     if not self._recv_more(sock, buf):
-                        return None
+                        return False
                 i = buf.index(b"\r\n")
                 size = int(bytes(buf[:i]).split(b";")[0], 16)
                 del buf[: i + 2]
                 if size == 0:
                     while b"\r\n" not in buf:
                         if not self._recv_more(sock, buf):
-                            return None
+                            return False
                     # trailers (the proxy forwards none in these tests) end with CRLF
                     while not buf.startswith(b"\r\n"):
                         j = buf.index(b"\r\n")
                         del buf[: j + 2]
                         while b"\r\n" not in buf:
                             if not self._recv_more(sock, buf):
-                                return None
+                                return False
                     del buf[:2]
                     break
                 while len(buf) < size + 2:
                     if not self._recv_more(sock, buf):
-                        return None
+                        return False
                 del buf[: size + 2]
         else:
             while len(buf) < length:
                 if not self._recv_more(sock, buf):
-                    return None
+                    return False
             del buf[:length]
-        return target
+        return True
 
     def _run(self, sock: socket.socket, script: Script, n: int) -> bool:
         """Play ``script``; True to keep reading requests on this connection."""

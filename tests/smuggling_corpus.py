@@ -422,6 +422,38 @@ NEUTRALIZED: list[Neutral] = [
 # fmt: on
 
 
+# ------------------------------------------------------------------ Host confusion
+
+PUBLIC, ADMIN = "public", "admin"
+
+# Host confusion (test_smuggling.py, two routes by host: public.test and admin.test):
+# (id, request bytes, route that must answer (None: refused), status, Host it must see;
+# status None: either 400 or 404 is fine). "{t}" is replaced by a per-case tag.
+# fmt: off
+HOST_CASES = [
+    ("host-public", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test\r\n\r\n", PUBLIC, 200, "public.test"),
+    ("host-admin", b"GET /inspect/{t} HTTP/1.1\r\nHost: admin.test\r\n\r\n", ADMIN, 200, "admin.test"),
+    ("abs-admin-host-public", b"GET http://admin.test/inspect/{t} HTTP/1.1\r\nHost: public.test\r\n\r\n", ADMIN, 200, "admin.test"),
+    ("abs-public-host-admin", b"GET http://public.test/inspect/{t} HTTP/1.1\r\nHost: admin.test\r\n\r\n", PUBLIC, 200, "public.test"),
+    ("abs-https-uppercase", b"GET HTTPS://ADMIN.test:443/inspect/{t} HTTP/1.1\r\nHost: public.test\r\n\r\n", ADMIN, 200, "ADMIN.test:443"),
+    ("host-uppercase", b"GET /inspect/{t} HTTP/1.1\r\nHost: ADMIN.TEST\r\n\r\n", ADMIN, 200, "ADMIN.TEST"),
+    ("host-trailing-dot", b"GET /inspect/{t} HTTP/1.1\r\nHost: admin.test.\r\n\r\n", ADMIN, 200, "admin.test."),
+    ("host-port", b"GET /inspect/{t} HTTP/1.1\r\nHost: admin.test:8080\r\n\r\n", ADMIN, 200, "admin.test:8080"),
+    ("xfh-ignored", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test\r\nX-Forwarded-Host: admin.test\r\n\r\n", PUBLIC, 200, "public.test"),
+    ("http10-no-host-abs", b"GET http://admin.test/inspect/{t} HTTP/1.0\r\n\r\n", ADMIN, 200, "admin.test"),
+    ("unknown-host", b"GET /inspect/{t} HTTP/1.1\r\nHost: evil.test\r\n\r\n", None, 404, None),
+    ("empty-host", b"GET /inspect/{t} HTTP/1.1\r\nHost:\r\n\r\n", None, 404, None),
+    ("ip-literal-host", b"GET /inspect/{t} HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", None, 404, None),
+    ("suffix-is-not-a-match", b"GET /inspect/{t} HTTP/1.1\r\nHost: notadmin.test\r\n\r\n", None, 404, None),
+    ("host-userinfo", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test@admin.test\r\n\r\n", None, 400, None),
+    ("host-list", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test,admin.test\r\n\r\n", None, None, None),
+    ("host-two-lines", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test\r\nHost: admin.test\r\n\r\n", None, 400, None),
+    ("abs-userinfo", b"GET http://public.test@admin.test/inspect/{t} HTTP/1.1\r\nHost: admin.test\r\n\r\n", None, 400, None),
+    ("host-space-admin", b"GET /inspect/{t} HTTP/1.1\r\nHost: public.test admin.test\r\n\r\n", None, 400, None),
+]
+# fmt: on
+
+
 # ------------------------------------------------------------------ differences with llhttp
 
 # Heads fastpause rejects (with the status in ATTACKS) that llhttp, in its strict
@@ -555,6 +587,7 @@ class LlhttpResult:
     chunked: bool
     body: bytes
     messages: int
+    upgrade: bool = False
 
 
 def llhttp_run(data: bytes) -> LlhttpResult:
@@ -566,13 +599,14 @@ def llhttp_run(data: bytes) -> LlhttpResult:
     head_error = False
     end = data.find(b"\r\n\r\n")
     pieces = [data] if end < 0 else [data[: end + 4], data[end + 4 :]]
+    upgrade = False
     try:
         for i, piece in enumerate(pieces):
             head_error = i == 0
             if piece:
                 parser.feed_data(piece)
     except httptools.HttpParserUpgrade:
-        pass
+        upgrade = True
     except httptools.HttpParserError as exc:
         error = f"{type(exc).__name__}: {exc}"
     head = None
@@ -581,7 +615,29 @@ def llhttp_run(data: bytes) -> LlhttpResult:
     if cb.head_done and not (error and head_error):
         major, _, minor = cb.version.partition(".")
         head = (cb.method, cb.url, (int(major), int(minor)), cb.headers)
-    return LlhttpResult(head, error, cb.complete, cb.chunked, bytes(cb.body), cb.begun)
+    return LlhttpResult(head, error, cb.complete, cb.chunked, bytes(cb.body), cb.begun, upgrade)
+
+
+PROBE_CHUNKED = b"3\r\nabc\r\n0\r\n\r\n"
+
+
+def probe_body(framing: tuple) -> tuple[bytes, bytes]:
+    """Bytes to put after a head with ``framing``, and the body a parser must read."""
+    if framing == ("chunked",):
+        return PROBE_CHUNKED, b"abc"
+    n = framing[1]
+    return b"x" * n, b"x" * n
+
+
+def llhttp_same_framing(head: bytes, framing: tuple) -> tuple[bool, LlhttpResult]:
+    """Does llhttp, given ``head`` plus a body framed as ``framing`` says, read the same
+    body and end the message at the same byte? (True when llhttp rejects the head.)"""
+    extra, body = probe_body(framing)
+    ll = llhttp_run(head + extra + GOOD)
+    if ll.head is None or ll.upgrade:
+        return True, ll
+    # what follows the message is llhttp's business (it refuses data after a close)
+    return (ll.body_complete and ll.body == body), ll
 
 
 def framing_of(headers: list[tuple[bytes, bytes]]) -> tuple:
@@ -593,6 +649,65 @@ def framing_of(headers: list[tuple[bytes, bytes]]) -> tuple:
         if n.lower() == b"content-length":
             return ("length", int(v.split(b",")[0].strip()))
     return ("length", 0)
+
+
+# ------------------------------------------------------------------ head oracles
+# (used by test_fuzz.py and the atheris harness fuzz/fuzz_request_head.py)
+
+_TCHAR = set(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_FIELD_VALUE_CHARS = set(range(0x21, 0x7F)) | set(range(0x80, 0x100)) | {0x20, 0x09}
+
+
+def _framing(result) -> tuple:
+    return framing_of([(bytes(n), bytes(v)) for n, v in result[3]])
+
+
+def check_accepted_head(data: bytes, result) -> None:
+    """The invariants of an accepted head."""
+    method, target, version, headers = result
+    tchar = _TCHAR
+    assert method and all(c in tchar for c in method), method
+    assert target and all(0x21 <= c <= 0x7E for c in target), target
+    assert tuple(version) in ((1, 0), (1, 1)), version
+    stripped = data.replace(b"\r\n", b"")
+    assert b"\r" not in stripped and b"\n" not in stripped, "bare CR/LF accepted"
+    names = []
+    for name, value in headers:
+        assert name and all(c in tchar for c in name), name
+        assert all(c in _FIELD_VALUE_CHARS for c in value), value
+        assert value == value.strip(b" \t"), value
+        names.append(bytes(name).lower())
+    te = [bytes(v) for n, v in headers if bytes(n).lower() == b"transfer-encoding"]
+    cl = [bytes(v) for n, v in headers if bytes(n).lower() == b"content-length"]
+    assert not (te and cl), "Content-Length with Transfer-Encoding accepted"
+    if te:
+        assert tuple(version) == (1, 1), "Transfer-Encoding in HTTP/1.0 accepted"
+        codings = [c.strip(b" \t").lower() for v in te for c in v.split(b",") if c.strip(b" \t")]
+        assert codings and codings[-1] == b"chunked", codings
+        assert codings.count(b"chunked") == 1, codings
+    if cl:
+        values = {v.strip(b" \t") for c in cl for v in c.split(b",")}
+        assert all(v.isdigit() and len(v) <= 18 for v in values), cl
+        assert len({int(v) for v in values}) == 1, cl
+    if tuple(version) == (1, 1):
+        assert names.count(b"host") == 1, names
+    else:
+        assert names.count(b"host") <= 1, names
+
+
+def check_head_against_llhttp(data: bytes, result) -> None:
+    ll = llhttp_run(data)
+    if ll.head is None:
+        return  # llhttp rejects: it cannot read the head another way
+    method, target, version, headers = result
+    assert ll.head == (
+        bytes(method),
+        bytes(target),
+        tuple(version),
+        [(bytes(n), bytes(v)) for n, v in headers],
+    ), f"llhttp reads {data!r} differently: {ll.head} vs {result}"
+    same, ll2 = llhttp_same_framing(data, _framing(result))
+    assert same, f"llhttp frames the body of {data!r} differently from {_framing(result)}: {ll2}"
 
 
 def sha256(data: bytes) -> str:

@@ -17,6 +17,7 @@ never see it.
 
 from __future__ import annotations
 
+import conftest
 import pytest
 import smuggling_corpus as sc
 from fault_support import Stack
@@ -237,3 +238,78 @@ def test_neutral_differential(core, case):
 def test_corpus_size():
     assert len(sc.ATTACKS) >= 100
     assert len({a.id for a in sc.ATTACKS}) == len(sc.ATTACKS)
+
+
+# --------------------------------------------------------------------------- Host confusion
+
+PUBLIC, ADMIN, HOST_CASES = sc.PUBLIC, sc.ADMIN, sc.HOST_CASES
+
+
+@pytest.fixture(scope="module")
+def hosts_stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hosts")
+    admin = conftest.Backend(tmp, "admin-backend")
+    s = Stack(
+        tmp,
+        routes=[
+            {"name": "public", "hosts": ["public.test"], "upstreams": ["BACKEND"]},
+            {"name": "admin", "hosts": ["admin.test"], "upstreams": [admin.address]},
+        ],
+    )
+    yield s, {PUBLIC: s.backend, ADMIN: admin}
+    problems = s.stop()
+    admin_stats = admin.stats()
+    admin.kill()
+    assert admin_stats["parse_errors"] == 0
+    assert not problems, "\n".join(problems)
+
+
+def _routed_to(backends: dict, path: str) -> list[str]:
+    return [name for name, b in backends.items() if b.stats()["paths"].get(path)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "route", "status", "host"), [c[1:] for c in HOST_CASES], ids=[c[0] for c in HOST_CASES]
+)
+def test_host_routing_is_consistent(hosts_stack, raw, route, status, host):
+    """The route that answers and the Host its backend sees always agree: the
+    absolute-form authority wins over Host for both (RFC 9112 3.2.2), the client's
+    X-Forwarded-Host is not trusted, and an ambiguous Host is refused."""
+    stack, backends = hosts_stack
+    tag = f"h{HOST_CASES.index(next(c for c in HOST_CASES if c[1] == raw))}"
+    path = f"/inspect/{tag}"
+    with RawConn(stack.port) as conn:
+        conn.send(raw.replace(b"{t}", tag.encode()))
+        resp = conn.read_response()
+    if status is None:  # a legal but odd host: either refused or no route
+        assert resp.status in (400, 404), resp
+    else:
+        assert resp.status == status, resp
+    if route is None:
+        assert _routed_to(backends, path) == [], "a refused request reached a backend"
+        return
+    assert _routed_to(backends, path) == [route]
+    info = resp.json()
+    headers = [(n.lower(), v) for n, v in info["headers"]]
+    assert [v for n, v in headers if n == "host"] == [host], info
+    xfh = [v for n, v in headers if n == "x-forwarded-host"]
+    assert xfh == [host], f"X-Forwarded-Host is not the request's own host: {info}"
+
+
+def test_each_pipelined_request_is_routed_on_its_own(hosts_stack):
+    """Routing is per request, not per connection: pipelined requests for two hosts on
+    one keep-alive connection each reach their own route."""
+    stack, backends = hosts_stack
+    reqs = [
+        ("public.test", "/inspect/pipe-a"),
+        ("admin.test", "/inspect/pipe-b"),
+        ("public.test", "/inspect/pipe-c"),
+        ("admin.test", "/inspect/pipe-d"),
+    ]
+    with RawConn(stack.port) as conn:
+        conn.send(b"".join(f"GET {p} HTTP/1.1\r\nHost: {h}\r\n\r\n".encode() for h, p in reqs))
+        for _, p in reqs:
+            resp = conn.read_response()
+            assert resp.status == 200 and resp.json()["target"] == p, resp
+    for h, p in reqs:
+        assert _routed_to(backends, p) == [PUBLIC if h == "public.test" else ADMIN], p

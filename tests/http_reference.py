@@ -1,0 +1,258 @@
+"""Reference readers for the fuzz oracles: what RFC 9112 (plus fastpause's documented
+limits) says a chunked body or an upstream response means.
+
+Written from the RFC grammar, independently of the Cython code. Each reader returns a
+verdict: ``OK`` (exactly one reading), ``BAD`` (invalid: must be rejected),
+``INCOMPLETE`` (valid so far, more bytes needed), or ``EITHER`` for the few inputs
+where fastpause's documented choice and the strict grammar part ways without any
+ambiguity of framing (then both outcomes are fine, but an accepted message must
+still have the one reading computed here).
+
+No pytest or fastpause imports: the atheris harnesses in ``fuzz/`` use it too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+OK = "ok"
+BAD = "bad"
+INCOMPLETE = "incomplete"
+EITHER = "either"
+
+TCHAR = set(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+OWS = set(b" \t")
+VCHAR_OBS = set(range(0x21, 0x7F)) | set(range(0x80, 0x100))
+FIELD_VALUE_CHARS = VCHAR_OBS | OWS
+QDTEXT = (
+    {0x09, 0x20, 0x21} | set(range(0x23, 0x5C)) | set(range(0x5D, 0x7F)) | set(range(0x80, 0x100))
+)
+
+MAX_CHUNK_LINE = 4096  # bytes of a chunk size line, its CR included
+MAX_TRAILER_BYTES = 16384
+FORBIDDEN_TRAILERS = {b"content-length", b"transfer-encoding", b"host"}
+
+
+@dataclass
+class Chunked:
+    verdict: str
+    body: bytes = b""
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    end: int = 0  # index just after the message (OK / EITHER)
+    why: str = ""
+
+
+def _chunk_ext_ok(ext: bytes) -> str:
+    """Validate ``chunk-ext`` (what follows the size on its line): OK, BAD or EITHER."""
+    i, n = 0, len(ext)
+    lenient = False
+    while i < n:
+        while i < n and ext[i] in OWS:
+            i += 1
+        if i == n:
+            # whitespace at the end of the line: allowed after a value, not after a size or
+            # a name (fastpause's choice); the grammar allows BWS only before ';' or '='
+            return BAD
+        if ext[i] != 0x3B:
+            return BAD
+        i += 1
+        while i < n and ext[i] in OWS:
+            i += 1
+        s = i
+        while i < n and ext[i] in TCHAR:
+            i += 1
+        if i == s:
+            return BAD
+        j = i
+        while j < n and ext[j] in OWS:
+            j += 1
+        if j < n and ext[j] == 0x3D:
+            i = j + 1
+            while i < n and ext[i] in OWS:
+                i += 1
+            if i < n and ext[i] == 0x22:
+                i += 1
+                while True:
+                    if i >= n:
+                        return BAD
+                    c = ext[i]
+                    if c == 0x22:
+                        i += 1
+                        break
+                    if c == 0x5C:
+                        if i + 1 >= n or ext[i + 1] not in FIELD_VALUE_CHARS:
+                            return BAD
+                        i += 2
+                        continue
+                    if c not in QDTEXT:
+                        return BAD
+                    i += 1
+            else:
+                s = i
+                while i < n and ext[i] in TCHAR:
+                    i += 1
+                if i == s:
+                    return BAD
+            k = i
+            while k < n and ext[k] in OWS:
+                k += 1
+            if k == n and k > i:
+                lenient = True  # "a=b " before CRLF: fastpause accepts, the grammar does not
+                i = k
+        else:
+            if j == n and j > i:
+                return BAD  # "a " before CRLF
+            i = j if j < n and ext[j] == 0x3B else i
+    return EITHER if lenient else OK
+
+
+def _field_line(line: bytes) -> tuple[bytes, bytes] | None:
+    """A field line (without CRLF) per RFC 9112 5: (name, value) or None if invalid."""
+    if not line or line[0] in OWS:
+        return None
+    name, sep, value = line.partition(b":")
+    if not sep or not name or any(c not in TCHAR for c in name):
+        return None
+    if any(c not in FIELD_VALUE_CHARS for c in value):
+        return None
+    return name, value.strip(b" \t")
+
+
+def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
+    """Decode a chunked body starting at ``pos``; stops at the end of the message."""
+    body = bytearray()
+    n = len(data)
+    lenient = False
+    while True:
+        eol = data.find(b"\r\n", pos)
+        line_end = n if eol < 0 else eol
+        line = data[pos:line_end]
+        # bare CR / LF anywhere in the size line
+        if b"\n" in line or b"\r" in line[:-1] or (eol < 0 and b"\r" in line[:-1]):
+            return Chunked(BAD, why="bare CR/LF in chunk size line")
+        if eol < 0:
+            # an unfinished size line: fastpause may already see it is invalid (400) or
+            # wait for more; both refuse the message, which is all the oracles need
+            return Chunked(INCOMPLETE, bytes(body))
+        if len(line) + 1 > MAX_CHUNK_LINE:
+            return Chunked(BAD, why="chunk size line too long")
+        m = re.match(rb"[0-9a-fA-F]+", line)
+        if not m:
+            return Chunked(BAD, why="invalid chunk size")
+        digits = m.group(0).lstrip(b"0")
+        if len(digits) > 15:
+            return Chunked(BAD, why="chunk size too large")
+        size = int(m.group(0), 16)
+        ext = _chunk_ext_ok(line[m.end() :])
+        if ext == BAD:
+            return Chunked(BAD, why="invalid chunk extension")
+        lenient = lenient or ext == EITHER
+        pos = eol + 2
+        if size == 0:
+            break
+        if n - pos < size:
+            return Chunked(INCOMPLETE, bytes(body + data[pos:n]))
+        body += data[pos : pos + size]
+        pos += size
+        if n - pos < 2:
+            if data[pos:n] not in (b"", b"\r"):
+                return Chunked(BAD, why="chunk data not followed by CRLF")
+            return Chunked(INCOMPLETE, bytes(body))
+        if data[pos : pos + 2] != b"\r\n":
+            return Chunked(BAD, why="chunk data not followed by CRLF")
+        pos += 2
+    trailers: list[tuple[bytes, bytes]] = []
+    total = 0
+    while True:
+        eol = data.find(b"\r\n", pos)
+        line = data[pos : n if eol < 0 else eol]
+        if b"\n" in line or b"\r" in line[:-1]:
+            return Chunked(BAD, why="bare CR/LF in trailer section")
+        if eol < 0:
+            return Chunked(INCOMPLETE, bytes(body))
+        if not line:
+            pos = eol + 2
+            break
+        total += len(line) + 2
+        f = _field_line(line)
+        if f is None:
+            return Chunked(BAD, why="invalid trailer field")
+        if f[0].lower() in FORBIDDEN_TRAILERS:
+            return Chunked(BAD, why="framing or routing field in trailers")
+        if abs(total - MAX_TRAILER_BYTES) <= 4:
+            lenient = True
+        elif total > MAX_TRAILER_BYTES:
+            return Chunked(BAD, why="trailer section too large")
+        trailers.append(f)
+        pos = eol + 2
+    return Chunked(EITHER if lenient else OK, bytes(body), trailers, pos)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@dataclass
+class Response:
+    verdict: str  # OK / BAD (head invalid: 502) / EITHER
+    status: int = 0
+    framing: str = ""  # "none" | "length" | "chunked" | "close"
+    length: int = 0
+    head_end: int = 0
+    why: str = ""
+
+
+_STATUS = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})( [\t \x21-\x7e\x80-\xff]*)?\Z")
+
+
+def parse_response_head(data: bytes, head_request: bool = False) -> Response:
+    """Judge an upstream response head (and its framing) as fastpause must."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return Response(BAD, why="no complete head (the upstream closed)")
+    head = data[: end + 4]
+    if b"\n" in head.replace(b"\r\n", b"") or b"\r" in head.replace(b"\r\n", b""):
+        return Response(BAD, why="bare CR or LF")
+    lines = head[:-4].split(b"\r\n")
+    m = _STATUS.match(lines[0])
+    if not m:
+        return Response(BAD, why="status line")
+    status = int(m.group(1))
+    if status < 100:
+        return Response(BAD, why="status below 100")
+    if m.group(2) is None:
+        return Response(EITHER, why="no SP after the status code (known bug)")
+    cls: list[bytes] = []
+    tes: list[bytes] = []
+    for line in lines[1:]:
+        f = _field_line(line)
+        if f is None:
+            return Response(BAD, why=f"field line {line[:40]!r}")
+        name = f[0].lower()
+        if name == b"content-length":
+            cls += [v.strip(b" \t") for v in f[1].split(b",")]
+        elif name == b"transfer-encoding":
+            tes += [v.strip(b" \t").lower() for v in f[1].split(b",") if v.strip(b" \t")]
+    if any(not v.isdigit() or len(v) > 18 for v in cls) or len({int(v) for v in cls}) > 1:
+        return Response(BAD, why="Content-Length")
+    had_te_field = any(line.lower().startswith(b"transfer-encoding:") for line in lines[1:])
+    if had_te_field and (tes != [b"chunked"]):
+        return Response(BAD, why="Transfer-Encoding other than one chunked")
+    if had_te_field and cls:
+        return Response(BAD, why="Content-Length with Transfer-Encoding")
+    r = Response(OK, status=status, head_end=end + 4)
+    if 100 <= status < 200:
+        r.verdict = BAD if status == 101 else EITHER  # interim: generators avoid these
+        return r
+    if head_request or status in (204, 304):
+        r.framing = "none"
+    elif had_te_field:
+        r.framing = "chunked"
+    elif cls:
+        r.framing = "length"
+        r.length = int(cls[0])
+        if r.length == 0:
+            r.framing = "none"
+    else:
+        r.framing = "close"
+    return r
