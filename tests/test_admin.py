@@ -463,6 +463,31 @@ def test_invalid_config_is_400_and_the_old_one_keeps_running(admin_proxy, backen
     assert proxy.admin.route()["upstreams"][0]["address"] == backend.address
 
 
+def test_reload_adds_routes_and_refuses_ambiguous_ones(admin_proxy, backend, start_backend):
+    proxy = admin_proxy()
+    other = start_backend("other")
+    path = proxy.config_path
+    single = path.read_text()
+    route = f'\n[[routes]]\nname = "{{name}}"\n{{prefix}}upstreams = ["{other.address}"]\n'
+    path.write_text(single + route.format(name="docs", prefix='path_prefix = "/status"\n'))
+    reply = proxy.admin.call("POST", "/reload")
+    assert (reply.status, reply.json()["routes"]) == (200, 2), reply
+    assert [route["name"] for route in proxy.admin.status()["routes"]] == ["app", "docs"]
+    assert proxy.get("/status/204").status == 204
+    assert proxy.get("/inspect").status == 200
+    assert other.stats()["paths"] == {"/status/204": 1}
+    assert backend.stats()["paths"].get("/status/204") is None
+
+    path.write_text(single + route.format(name="app2", prefix=""))
+    reply = proxy.admin.call("POST", "/reload")
+    assert reply.status == 400, reply
+    assert reply.json()["error"] == (
+        f"{path}: routes[1]: route 'app2' and routes[0] ('app') both match any host and any "
+        "path: give one of them other hosts or another path_prefix"
+    )
+    assert [route["name"] for route in proxy.admin.status()["routes"]] == ["app", "docs"]
+
+
 def test_reload_refuses_to_change_the_admin_address(admin_proxy, tmp_path):
     proxy = admin_proxy()
     path = proxy.config_path
