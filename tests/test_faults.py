@@ -148,24 +148,7 @@ RESPONSES = [
 ]
 # fmt: on
 
-# Deviations found by this suite (reported; the assertions stay as they should be).
-KNOWN_BUGS = {
-    "status-no-space": (
-        "the proxy relays 'HTTP/1.1 200' (no SP after the status code) verbatim; RFC 9112 4 "
-        "says a sender MUST send that SP: the client gets a malformed status line"
-    ),
-    "http10-te-chunked": (
-        "RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding MUST be treated as having "
-        "faulty framing; the proxy decodes it as chunked and relays 200 instead of 502"
-    ),
-    "head-too-large": (
-        "the 64 KiB response-head cap (MAX_RESPONSE_HEAD) is only checked while the head is "
-        "incomplete: a bigger head that arrives in one read is relayed (upstream.pxi "
-        "_parse_head checks n > MAX_RESPONSE_HEAD only when no end was found); whether "
-        "this case hits it depends on how the bytes are segmented, so its xfail is not strict"
-    ),
-}
-NOT_STRICT = {"head-too-large"}
+# Cases that found product bugs (fixed in the core; see RELIABILITY.md, findings 1-3).
 # fmt: off
 RESPONSES += [
     ("status-no-space", b"HTTP/1.1 200\r\nContent-Length: 5\r\n\r\nhello", KEEP, RELAYED, b"hello"),
@@ -196,19 +179,10 @@ def raw_stack(tmp_path_factory):
     assert not problems, "\n".join(problems)
 
 
-def _response_params():
-    out = []
-    for case in RESPONSES:
-        marks = ()
-        if case[0] in KNOWN_BUGS:
-            marks = pytest.mark.xfail(
-                strict=case[0] not in NOT_STRICT, reason="product bug: " + KNOWN_BUGS[case[0]]
-            )
-        out.append(pytest.param(*case, id=case[0], marks=marks))
-    return out
-
-
-@pytest.mark.parametrize(("rid", "data", "then", "expect", "body"), _response_params())
+@pytest.mark.parametrize(
+    ("rid", "data", "then", "expect", "body"),
+    [pytest.param(*case, id=case[0]) for case in RESPONSES],
+)
 def test_malformed_upstream_response(raw_stack, rid, data, then, expect, body):
     stack, up = raw_stack
     target = f"/r/{rid}"

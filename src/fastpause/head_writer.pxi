@@ -204,8 +204,12 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
     ``extra`` (or None) is more header lines the proxy adds, ``body`` a whole body to
     append so that head and body leave in one write."""
     _out_begin(r.head_len * 2 + 128 + (len(extra) if extra is not None else 0) + body_len)
-    _put(b"HTTP/1.1", 8)
-    _put(p + 8, r.status_line_len - 8)
+    # RFC 9112 §4: HTTP-version SP status-code SP [ reason-phrase ], whatever came in
+    _put(b"HTTP/1.1 ", 9)
+    _put(p + 9, 3)
+    _put(b" ", 1)
+    if r.status_line_len > 13:
+        _put(p + 13, r.status_line_len - 13)
     _put(b"\r\n", 2)
     _put_kept_fields(p, r.fields, r.nfields, _keep_response_field)
     if r.has_content_length and r.status != 204 and r.status >= 200 and not chunked:

@@ -134,10 +134,12 @@ cdef int _parse_content_length(const unsigned char* p, Py_ssize_t start, Py_ssiz
         v = 0
         digits = 0
         while pos < end and 48 <= p[pos] <= 57:
-            v = v * 10 + (p[pos] - 48)
             digits += 1
+            if digits > 18:
+                return -1  # before the multiplication could overflow
+            v = v * 10 + (p[pos] - 48)
             pos += 1
-        if digits == 0 or digits > 18 or (out[0] >= 0 and out[0] != v):
+        if digits == 0 or (out[0] >= 0 and out[0] != v):
             return -1
         out[0] = v
         while pos < end and _is_ows(p[pos]):

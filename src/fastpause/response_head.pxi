@@ -87,6 +87,9 @@ cdef int parse_response(const unsigned char* p, Py_ssize_t n, ResponseHead* r, F
     if r.has_transfer_encoding and not r.chunked:
         r.error = b"unsupported transfer coding"
         return -1
+    if r.has_transfer_encoding and r.version == 10:
+        r.error = b"Transfer-Encoding in an HTTP/1.0 response"  # RFC 9112 §6.1: faulty framing
+        return -1
     if r.conn_other:
         _drop_connection_named(p, r.fields, r.nfields)
     return 0

@@ -285,7 +285,7 @@ cdef class UpstreamProtocol:
             if end == -2:
                 self._fail(502, "invalid response head from upstream (bare LF)")
                 return -1
-            if end == -1:
+            if end == -1 or end > MAX_RESPONSE_HEAD:
                 if n > MAX_RESPONSE_HEAD:
                     self._fail(502, "response head from upstream too large")
                     return -1
