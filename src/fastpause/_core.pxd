@@ -290,7 +290,7 @@ cdef class Engine:
     cdef RoutingTable _table
     cdef public object access_log
     cdef public long long max_held_bytes
-    cdef public long long max_connections
+    cdef long long _max_connections
     cdef public object on_capacity
     cdef readonly bint at_capacity
     cdef long long n_held_bytes

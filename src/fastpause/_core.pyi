@@ -180,6 +180,7 @@ class Engine:
         """``on_capacity(True)`` when ``max_connections`` client connections are open
         (stop accepting), ``on_capacity(False)`` once below 90% of it (accept again)."""
     max_connections: int
+    """Setting it re-checks the open connections at once (on_capacity if that flips)."""
     on_capacity: Callable[[bool], None] | None
     at_capacity: bool
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:

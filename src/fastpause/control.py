@@ -178,12 +178,9 @@ class ControlPlane:
             say("accepting connections again")
 
     def _set_connection_limit(self, limit: int) -> None:
-        """A reload's ``max_connections``. The data plane checks its limit only as
-        connections open and close, so a limit lifted (or raised above the connections
-        open now) while the listeners are paused takes effect here, at once."""
-        previous, self.engine.max_connections = self.engine.max_connections, limit
-        if limit == 0 or (limit > previous and self.engine.connections() < limit):
-            self.on_capacity(False)
+        """A reload's ``max_connections``: the data plane re-checks the open connections
+        against it at once and signals ``on_capacity`` if that flips."""
+        self.engine.max_connections = limit
 
     # ------------------------------------------------------------ reload
 

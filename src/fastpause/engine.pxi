@@ -14,8 +14,8 @@ cdef class Engine:
         cdef bytes seed = os.urandom(16)
         self.loop = loop
         self.max_held_bytes = max_held_bytes
-        self.max_connections = max_connections
         self.on_capacity = on_capacity
+        self._max_connections = max_connections
         self.access_log = access_log
         self.clients = set()
         self.shutting_down = False
@@ -83,18 +83,35 @@ cdef class Engine:
         cdef int cls = status // 100
         self.n_responses[cls if 1 <= cls <= 5 else 0] += 1
 
+    @property
+    def max_connections(self):
+        return self._max_connections
+
+    @max_connections.setter
+    def max_connections(self, long long limit):
+        """A new limit (reload) takes effect at once: at or over it stops accepting,
+        under it (or 0, no limit) accepts again."""
+        if limit < 0:
+            raise ValueError("max_connections must be >= 0")
+        self._max_connections = limit
+        full = limit > 0 and len(self.clients) >= limit
+        if full != self.at_capacity:
+            self.at_capacity = full
+            if self.on_capacity is not None:
+                self.on_capacity(full)
+
     cdef void client_opened(self, ClientProtocol c):
         self.clients.add(c)
         self.n_connections_total += 1
-        if (self.max_connections and not self.at_capacity
-                and len(self.clients) >= self.max_connections):
+        if (self._max_connections and not self.at_capacity
+                and len(self.clients) >= self._max_connections):
             self.at_capacity = True
             if self.on_capacity is not None:
                 self.on_capacity(True)
 
     cdef void client_closed(self, ClientProtocol c):
         self.clients.discard(c)
-        if self.at_capacity and len(self.clients) < self.max_connections * 9 // 10:
+        if self.at_capacity and len(self.clients) < self._max_connections * 9 // 10:
             # hysteresis: accepting resumes once a tenth of the connections are gone
             self.at_capacity = False
             if self.on_capacity is not None:
