@@ -24,6 +24,11 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # so test modules can `import helpers`
     sys.path.insert(0, str(TESTS_DIR))
 
+# the shared support modules assert too: rewrite them, once, before anything imports them
+pytest.register_assert_rewrite(
+    "helpers", "hold_support", "deploy_support", "ws_support", "fault_support"
+)
+
 from helpers import RawConn, build_request, free_port, request  # noqa: E402
 
 START_TIMEOUT = 60.0

@@ -17,10 +17,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import IncompleteResponse, build_request, free_port
-
-pytest.register_assert_rewrite("hold_support", "deploy_support")  # before they are imported
-from deploy_support import (  # noqa: E402
+from deploy_support import (
     LoadGenerator,
     Streaming,
     deploy_argv,
@@ -33,7 +30,8 @@ from deploy_support import (  # noqa: E402
     route_addresses,
     wait_drained,
 )
-from hold_support import in_thread  # noqa: E402
+from helpers import IncompleteResponse, build_request, free_port
+from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend, ...
 

@@ -12,12 +12,9 @@ a backend's counters against a deadline; nothing sleeps to synchronize.
 
 from __future__ import annotations
 
-import pytest
+from deploy_support import upstream_entries, wait_for
 from helpers import build_request, free_port
-
-pytest.register_assert_rewrite("hold_support", "deploy_support")  # before they are imported
-from deploy_support import upstream_entries, wait_for  # noqa: E402
-from hold_support import in_thread  # noqa: E402
+from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend
 

@@ -12,9 +12,7 @@ import contextlib
 
 import pytest
 from helpers import build_request, chunked, free_port, payload, payload_sha256, sha256
-
-pytest.register_assert_rewrite("hold_support")  # before it is imported
-from hold_support import cli_ok, send_held, send_in_order  # noqa: E402
+from hold_support import cli_ok, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
 

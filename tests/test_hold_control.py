@@ -15,9 +15,7 @@ import time
 
 import pytest
 from helpers import build_request
-
-pytest.register_assert_rewrite("hold_support")  # before it is imported
-from hold_support import cli_ok, metric_value, route_entry, send_held, send_in_order  # noqa: E402
+from hold_support import cli_ok, metric_value, route_entry, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
 

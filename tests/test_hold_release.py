@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from helpers import build_request, free_port, payload, payload_sha256
-
-pytest.register_assert_rewrite("hold_support")  # before it is imported
-from hold_support import cli_ok, in_thread, send_held, send_in_order  # noqa: E402
+from hold_support import cli_ok, in_thread, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
 

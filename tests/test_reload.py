@@ -17,10 +17,7 @@ import os
 import signal
 
 import pytest
-from helpers import IncompleteResponse, build_request, free_port, request
-
-pytest.register_assert_rewrite("hold_support", "deploy_support")  # before they are imported
-from deploy_support import (  # noqa: E402
+from deploy_support import (
     ConfigFile,
     LoadGenerator,
     admin_reload,
@@ -34,7 +31,8 @@ from deploy_support import (  # noqa: E402
     wait_drained,
     wait_for,
 )
-from hold_support import in_thread  # noqa: E402
+from helpers import IncompleteResponse, build_request, free_port, request
+from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, late_backend, identity_backend
 

@@ -17,11 +17,8 @@ import subprocess
 import sys
 
 import pytest
-
-pytest.register_assert_rewrite("ws_support")
-
-from helpers import build_request, free_port  # noqa: E402
-from ws_support import ProxySet, render_config, start_ws_backends  # noqa: E402
+from helpers import build_request, free_port
+from ws_support import ProxySet, render_config, start_ws_backends
 
 pytest_plugins = ["ws_support"]  # fixtures: ws_backend, routes_proxy
 
@@ -229,8 +226,8 @@ def inspect_target(resp) -> str:
 
 def test_strip_path_prefix(backend, routes_proxy):
     """``/v1/x`` is forwarded as ``/x``, ``/v1`` as ``/``; a route without
-    ``strip_path_prefix`` (``/inspect``) forwards the target unchanged. The real backend's ``/inspect``
-    reports the target it received."""
+    ``strip_path_prefix`` (``/inspect``) forwards the target unchanged. The real
+    backend's ``/inspect`` reports the target it received."""
     proxy = routes_proxy(
         [
             {

@@ -13,10 +13,7 @@ import json
 import threading
 
 import pytest
-from helpers import build_request
-
-pytest.register_assert_rewrite("hold_support", "deploy_support")  # before they are imported
-from deploy_support import (  # noqa: E402
+from deploy_support import (
     ConfigFile,
     deploy_cli,
     describe,
@@ -24,7 +21,8 @@ from deploy_support import (  # noqa: E402
     route_addresses,
     wait_for,
 )
-from hold_support import Admin, in_thread  # noqa: E402
+from helpers import build_request
+from hold_support import Admin, in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend, ...
 
