@@ -237,6 +237,7 @@ cdef class RouteState:
     cdef double release_credit
     cdef object pacer
     cdef bint draining
+    cdef ClientProtocol blocker
     cdef object prober
     cdef Route probe_route
     cdef bint unavailable
@@ -260,6 +261,7 @@ cdef class RouteState:
     cdef void _observe(self, double seconds)
     cdef void release_all(self)
     cdef void _top_up(self)
+    cdef void unblock(self)
     cdef void _start_pacing(self)
     cdef void note_unavailable(self, Route route)
     cdef void upstream_up(self, Upstream up)
@@ -416,6 +418,7 @@ cdef class ClientProtocol:
     cdef bint was_held
     cdef bytes set_cookie
     cdef bint route_active
+    cdef RouteState releaser
     cdef void _append(self, object data)
     cdef void _advance(self)
     cdef int _read_head(self)
@@ -436,6 +439,7 @@ cdef class ClientProtocol:
     cdef void _hold_pending(self, Py_ssize_t n)
     cdef void _body_complete(self)
     cdef void _request_broken(self, int status, str why)
+    cdef void _release_may_go_on(self)
     cdef void upstream_ready(self, UpstreamProtocol up)
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable)
     cdef void interim_response(self, bytes head)

@@ -254,6 +254,7 @@ cdef class ClientProtocol:
         """Park this request in its route's queue (HELD); the connection just waits."""
         cdef Route route = self.route
         cdef RouteState rs = route.state
+        self._release_may_go_on()
         if self.route_active:
             self.route_active = False
             rs.request_ended()
@@ -449,6 +450,14 @@ cdef class ClientProtocol:
 
     # -- upstream events -----------------------------------------------------------
 
+    cdef void _release_may_go_on(self):
+        """This request no longer holds up its queue's release (see RouteState._top_up)."""
+        cdef RouteState rs = self.releaser
+        if rs is not None:
+            self.releaser = None
+            if rs.blocker is self:
+                rs.unblock()
+
     cdef void upstream_ready(self, UpstreamProtocol up):
         """An upstream connection is ours: write the head and whatever body arrived."""
         cdef list pending = self.pending
@@ -464,6 +473,7 @@ cdef class ClientProtocol:
         self._resume(P_CONNECTING)
         if self.req_done:
             up.request_complete()
+        self._release_may_go_on()
 
     cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable):
         """The exchange failed before any response byte reached the client."""
@@ -621,6 +631,7 @@ cdef class ClientProtocol:
 
     cdef void _end_request(self):
         """Count and log the request that just ended (also rejected heads)."""
+        self._release_may_go_on()
         self.engine.count_response(self.status)
         if self.held_queue is not None:
             self.engine.n_held_bytes -= self.pending_bytes

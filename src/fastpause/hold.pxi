@@ -113,16 +113,32 @@ cdef class RouteState:
         self._top_up()
 
     cdef void _top_up(self):
+        """Release the next held requests while the window has room.
+
+        A released request that must wait for a new upstream connection stops the
+        loop until its request is written (or it ends): the next one could
+        otherwise take a pooled connection and reach the upstream first. Requests
+        leave in arrival order and reach the upstream in arrival order.
+        """
         cdef ClientProtocol c
         cdef Py_ssize_t n = self.count  # those that go straight back in wait for next time
         while (n > 0 and self.head is not None and self.mode == MODE_RUNNING
-               and self.in_flight < RELEASE_WINDOW):
+               and self.in_flight < RELEASE_WINDOW and self.blocker is None):
             n -= 1
             c = self.pop()
             self.n_released += 1
             c.release()
+            if c.upstream is not None and c.pending is not None:  # still connecting
+                self.blocker = c
+                c.releaser = self
         if self.head is None or self.mode != MODE_RUNNING:
             self.draining = False
+
+    cdef void unblock(self):
+        """The request that held up the release went out (or ended): go on."""
+        self.blocker = None
+        if self.draining:
+            self._top_up()
 
     cdef void _start_pacing(self):
         if self.pacer is None and self.head is not None:
@@ -232,7 +248,7 @@ cdef class RouteState:
 
     cdef void request_ended(self):
         self.in_flight -= 1
-        if self.draining:
+        if self.draining and self.blocker is None:
             self._top_up()
         if self.in_flight == 0 and self.drain_waiters is not None:
             waiters, self.drain_waiters = self.drain_waiters, None
