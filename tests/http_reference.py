@@ -220,8 +220,8 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
     status = int(m.group(1))
     if status < 100:
         return Response(BAD, why="status below 100")
-    if m.group(2) is None:
-        return Response(EITHER, why="no SP after the status code (known bug)")
+    # a status line without the SP after the code is still one reading (the proxy sends
+    # the SP itself: RFC 9112 4)
     cls: list[bytes] = []
     tes: list[bytes] = []
     for line in lines[1:]:
@@ -236,6 +236,8 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
     if any(not v.isdigit() or len(v) > 18 for v in cls) or len({int(v) for v in cls}) > 1:
         return Response(BAD, why="Content-Length")
     had_te_field = any(line.lower().startswith(b"transfer-encoding:") for line in lines[1:])
+    if had_te_field and lines[0].startswith(b"HTTP/1.0"):
+        return Response(BAD, why="RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing")
     if had_te_field and (tes != [b"chunked"]):
         return Response(BAD, why="Transfer-Encoding other than one chunked")
     if had_te_field and cls:

@@ -270,7 +270,10 @@ def responses(draw):
     if draw(st.booleans()):
         fields.append(draw(st.sampled_from([b"Connection: close", b"Connection: keep-alive"])))
     draw(st.randoms()).shuffle(fields)
-    head = version + b" %d " % status + reason + b"\r\n" + b"".join(f + b"\r\n" for f in fields)
+    status_line = version + b" %d " % status + reason
+    if not reason and draw(st.booleans()):
+        status_line = status_line[:-1]  # no SP after the code: the proxy must add it
+    head = status_line + b"\r\n" + b"".join(f + b"\r\n" for f in fields)
     data = bytearray(head + b"\r\n" + payload)
     if draw(st.integers(0, 3)) == 0:  # a mutation anywhere
         i = draw(st.integers(0, len(data) - 1))
@@ -308,8 +311,7 @@ def expected_response(data: bytes, head_request: bool):
 def test_response_framer_end_to_end(raw_stack, data, head_request):
     stack, up = raw_stack
     r = ref.parse_response_head(data, head_request)
-    assume(r.verdict != ref.EITHER)  # the known status-line bug has its own test
-    assume(not (data.startswith(b"HTTP/1.0") and r.framing == "chunked"))  # known bug
+    assume(r.verdict != ref.EITHER)  # interim responses: not generated on purpose
     path = f"/fz/{next(_counter)}"
     up.scripts[path] = Script([(SEND, data), CLOSE])
     method = "HEAD" if head_request else "GET"
