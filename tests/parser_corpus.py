@@ -15,8 +15,8 @@ Three tables:
 * ``LOOSER_THAN_LLHTTP``: the other direction: the head is valid per RFC 9112
   and fastpause accepts it, llhttp rejects it.
 
-This module is imported by path from the test files (pytest runs with
-``--import-mode=importlib``, so ``tests/`` is not on ``sys.path``).
+The test files import it by name: ``tests/conftest.py`` puts ``tests/`` on
+``sys.path`` (pytest runs with ``--import-mode=importlib``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from typing import Any
 import httptools
 
 OK = "ok"
+
+# 400/414/431/505 per the parser's rules, plus 417 for a well-formed head with an
+# Expect other than 100-continue (RFC 9110 10.1.1).
+REJECT_STATUSES = {400, 414, 417, 431, 505}
 
 CRLF = b"\r\n"
 HOST = b"Host: example.com"

@@ -8,30 +8,9 @@ is not built; everything that needs fastpause imports the *installed*
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import parser_corpus as pc
 import pytest
-
-
-def _load_corpus():
-    name = "parser_corpus"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).with_name("parser_corpus.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load_corpus()
-
-# 400/414/431/505 per the parser's rules, plus 417 for a well-formed head with an
-# Expect other than 100-continue (RFC 9110 10.1.1).
-REJECT_STATUSES = {400, 414, 417, 431, 505}
+from parser_corpus import REJECT_STATUSES
 
 
 @pytest.fixture(scope="module")

@@ -11,33 +11,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
+import parser_corpus as pc
 import pytest
 from hypothesis import HealthCheck, assume, example, given, note, settings
 from hypothesis import strategies as st
+from parser_corpus import REJECT_STATUSES
 
-
-def _load_corpus():
-    name = "parser_corpus"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).with_name("parser_corpus.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pc = _load_corpus()
-
-# 400/414/431/505 per the parser's rules, plus 417 for a well-formed head with an
-# Expect other than 100-continue (RFC 9110 10.1.1).
-REJECT_STATUSES = {400, 414, 417, 431, 505}
 OWS = b" \t"
 # Names with field-specific rules; the generator adds them deliberately.
 FRAMING_NAMES = {b"host", b"content-length", b"transfer-encoding", b"expect"}
