@@ -31,7 +31,6 @@ cdef class ClientProtocol:
         self.engine = engine
         self.https = https
         self.deadline = Deadline(engine.loop, self._on_deadline_cb)
-        self.chunks = ChunkedDecoder()
         self.state = C_IDLE
 
     # -- asyncio protocol callbacks ------------------------------------------------
@@ -207,7 +206,11 @@ cdef class ClientProtocol:
             self._send_error(413, f"request body larger than {route.max_body_size} bytes", True, 0)
             return
         if h.body_kind == BODY_CHUNKED:
-            self.chunks.reset()
+            # made on first use: most connections never carry a chunked request body
+            if self.chunks is None:
+                self.chunks = ChunkedDecoder()
+            else:
+                self.chunks.reset()
         self.pending = []
         self.pending_bytes = 0
         self.held_for = 0.0
