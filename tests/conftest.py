@@ -29,7 +29,7 @@ pytest.register_assert_rewrite(
     "helpers", "hold_support", "deploy_support", "ws_support", "fault_support"
 )
 
-from helpers import RawConn, build_request, free_port, request  # noqa: E402
+from helpers import BackendClient, RawConn, build_request, free_port, request  # noqa: E402
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -147,7 +147,11 @@ class Process:
         raise AssertionError("no VmRSS line")
 
 
-class Backend(Process):
+class Backend(Process, BackendClient):
+    """``tests/backend.py``, the origin server behind most proxies under test."""
+
+    call_timeout = 60.0
+
     def __init__(self, tmp: Path, name: str = "backend") -> None:
         super().__init__(
             [sys.executable, str(TESTS_DIR / "backend.py"), "--port", "0"],
@@ -160,15 +164,6 @@ class Backend(Process):
         self.host, port = line.rsplit(" ", 1)[1].rsplit(":", 1)
         self.port = int(port)
         self.address = f"{self.host}:{self.port}"
-
-    def call(self, target: str, timeout: float = 60.0):
-        """A control request straight to the backend (not through the proxy)."""
-        return request(self.port, build_request("GET", target), timeout=timeout)
-
-    def stats(self) -> dict:
-        resp = self.call("/__stats")
-        assert resp.status == 200, resp
-        return resp.json()
 
     def release(self, key: str) -> None:
         assert self.call(f"/__release?key={key}").status == 200

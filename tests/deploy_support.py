@@ -21,7 +21,6 @@ Nothing here sleeps to synchronize: every wait polls an observable against a dea
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -39,6 +38,9 @@ from urllib.parse import parse_qs, urlsplit
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
+
+import helpers  # noqa: E402
+from helpers import BackendProtocol, backend_args, run_fast, serve_backend  # noqa: E402
 
 WAIT = 30.0
 
@@ -291,14 +293,8 @@ def wait_drained(admin, address: str, route: str = "app", timeout: float = WAIT)
 
 
 def wait_for(predicate, what: str, timeout: float = WAIT, interval: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """``helpers.wait_for`` with the description first, as these tests call it."""
+    return helpers.wait_for(predicate, timeout, interval, what)
 
 
 def proxy_output(proxy) -> str:
@@ -401,12 +397,7 @@ class LoadGenerator:
     # -- the loop (its own thread)
     def _main(self) -> None:
         try:
-            try:
-                import uvloop
-            except ImportError:
-                asyncio.run(self._run())
-            else:
-                uvloop.run(self._run())
+            run_fast(self._run)
         except BaseException as e:  # handed to the test thread
             self._crash = e
 
@@ -485,46 +476,21 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes
 
 if __name__ != "__main__":  # the identity backend process does without pytest
     import pytest
-    from helpers import build_request, request
+    from hold_support import _Child
 
-    class IdentityBackend:
+    class IdentityBackend(_Child):
         """This file run as a backend process, named ``name``."""
 
         def __init__(self, tmp: Path, name: str, port: int = 0) -> None:
-            from hold_support import _Child
-
             self.name = name
-            self.child = _Child(
+            super().__init__(
                 [sys.executable, __file__, "--port", str(port), "--name", name],
                 "identity: listening on ",
                 tmp / f"identity-{name}.stderr",
             )
-            self.host, self.port, self.address = (
-                self.child.host,
-                self.child.port,
-                self.child.address,
-            )
-
-        @property
-        def proc(self):
-            return self.child.proc
-
-        def call(self, target: str):
-            return request(self.port, build_request("GET", target), timeout=30)
-
-        def stats(self) -> dict:
-            resp = self.call("/__stats")
-            assert resp.status == 200, resp
-            return resp.json()
 
         def requests(self) -> int:
             return int(self.stats()["requests"])
-
-        def set_health(self, status: int) -> None:
-            assert self.call(f"/__health?status={status}").status == 200
-
-        def kill(self) -> None:
-            self.child.kill()
 
     @pytest.fixture
     def identity_backend(tmp_path):
@@ -559,97 +525,38 @@ if __name__ != "__main__":  # the identity backend process does without pytest
 NAME = "backend"
 HEALTH = {"status": 200}
 STATS = {"requests": 0, "health_checks": 0}
-REASONS = {
-    200: "OK",
-    204: "No Content",
-    301: "Moved Permanently",
-    404: "Not Found",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
-class _Identity(asyncio.Protocol):
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.buf = bytearray()
-        with contextlib.suppress(OSError):
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _Identity(BackendProtocol):
+    def answer(self, method: str, target: str, close: bool) -> None:
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/health":
+            STATS["health_checks"] += 1
+            status = HEALTH["status"]
+            self._json(status, {"backend": NAME, "health": status}, close)
+        elif url.path == "/__health":
+            HEALTH["status"] = int(query["status"])
+            self._json(200, {"backend": NAME, "health": HEALTH["status"]}, close)
+        elif url.path == "/__stats":
+            self._json(200, {"backend": NAME, **STATS}, close)
+        else:
+            STATS["requests"] += 1
+            self._json(200, {"backend": NAME, "method": method, "target": target}, close)
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            method, target, _version = lines[0].split(" ")
-            length, close = 0, False
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "connection" and "close" in value.lower():
-                    close = True
-                elif name == "transfer-encoding":
-                    self._answer(400, {"error": "chunked not supported"}, True)
-                    return
-            if len(self.buf) < end + 4 + length:
-                return
-            del self.buf[: end + 4 + length]
-            url = urlsplit(target)
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            if url.path == "/health":
-                STATS["health_checks"] += 1
-                status = HEALTH["status"]
-                self._answer(status, {"backend": NAME, "health": status}, close)
-            elif url.path == "/__health":
-                HEALTH["status"] = int(query["status"])
-                self._answer(200, {"backend": NAME, "health": HEALTH["status"]}, close)
-            elif url.path == "/__stats":
-                self._answer(200, {"backend": NAME, **STATS}, close)
-            else:
-                STATS["requests"] += 1
-                self._answer(200, {"backend": NAME, "method": method, "target": target}, close)
-            if close:
-                return
+    def refuse_chunked(self) -> None:
+        self._json(400, {"error": "chunked not supported"}, True)
 
-    def _answer(self, status: int, doc: dict, close: bool) -> None:
-        body = json.dumps(doc).encode()
-        head = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
-            f"Content-Type: application/json\r\nX-Backend: {NAME}\r\n"
-            f"Content-Length: {len(body)}\r\n"
-        )
-        if close:
-            head += "Connection: close\r\n"
-        self.transport.write(head.encode() + b"\r\n" + body)
-        if close:
-            self.transport.close()
-
-
-async def _serve(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Identity, "127.0.0.1", port, backlog=4096)
-    print(f"identity: listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-    async with server:
-        await server.serve_forever()
+    def _json(self, status: int, doc: dict, close: bool) -> None:
+        headers = [("Content-Type", "application/json"), ("X-Backend", NAME)]
+        self.send(status, json.dumps(doc).encode(), close, headers)
 
 
 def main() -> None:
     global NAME
-    parser = argparse.ArgumentParser(description="identity backend for the deploy tests")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--name", default="backend")
-    args = parser.parse_args()
+    args = backend_args("identity backend for the deploy tests", name="backend")
     NAME = args.name
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args.port))
-    else:
-        uvloop.run(_serve(args.port))
+    run_fast(lambda: serve_backend(_Identity, args.port, "identity: listening on "))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,20 @@
 """Support for the end-to-end proxy tests: a raw HTTP/1.1 client and response reader,
-deterministic payloads, and small socket utilities.
+deterministic payloads, small socket utilities, and what the test backends share.
 
 The response reader is deliberately strict about what the proxy sends back (CRLF line
 endings, well-formed status line and header fields, exactly one framing), because the
 proxy's output is what these tests are checking. It understands Content-Length,
 chunked (with extensions and trailers), close-delimited bodies and 1xx interim responses.
 
-This module is also imported by ``backend.py`` (for the payload generator), so it must
-stay free of pytest and fastpause imports.
+This module is also imported by ``backend.py`` (for the payload generator) and by the
+support modules run as backend processes, so it must stay free of pytest and fastpause
+imports.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -20,8 +23,9 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 # --------------------------------------------------------------------------- payloads
 
@@ -408,3 +412,158 @@ def get_json(port: int, target: str, timeout: float = 30.0):
     resp = request(port, build_request("GET", target), timeout=timeout)
     assert resp.status == 200, resp
     return resp.json()
+
+
+# --------------------------------------------------------------------------- test backends
+#
+# The backend processes the tests start (``backend.py``, and the recorder, identity and
+# WebSocket backends that ``hold_support``, ``deploy_support`` and ``ws_support`` run as
+# scripts) are driven the same way from the test side, and the recorder and identity
+# backends serve HTTP the same way: both halves are written once, here.
+
+
+class BackendClient:
+    """Control requests straight to a backend process (not through the proxy).
+
+    Each backend has a few control paths: ``/__stats`` (its counters; not the
+    recorder's), ``/__log`` (the recorder's arrivals), and ``/__health?status=NNN``
+    (the identity and WebSocket backends' ``/health`` answer). A subclass provides
+    ``port`` once its process listens.
+    """
+
+    port: int
+    call_timeout: float = 30.0  # how long a control request may take to be answered
+
+    def call(self, target: str, timeout: float | None = None) -> Response:
+        """``GET target`` on a fresh connection."""
+        timeout = self.call_timeout if timeout is None else timeout
+        return request(self.port, build_request("GET", target), timeout=timeout)
+
+    def get_json(self, target: str):
+        """The JSON body of ``GET target``, which must answer 200."""
+        return get_json(self.port, target, timeout=self.call_timeout)
+
+    def stats(self) -> dict:
+        return self.get_json("/__stats")
+
+    def set_health(self, status: int) -> None:
+        """Make ``/health`` answer ``status`` from now on."""
+        assert self.call(f"/__health?status={status}").status == 200
+
+
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    301: "Moved Permanently",
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def _framing(fields: list[str]) -> tuple[int, bool] | None:
+    """``(Content-Length, Connection: close)`` of a request head's fields; None when it
+    has a Transfer-Encoding (the minimal backends do not read chunked bodies)."""
+    length, close = 0, False
+    for line in fields:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "transfer-encoding":
+            return None
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection" and "close" in value.lower():
+            close = True
+    return length, close
+
+
+class BackendProtocol(asyncio.Protocol):
+    """One connection to a minimal backend (the recorder, the identity backend).
+
+    Protocol callbacks instead of streams, so that one process keeps up with thousands
+    of connections and the load generator. Only the request line matters to these
+    backends: a Content-Length body is skipped, a chunked request refused. A subclass
+    answers each request with ``answer`` and says how to refuse with ``refuse_chunked``.
+    """
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.buf = bytearray()
+        with contextlib.suppress(OSError):
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            method, target, _version = lines[0].split(" ")
+            framing = _framing(lines[1:])
+            if framing is None:
+                self.refuse_chunked()
+                return
+            length, close = framing
+            if len(self.buf) < end + 4 + length:
+                return
+            del self.buf[: end + 4 + length]
+            self.answer(method, target, close)
+            if close:
+                return
+
+    def answer(self, method: str, target: str, close: bool) -> None:
+        raise NotImplementedError
+
+    def refuse_chunked(self) -> None:
+        raise NotImplementedError
+
+    def send(
+        self, status: int, body: bytes, close: bool, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """One Content-Length response (``headers`` first); ``close`` ends the connection."""
+        head = f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in headers or [])
+        head += f"Content-Length: {len(body)}\r\n"
+        if close:
+            head += "Connection: close\r\n"
+        self.transport.write(head.encode() + b"\r\n" + body)
+        if close:
+            self.transport.close()
+
+
+def backend_args(description: str, name: str | None = None) -> argparse.Namespace:
+    """A backend script's command line: ``--port`` (0: any free port) and, when ``name``
+    is given, ``--name`` defaulting to it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=0)
+    if name is not None:
+        parser.add_argument("--name", default=name)
+    return parser.parse_args()
+
+
+def announce(ready: str, sock: socket.socket) -> None:
+    """Print the readiness line the test side waits for: ``READY127.0.0.1:PORT``."""
+    print(f"{ready}127.0.0.1:{sock.getsockname()[1]}", flush=True)
+
+
+async def serve_backend(protocol: Callable[[], asyncio.Protocol], port: int, ready: str) -> None:
+    """Serve ``protocol`` on 127.0.0.1:``port`` until killed, announced with ``ready``.
+    The backlog is large because the hold tests open thousands of connections at once."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(protocol, "127.0.0.1", port, backlog=4096)
+    announce(ready, server.sockets[0])
+    async with server:
+        await server.serve_forever()
+
+
+def run_fast(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main()`` on uvloop when it is installed (the backends and the load generator
+    must keep up with the proxy), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -20,8 +20,6 @@ status, a process's stdout) against a deadline.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
 import itertools
 import json
@@ -38,7 +36,17 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from helpers import RawConn, Response, build_request, request  # noqa: E402
+from helpers import (  # noqa: E402
+    BackendClient,
+    BackendProtocol,
+    RawConn,
+    Response,
+    backend_args,
+    build_request,
+    request,
+    run_fast,
+    serve_backend,
+)
 
 WAIT = 30.0  # deadline for anything the proxy should do promptly
 
@@ -277,25 +285,12 @@ def in_thread(port: int, raw: bytes, timeout: float = 60.0) -> Pending:
     return Pending(lambda: request(port, raw, timeout=timeout))
 
 
-async def async_request_on(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
-    """Read one Content-Length-framed response: (status, headers, body)."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].decode("latin-1").split("\r\n")
-    version, status = lines[0].split(" ", 2)[:2]
-    assert version == "HTTP/1.1", lines[0]
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status), headers, body
-
-
 # --------------------------------------------------------------------------- processes
 
 
-class _Child:
-    """A child process that prints one readiness line on stdout."""
+class _Child(BackendClient):
+    """A backend process that prints one readiness line on stdout (``BackendClient``
+    gives it the control requests)."""
 
     def __init__(
         self, argv: list[str], ready_prefix: str, stderr_path: Path, timeout: float = 60.0
@@ -348,6 +343,8 @@ class _Child:
 class RecordingBackend(_Child):
     """This file run as a backend: 200 for everything, arrivals logged in order."""
 
+    call_timeout = 60.0
+
     def __init__(self, tmp: Path, name: str = "recorder") -> None:
         super().__init__(
             [sys.executable, __file__, "--port", "0"],
@@ -356,9 +353,7 @@ class RecordingBackend(_Child):
         )
 
     def log(self) -> list[dict]:
-        resp = request(self.port, build_request("GET", "/__log"), timeout=60)
-        assert resp.status == 200, resp
-        return resp.json()
+        return self.get_json("/__log")
 
     def targets(self) -> list[str]:
         return [e["target"] for e in self.log()]
@@ -373,11 +368,6 @@ class FixedPortBackend(_Child):
             "backend: listening on ",
             tmp / f"{name}.stderr",
         )
-
-    def stats(self) -> dict:
-        resp = request(self.port, build_request("GET", "/__stats"))
-        assert resp.status == 200, resp
-        return resp.json()
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -427,74 +417,25 @@ LOG: list[dict] = []
 _conn_ids = itertools.count(1)
 
 
-class _Recorder(asyncio.Protocol):
+class _Recorder(BackendProtocol):
     def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.buf = bytearray()
+        super().connection_made(transport)
         self.conn = next(_conn_ids)
-        with contextlib.suppress(OSError):
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = bytes(self.buf[:end]).split(b"\r\n")
-            method, target, _version = lines[0].decode("latin-1").split(" ")
-            length, close = 0, False
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"transfer-encoding":
-                    self._answer(400, b"chunked bodies not supported here\n", True)
-                    return
-                elif name == b"connection" and b"close" in value.lower():
-                    close = True
-            if len(self.buf) < end + 4 + length:
-                return
-            del self.buf[: end + 4 + length]
-            if target == "/__log":
-                self._answer(200, json.dumps(LOG).encode(), close)
-            else:
-                LOG.append(
-                    {"target": target, "method": method, "t": time.monotonic(), "conn": self.conn}
-                )
-                self._answer(200, f"recorded {target}\n".encode(), close)
-            if close:
-                return
+    def answer(self, method: str, target: str, close: bool) -> None:
+        if target == "/__log":
+            self.send(200, json.dumps(LOG).encode(), close)
+            return
+        LOG.append({"target": target, "method": method, "t": time.monotonic(), "conn": self.conn})
+        self.send(200, f"recorded {target}\n".encode(), close)
 
-    def _answer(self, status: int, body: bytes, close: bool) -> None:
-        reason = {200: "OK", 400: "Bad Request"}[status]
-        head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(body)}\r\n"
-        if close:
-            head += "Connection: close\r\n"
-        self.transport.write(head.encode() + b"\r\n" + body)
-        if close:
-            self.transport.close()
-
-
-async def _serve(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Recorder, "127.0.0.1", port, backlog=4096)
-    print(f"recorder: listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-    async with server:
-        await server.serve_forever()
+    def refuse_chunked(self) -> None:
+        self.send(400, b"chunked bodies not supported here\n", True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="recording backend for the hold tests")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args()
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(_serve(args.port))
-    else:
-        uvloop.run(_serve(args.port))
+    args = backend_args("recording backend for the hold tests")
+    run_fast(lambda: serve_backend(_Recorder, args.port, "recorder: listening on "))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ Nothing here sleeps to synchronize: every wait polls an observable against a dea
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
@@ -53,8 +52,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
+from helpers import announce, backend_args  # noqa: E402
+
 READY = "ws-backend: listening on "
-WAIT = 30.0
 
 
 # --------------------------------------------------------------------------- test side
@@ -62,7 +62,7 @@ WAIT = 30.0
 if __name__ != "__main__":  # the backend process does without pytest
     import pytest
     from conftest import Proxy, ProxyStartError
-    from helpers import build_request, free_port, request
+    from helpers import free_port
     from hold_support import Admin, _Child
 
     class WsBackend(_Child):
@@ -79,18 +79,6 @@ if __name__ != "__main__":  # the backend process does without pytest
         @property
         def ws_url(self) -> str:
             return f"ws://{self.address}"
-
-        def call(self, target: str):
-            """A plain request straight to the backend (not through the proxy)."""
-            return request(self.port, build_request("GET", target), timeout=WAIT)
-
-        def stats(self) -> dict:
-            resp = self.call("/__stats")
-            assert resp.status == 200, resp
-            return resp.json()
-
-        def set_health(self, status: int) -> None:
-            assert self.call(f"/__health?status={status}").status == 200
 
     def start_ws_backends(tmp: Path, *names: str) -> list[WsBackend]:
         started: list[WsBackend] = []
@@ -308,17 +296,13 @@ async def _serve(port: int) -> None:
         compression="deflate",
         logger=logging.getLogger("ws-backend"),
     ) as server:
-        sock = next(iter(server.sockets))
-        print(f"{READY}127.0.0.1:{sock.getsockname()[1]}", flush=True)
+        announce(READY, next(iter(server.sockets)))
         await server.serve_forever()
 
 
 def main() -> None:
     global NAME
-    parser = argparse.ArgumentParser(description="WebSocket + identity backend for the tests")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--name", default="ws")
-    args = parser.parse_args()
+    args = backend_args("WebSocket + identity backend for the tests", name="ws")
     NAME = args.name
     logging.basicConfig(level=logging.CRITICAL)
     asyncio.run(_serve(args.port))
