@@ -287,9 +287,12 @@ def test_upstream_accepts_and_never_answers_gets_504(tmp_path):
 def test_upstream_reset_before_answer(tmp_path, method):
     """RST with no response byte: 502. Invariant 2: only the idempotent GET may be
     replayed (a bounded number of times, each on a new connection); the POST with a
-    body reached the upstream exactly once."""
+    body reached the upstream exactly once. Holding is off: with ``try_duration`` the
+    GET would wait for an upstream that takes it (see the next test)."""
     with RawUpstream({"/rst": Script([RST])}) as up:
-        stack = Stack(tmp_path, upstreams=[up.address], with_backend=False)
+        stack = Stack(
+            tmp_path, route={"try_duration": "0s"}, upstreams=[up.address], with_backend=False
+        )
         try:
             with RawConn(stack.port) as conn:
                 body = b"data" if method == "POST" else b""
@@ -309,6 +312,63 @@ def test_upstream_reset_before_answer(tmp_path, method):
         assert not problems, problems
 
 
+def test_replayable_request_that_no_upstream_takes_is_held_not_failed(tmp_path):
+    """A backend restarting gracefully closes pooled connections under in-flight GETs
+    and resets the connections still queued on its closing listener. With
+    ``try_duration`` such a GET (idempotent, no body, no response byte) is replayed,
+    and once the upstream has failed it, waits like a request that found no upstream
+    and goes out again when the upstream takes connections: the client never sees the
+    restart as a 502. (Before, four unanswered sends in a row meant 502.)"""
+    sent = iter(range(1_000_000))
+
+    def flaky(path: str, query: str) -> Script:
+        # the first four sends are closed unanswered, then the "new backend" answers
+        return Script([CLOSE]) if next(sent) < 4 else Script.reply(OK)
+
+    with RawUpstream({"/flaky": flaky}) as up:
+        stack = Stack(
+            tmp_path,
+            route={"try_duration": "30s", "try_interval": "50ms"},
+            upstreams=[up.address],
+            with_backend=False,
+        )
+        try:
+            with RawConn(stack.port) as conn:
+                ok_after(conn)  # leaves a pooled upstream connection behind
+                conn.send(build_request("GET", "/flaky"))
+                resp = conn.read_response()
+                assert resp.status == 200 and resp.body == OK_BODY, resp
+            conns = up.conns_of("/flaky")
+            assert len(conns) == 5
+            assert len(set(conns)) == len(conns), "a closed connection was used again"
+        finally:
+            problems = stack.stop()
+        assert not problems, problems
+
+
+def test_replayable_request_is_sent_a_bounded_number_of_times_while_held(tmp_path):
+    """An upstream that takes connections but closes every request unanswered: with
+    holding on, the GET still ends (502) after a bounded number of sends, and the
+    upstream is not hammered in a loop for the whole ``try_duration``."""
+    with RawUpstream({"/drop": Script([CLOSE])}) as up:
+        stack = Stack(
+            tmp_path,
+            route={"try_duration": "30s", "try_interval": "50ms"},
+            upstreams=[up.address],
+            with_backend=False,
+        )
+        try:
+            with RawConn(stack.port) as conn:
+                ok_after(conn)
+                conn.send(build_request("GET", "/drop"))
+                resp = conn.read_response()
+                assert resp.status == 502, resp
+            assert 4 <= up.count("/drop") <= 8, up.requests
+        finally:
+            problems = stack.stop()
+        assert not problems, problems
+
+
 def test_upstream_half_closes_after_response(tmp_path):
     """The upstream answers, then half-closes (FIN, still reading): the response is
     delivered, and that connection is not reused."""
@@ -318,14 +378,17 @@ def test_upstream_half_closes_after_response(tmp_path):
         "/ok": Script.reply(OK),
     }
     with RawUpstream(scripts) as up:
-        stack = Stack(tmp_path, upstreams=[up.address], with_backend=False)
+        stack = Stack(
+            tmp_path, route={"try_duration": "0s"}, upstreams=[up.address], with_backend=False
+        )
         try:
             with RawConn(stack.port) as conn:
                 ok_after(conn, "/fin")
                 ok_after(conn, "/ok")
                 assert up.conns_of("/ok")[-1] != up.conns_of("/fin")[-1]
                 up.wait_closed_by_peer(up.conns_of("/fin")[-1])
-                # a FIN before any answer: 502 (and the GET may be tried once more)
+                # a FIN before any answer: 502 with holding off (the GET may be tried
+                # again first)
                 conn.send(build_request("GET", "/fin-first"))
                 resp = conn.read_response()
                 assert resp.status == 502, resp

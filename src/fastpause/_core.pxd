@@ -59,6 +59,12 @@ cdef enum UpstreamState:
     U_CLOSED
 
 
+cdef enum UpstreamFailure:
+    F_CONNECT   # no connection to an upstream: nothing was sent
+    F_STALE     # a pooled connection closed under the request before any answer
+    F_SENT      # the request went out on a fresh connection and got no (usable) answer
+
+
 cdef enum ChunkResult:
     CH_DATA
     CH_MORE
@@ -389,6 +395,7 @@ cdef class ClientProtocol:
     cdef Py_ssize_t pending_bytes
     cdef int version
     cdef int attempts
+    cdef int unanswered
     cdef bint keep_alive
     cdef bint is_head
     cdef bint idempotent
@@ -441,7 +448,7 @@ cdef class ClientProtocol:
     cdef void _request_broken(self, int status, str why)
     cdef void _release_may_go_on(self)
     cdef void upstream_ready(self, UpstreamProtocol up)
-    cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable)
+    cdef void upstream_failed(self, int status, str why, int failure, bint retryable)
     cdef void interim_response(self, bytes head)
     cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
                              const unsigned char* body, Py_ssize_t body_len)

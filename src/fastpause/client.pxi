@@ -21,7 +21,7 @@ cdef enum PauseReason:
 
 cdef enum:
     PENDING_LIMIT = 256 * 1024
-    MAX_REPLAYS = 4  # an idempotent request that no upstream answered at all
+    MAX_SENDS = 4  # fresh-connection sends of a replayable request left unanswered
 
 
 cdef class ClientProtocol:
@@ -192,6 +192,7 @@ cdef class ClientProtocol:
         self.expect_continue = h.expect_continue and h.version == 11 and not self.req_done
         self.upgrade = h.is_upgrade
         self.attempts = 1
+        self.unanswered = 0
         self._note_request_line(p, h)
         if h.target_form == FORM_AUTHORITY:
             self._send_error(405, "CONNECT is not supported", True, 0)
@@ -244,7 +245,7 @@ cdef class ClientProtocol:
         up = route.pick(_monotonic(), self, p, h)
         if up is None:
             self.upstream_failed(502, f"no upstream of route {route.name} is available",
-                                 True, False)
+                                 F_CONNECT, False)
             return
         self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
                                                  up.address_b, self.engine)
@@ -478,25 +479,41 @@ cdef class ClientProtocol:
             up.request_complete()
         self._release_may_go_on()
 
-    cdef void upstream_failed(self, int status, str why, bint connect_failed, bint retryable):
-        """The exchange failed before any response byte reached the client."""
-        cdef Py_ssize_t limit = len(self.route.upstreams) if connect_failed else MAX_REPLAYS
+    cdef void upstream_failed(self, int status, str why, int failure, bint retryable):
+        """The exchange failed before any response byte reached the client.
+
+        A request that is safe to replay (``retryable``) is sent again at once, or,
+        when the upstream that would take it has just failed it and ``try_duration``
+        allows, waits for it like a request that found no upstream: a backend that
+        restarts closes pooled and queued connections under requests, and that must
+        not surface as 502. Bounds: ``attempts`` counts connects since the request was
+        routed (each upstream once); ``unanswered`` counts sends on fresh connections
+        that got no answer over the request's whole life, so an upstream that takes
+        connections but drops every request gets it at most MAX_SENDS times. A stale
+        pooled connection does not count (as in NGINX): the replay after it goes out
+        on a fresh one, since the pool was just emptied.
+        """
+        cdef double now = _monotonic()
+        cdef bint may_hold = (self.route.try_duration > 0
+                              and now < self.started + self.route.try_duration)
         cdef Upstream up
         self.upstream = None
         if self.state == C_CLOSED:
             return
-        if retryable and self.attempts < limit:
+        if failure == F_SENT:
+            self.unanswered += 1
+            retryable = retryable and self.unanswered < MAX_SENDS
+        if retryable and (failure != F_CONNECT or self.attempts < len(self.route.upstreams)):
             # nothing usable was sent (DESIGN invariant 2): replay on another connection
-            up = self.route.pick(_monotonic(), self, NULL, NULL)
-            if up is not None:
+            up = self.route.pick(now, self, NULL, NULL)
+            if up is not None and (failure == F_CONNECT or up.available(now) or not may_hold):
                 self.attempts += 1
-                if not connect_failed and self.pending is None:
+                if failure != F_CONNECT and self.pending is None:
                     self.pending = []
                 self._dispatch(up)
                 return
-        if connect_failed and self.route.try_duration > 0 and \
-                _monotonic() < self.started + self.route.try_duration:
-            # no upstream accepted a connection: wait for one (Caddy's lb_try_duration)
+        if (failure == F_CONNECT or retryable) and may_hold:
+            # wait for an upstream to take it (Caddy's lb_try_duration)
             self.route.state.note_unavailable(self.route)
             self._hold(self.started + self.route.try_duration)
             return

@@ -72,7 +72,7 @@ cdef class UpstreamProtocol:
         self.close()
         if c is not None:
             self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
-            c.upstream_failed(502, why, True, True)
+            c.upstream_failed(502, why, F_CONNECT, True)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -452,7 +452,8 @@ cdef class UpstreamProtocol:
         # request without a body that saw no response byte may be replayed.
         retryable = (status == 502 and not self.got_response_bytes and c.idempotent
                      and c.body_kind == BODY_NONE)
-        c.upstream_failed(status, why, False, retryable)
+        c.upstream_failed(status, why, F_STALE if self.reused and not self.got_response_bytes
+                          else F_SENT, retryable)
 
     def _on_deadline_cb(self):
         self._on_deadline()
