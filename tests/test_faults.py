@@ -414,15 +414,6 @@ def test_client_half_close_still_gets_response(tmp_path):
         assert not problems, problems
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "product bug (racy, ~6 runs in 10 here): the upstream's early 413 is already in the "
-        "proxy's socket when writing the rest of the body fails on the upstream's reset; the "
-        "write error wins and the client gets '502 upstream connection reset' instead of the "
-        "413 (RFC 9112 9.5: a client sending a body should watch for an early response)"
-    ),
-)
 @pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_upstream_answers_before_the_request_body_is_complete(tmp_path, framing):
     """The upstream refuses a large upload right after its head (413, close) while the

@@ -346,6 +346,7 @@ cdef class UpstreamProtocol:
     cdef bint connecting
     cdef bint in_exchange
     cdef bint peer_eof
+    cdef int salvage_fd
     cdef void start_connect(self, double timeout)
     cdef void _connect_ended(self)
     cdef void _connect_failed(self, str why)
@@ -368,6 +369,9 @@ cdef class UpstreamProtocol:
     cdef void _forward_body(self, object data, Py_ssize_t pos)
     cdef void _finish(self)
     cdef void _fail(self, int status, str why)
+    cdef void _keep_salvage_fd(self)
+    cdef void _drop_salvage_fd(self)
+    cdef void _salvage(self)
     cdef void _on_deadline(self)
 
 

@@ -8,6 +8,7 @@ here except through the classes that _core.pyi documents.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from posix.unistd cimport close as fd_close, dup as fd_dup
 
 include "http_syntax.pxi"
 include "request_head.pxi"

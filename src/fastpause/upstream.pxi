@@ -29,6 +29,7 @@ cdef class UpstreamProtocol:
         self.deadline = Deadline(engine.loop, self._on_deadline_cb)
         self.state = U_CONNECTING
         self.chunks = ChunkedDecoder()
+        self.salvage_fd = -1
 
     # -- connection management ---------------------------------------------------
 
@@ -112,9 +113,12 @@ cdef class UpstreamProtocol:
         self.upstream.n_requests += 1
         self.upstream.n_active += 1
         self.in_exchange = True
+        if client.body_kind != BODY_NONE:
+            self._keep_salvage_fd()
         client.upstream_ready(self)
 
     cdef void _end_exchange(self):
+        self._drop_salvage_fd()
         if self.in_exchange:
             self.in_exchange = False
             self.upstream.n_active -= 1
@@ -208,6 +212,8 @@ cdef class UpstreamProtocol:
 
     def connection_lost(self, exc):
         cdef ClientProtocol c
+        if self.salvage_fd >= 0 and self.state == U_ACTIVE and not self.head_done:
+            self._salvage()
         if self.state == U_TUNNEL:
             c = self.client
             self.client = None
@@ -312,6 +318,7 @@ cdef class UpstreamProtocol:
                 continue
             break
         self.head_done = True
+        self._drop_salvage_fd()
         self.status = r.status
         self.body_kind = response_body_kind(&r, c.is_head)
         self.reusable = (not r.conn_close and (r.version == 11 or r.conn_keep_alive)
@@ -350,6 +357,7 @@ cdef class UpstreamProtocol:
         """101: from now on bytes flow both ways untouched, with backpressure both ways."""
         cdef ClientProtocol c = self.client
         self.head_done = True
+        self._drop_salvage_fd()
         self.state = U_TUNNEL
         self.rbuf = None
         self.deadline.clear()
@@ -454,6 +462,44 @@ cdef class UpstreamProtocol:
                      and c.body_kind == BODY_NONE)
         c.upstream_failed(status, why, F_STALE if self.reused and not self.got_response_bytes
                           else F_SENT, retryable)
+
+    # -- early responses ----------------------------------------------------------
+
+    cdef void _keep_salvage_fd(self):
+        """While a request body goes out, keep a second descriptor of the socket.
+
+        An upstream may answer before the body is complete (413 to an upload) and close;
+        its reset then makes our next body write fail, and uvloop closes the socket
+        without reading the answer that is already in the receive queue. The duplicate
+        keeps that queue readable until ``connection_lost`` (``_salvage``). One dup and
+        one close per request with a body; requests without one never pay it.
+        """
+        if self.salvage_fd < 0 and self.transport is not None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                self.salvage_fd = fd_dup(sock.fileno())
+
+    cdef void _drop_salvage_fd(self):
+        if self.salvage_fd >= 0:
+            fd_close(self.salvage_fd)
+            self.salvage_fd = -1
+
+    cdef void _salvage(self):
+        """The connection broke before its response was read: read whatever answer
+        the upstream managed to send (RFC 9112 §9.5: a client sending a body should
+        watch for an early response), so the client gets it instead of a 502."""
+        cdef int fd = self.salvage_fd
+        self.salvage_fd = -1
+        try:
+            while self.client is not None and self.state == U_ACTIVE:
+                data = os.read(fd, 65536)  # non-blocking: uvloop set O_NONBLOCK
+                if not data:
+                    break
+                self._on_data(data)
+        except OSError:
+            pass  # nothing (more) queued, or the reset itself
+        finally:
+            fd_close(fd)
 
     def _on_deadline_cb(self):
         self._on_deadline()
