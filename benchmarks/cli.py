@@ -6,6 +6,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import machine, peers, throughput
@@ -14,6 +15,8 @@ from benchmarks.processes import HarnessError, Supervisor, free_port
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GROUPS = ("throughput", "hold", "swap", "profile")
+# ``--only`` name -> (results key, connection mode): ``profile`` runs both.
+PROFILES = {"profile-ka": ("profile", False), "profile-close": ("profile_close", True)}
 HOLD_KINDS = ("fastpause-pause", "fastpause-down", "caddy-down")
 
 
@@ -43,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         + ", ".join(throughput.SCENARIOS)
         + "), a hold kind ("
         + ", ".join(HOLD_KINDS)
-        + ", reload-held) or a swap variant",
+        + ", reload-held), a profile mode ("
+        + ", ".join(PROFILES)
+        + "; the group profile runs both) or a swap variant",
     )
     p.add_argument(
         "--peers",
@@ -146,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                     results["throughput_rows"] = rows
                     _save(results_file, results)
                 results["throughput"] = throughput.summarize(rows)
-            if wanted("profile", "profile"):
-                log("profile: fastpause under small-ka")
-                results["profile"] = _profile(sup, workdir, backend_port, duration, log)
+            for name, (key, close) in PROFILES.items():
+                if wanted("profile", name):
+                    results[key] = _profile(sup, workdir, backend_port, duration, close, log)
+                    _save(results_file, results)
             sup.stop(backend)
             _save(results_file, results)
             hold = dict(results.get("hold", {}))
@@ -204,13 +210,42 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _profile(sup, workdir, backend_port, duration, log) -> dict:
-    from benchmarks import profiling
+def _profile(
+    sup: Supervisor,
+    workdir: Path,
+    backend_port: int,
+    duration: float,
+    close: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """perf and py-spy on fastpause, then syscalls per request of fastpause, NGINX
+    and HAProxy, under one connection mode. Each half is guarded on its own: a
+    profiler problem must cost neither the other half nor the rest of the run."""
+    from benchmarks import profiling, syscalls
 
+    log(f"profile: fastpause under {profiling.scenario(close)}")
+    out = _guarded(
+        "profile",
+        log,
+        lambda: profiling.profile(
+            sup, workdir, backend_port, max(5.0, duration), close=close, log=log
+        ),
+    )
+    log(f"syscalls per request under {profiling.scenario(close)} (strace -f -c)")
+    out["syscalls"] = _guarded(
+        "syscall count",
+        log,
+        lambda: syscalls.count_all(sup, workdir, backend_port, close=close, log=log),
+    )
+    return out
+
+
+def _guarded(what: str, log: Callable[[str], None], measure: Callable[[], dict]) -> dict:
+    """``measure()``, or ``{"error": ...}`` (logged) if it raised anything but an interrupt."""
     try:
-        return profiling.profile(sup, workdir, backend_port, max(5.0, duration), log=log)
-    except Exception as error:  # a profiler problem must not cost the rest of the run
-        log(f"  profile failed: {error!r}")
+        return measure()
+    except Exception as error:
+        log(f"  {what} failed: {error!r}")
         return {"error": repr(error)}
 
 

@@ -13,30 +13,54 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.processes import Proc, Supervisor, run, wait_for_port
+from benchmarks.processes import HarnessError, Proc, Supervisor, run, wait_for_port
 
 SMALL_BODY = "Hello from the backend!\n"
 BODIES = {"small": "/", "16k": "/16k", "1m": "/1m"}  # scenario body -> backend path
 BODY_SIZES = {"small": len(SMALL_BODY), "16k": 16 * 1024, "1m": 1024 * 1024}
 
 TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy", "wrk": "wrk"}
+# Tools that only one measurement needs: when apt-get cannot install them, that
+# measurement logs why and skips itself instead of the whole run failing.
+OPTIONAL_TOOLS = {"strace": "strace"}
 
 
-def ensure_tools(names: list[str] | None = None) -> list[str]:
-    """apt-get install whichever of nginx, haproxy, caddy, wrk is missing."""
-    missing = [
+def _missing(tools: dict[str, str], names: list[str] | None) -> list[str]:
+    """Debian packages of the tools (of ``names``, or all) that are not installed."""
+    return [
         pkg
-        for tool, pkg in TOOLS.items()
+        for tool, pkg in tools.items()
         if (names is None or tool in names)
         and shutil.which(tool) is None
         and not Path(f"/usr/sbin/{tool}").exists()
     ]
+
+
+def ensure_tools(names: list[str] | None = None) -> list[str]:
+    """apt-get install whichever of nginx, haproxy, caddy, wrk (required) and strace
+    (optional: a failure to install it is not an error) is missing."""
+    missing = _missing(TOOLS, names)
+    optional = _missing(OPTIONAL_TOOLS, names)
+    if missing or optional:
+        print(f"installing {', '.join(missing + optional)} with apt-get ...", flush=True)
+        _apt_get(["update", "-qq"], timeout=300, required=False)
     if missing:
-        print(f"installing {', '.join(missing)} with apt-get ...", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        run(["apt-get", "update", "-qq"], timeout=300, check=False, env=env)
-        run(["apt-get", "install", "-y", "-qq", *missing], timeout=900, env=env)
-    return missing
+        _apt_get(["install", "-y", "-qq", *missing], timeout=900, required=True)
+    if optional:
+        _apt_get(["install", "-y", "-qq", *optional], timeout=300, required=False)
+    return missing + optional
+
+
+def _apt_get(args: list[str], *, timeout: float, required: bool) -> None:
+    """One bounded apt-get step; when not ``required``, a failure or timeout is only
+    reported, since whatever needs the package checks for it and skips itself."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run(["apt-get", *args], timeout=timeout, check=required, env=env)
+    except HarnessError as error:
+        if required:
+            raise
+        print(f"apt-get {' '.join(args)}: {error}", flush=True)
 
 
 def _nginx_binary() -> str:
@@ -57,6 +81,17 @@ class Running:
 
     def pids(self) -> list[int]:
         return self.proc.pids()
+
+    def worker_pid(self) -> int:
+        """The process that serves the requests, for tools that attach to one process
+        (strace): NGINX's worker, the master's only child; fastpause, HAProxy and Caddy
+        serve from the process that was started."""
+        children = self.pids()[1:]
+        if len(children) > 1:
+            raise HarnessError(
+                f"{self.peer.name}: {len(children)} child processes, expected one worker"
+            )
+        return children[0] if children else self.proc.pid
 
 
 class Peer:

@@ -1,140 +1,139 @@
-"""Where fastpause spends its CPU under the small-body keep-alive load.
+"""Where fastpause spends its CPU under the small-body load, keep-alive or not.
 
 ``perf record -g`` on the proxy process (all of it: kernel, libc, CPython,
 uvloop/libuv, the Cython core) gives the hot functions by self time; ``py-spy
 record --native`` (when installed) gives the same from the Python side, with
 Cython functions named. Both run while wrk drives the proxy exactly as in the
-``small-ka`` scenario.
+``small-ka`` scenario, or with ``close`` as in ``small-close`` (a new connection
+per request), where fastpause's cost against NGINX differs most.
 """
 
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import load
-from benchmarks.peers import Fastpause
-from benchmarks.processes import HarnessError, Supervisor, free_port, run
+from benchmarks.peers import Fastpause, Running
+from benchmarks.processes import HarnessError, Proc, Supervisor, free_port, run
 
 
-def profile(sup: Supervisor, workdir: Path, backend_port: int, duration: float, log=print) -> dict:
-    out: dict = {}
+def scenario(close: bool) -> str:
+    """The throughput scenario whose load a profile reproduces."""
+    return "small-close" if close else "small-ka"
+
+
+def profile(
+    sup: Supervisor,
+    workdir: Path,
+    backend_port: int,
+    duration: float,
+    *,
+    close: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """perf, then py-spy, each over its own wrk run of ``duration`` seconds against a
+    fresh, warmed fastpause; a profiler that fails is recorded in ``error``."""
+    out: dict = {"scenario": scenario(close)}
     running = Fastpause(workdir).start(sup, free_port(), backend_port)
-    script = load.write_script(workdir, close=False)
+    script = load.write_script(workdir, close=close)
     url = f"http://127.0.0.1:{running.port}/"
     try:
         load.finish_wrk(sup, load.start_wrk(sup, url, script, 1), 1)
         if shutil.which("perf"):
-            data = workdir / "perf.data"
-            wrk = load.start_wrk(sup, url, script, duration + 2)
-            time.sleep(1)
-            perf = sup.start(
-                "perf",
-                [
-                    "perf",
-                    "record",
-                    "-F",
-                    "999",
-                    "-g",
-                    "-p",
-                    str(running.proc.pid),
-                    "-o",
-                    str(data),
-                    "--",
-                    "sleep",
-                    str(duration),
-                ],
-            )
-            perf.popen.wait(duration + 30)
-            sup.stop(perf)
-            result = load.finish_wrk(sup, wrk, duration + 2)
-            report = run(
-                [
-                    "perf",
-                    "report",
-                    "-i",
-                    str(data),
-                    "--no-children",
-                    "--sort",
-                    "dso,sym",
-                    "--stdio",
-                    "-g",
-                    "none",
-                    "--percent-limit",
-                    "0.2",
-                ],
-                timeout=300,
-                check=False,
-            )
-            (workdir / "perf-report.txt").write_text(report)
-            by_dso = run(
-                [
-                    "perf",
-                    "report",
-                    "-i",
-                    str(data),
-                    "--no-children",
-                    "--sort",
-                    "dso",
-                    "--stdio",
-                    "-g",
-                    "none",
-                ],
-                timeout=300,
-                check=False,
-            )
-            out["perf"] = {
-                "top": _perf_top(report),
-                "dso": _perf_dso(by_dso),
-                "rps_while_profiled": result.rps,
-            }
+            out["perf"] = _perf(sup, workdir, running, url, script, duration)
             log(f"  perf: {len(out['perf']['top'])} hot functions")
         else:
             log("  perf not installed (apt-get install linux-perf): skipped")
-        spy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
-        if Path(spy).exists():
-            raw = workdir / "py-spy.txt"
-            wrk = load.start_wrk(sup, url, script, duration + 2)
-            time.sleep(1)
-            proc = sup.start(
-                "py-spy",
-                [
-                    spy,
-                    "record",
-                    "--native",
-                    "-r",
-                    "200",
-                    "-d",
-                    str(int(duration)),
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(raw),
-                    "-p",
-                    str(running.proc.pid),
-                ],
-            )
-            proc.popen.wait(duration + 60)
-            sup.stop(proc)
-            result = load.finish_wrk(sup, wrk, duration + 2)
-            if raw.exists():
-                self_top, total_top, samples = _pyspy_top(raw.read_text())
-                out["py-spy"] = {
-                    "self": self_top,
-                    "total": total_top,
-                    "samples": samples,
-                    "rps_while_profiled": result.rps,
-                }
-                log(f"  py-spy: {samples} samples")
-            else:
-                log(f"  py-spy produced nothing:\n{proc.log_tail()}")
+        spy = _pyspy_binary()
+        if spy:
+            out["py-spy"] = _pyspy(sup, workdir, running, spy, url, script, duration)
+            log(f"  py-spy: {out['py-spy']['samples']} samples")
+        else:
+            log("  py-spy not installed (pip install py-spy): skipped")
     except HarnessError as error:
         log(f"  profile failed: {error}")
         out["error"] = str(error)
     finally:
         sup.stop(running.proc)
     return out
+
+
+def _under_load(
+    sup: Supervisor, url: str, script: Path, duration: float, argv: list[str], name: str
+) -> tuple[load.WrkResult, Proc]:
+    """Run a profiler (``argv``, which stops by itself after ``duration``) while wrk
+    drives the proxy; wrk starts first and outlasts it, so the profile sees only
+    steady load. Returns wrk's result (requests/s while profiled) and the profiler."""
+    wrk = load.start_wrk(sup, url, script, duration + 2)
+    time.sleep(1)
+    profiler = sup.start(name, argv)
+    try:
+        profiler.popen.wait(duration + 60)
+    except subprocess.TimeoutExpired as error:
+        sup.stop(wrk)
+        raise HarnessError(f"{name} did not finish within {duration + 60:g}s") from error
+    finally:
+        sup.stop(profiler)
+    return load.finish_wrk(sup, wrk, duration + 2), profiler
+
+
+def _perf(
+    sup: Supervisor, workdir: Path, running: Running, url: str, script: Path, duration: float
+) -> dict:
+    """Hot functions by self time and the share of each binary (kernel, core, CPython)."""
+    data = workdir / f"perf-{running.port}.data"
+    argv = ["perf", "record", "-F", "999", "-g", "-p", str(running.proc.pid), "-o", str(data)]
+    argv += ["--", "sleep", str(duration)]
+    result, _ = _under_load(sup, url, script, duration, argv, f"perf-{running.port}")
+    by_symbol = _perf_report(data, "dso,sym", "--percent-limit", "0.2")
+    (workdir / f"perf-report-{running.port}.txt").write_text(by_symbol)
+    return {
+        "top": _perf_top(by_symbol),
+        "dso": _perf_dso(_perf_report(data, "dso")),
+        "rps_while_profiled": result.rps,
+    }
+
+
+def _perf_report(data: Path, sort: str, *extra: str) -> str:
+    """``perf report`` as flat text: self time only, no call graphs."""
+    argv = ["perf", "report", "-i", str(data), "--no-children", "--sort", sort]
+    return run([*argv, "--stdio", "-g", "none", *extra], timeout=300, check=False)
+
+
+def _pyspy_binary() -> str | None:
+    """py-spy on PATH or next to this interpreter (installed into the virtualenv)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return spy if Path(spy).exists() else None
+
+
+def _pyspy(
+    sup: Supervisor,
+    workdir: Path,
+    running: Running,
+    spy: str,
+    url: str,
+    script: Path,
+    duration: float,
+) -> dict:
+    """Self and inclusive time per function, the core's Cython functions named."""
+    raw = workdir / f"py-spy-{running.port}.txt"
+    argv = [spy, "record", "--native", "-r", "200", "-d", str(int(duration)), "-f", "raw"]
+    argv += ["-o", str(raw), "-p", str(running.proc.pid)]
+    result, spy_proc = _under_load(sup, url, script, duration, argv, f"py-spy-{running.port}")
+    if not raw.exists():
+        raise HarnessError(f"py-spy produced nothing:\n{spy_proc.log_tail()}")
+    self_top, total_top, samples = _pyspy_top(raw.read_text())
+    return {
+        "self": self_top,
+        "total": total_top,
+        "samples": samples,
+        "rps_while_profiled": result.rps,
+    }
 
 
 _PERF_LINE = re.compile(r"^\s+([\d.]+)%\s+(\S+)\s+\[(.)\]\s+(.+?)\s*$")

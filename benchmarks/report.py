@@ -4,9 +4,10 @@ Hand-written reading of the figures lives in ``benchmarks/notes.md`` and is
 included as is, so regenerating the tables never loses it.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import plots
+from benchmarks import plots, syscalls
 from benchmarks.peers import BODY_SIZES
 
 LABELS = plots.LABELS
@@ -98,7 +99,9 @@ def write(results: dict, outdir: Path, target: Path) -> None:
     _throughput(results, add, rel, images)
     _hold(results, add, rel, images)
     _swap(results, add, rel, images)
-    _profile(results, add)
+    for key in PROFILES:
+        _profile(results, key, add)
+    _syscalls(results, add)
     if NOTES.exists():
         add("## Notes")
         add("")
@@ -118,9 +121,11 @@ pytest benchmarks/test_micro.py             # micro benchmarks (not in the defau
 ```
 
 The harness installs missing peers and tools with `apt-get` (nginx, haproxy, caddy,
-wrk; `perf` comes from `linux-perf`), starts every process in its own process group and
-stops them all on exit, on errors and on Ctrl-C; every wait is bounded. `--only` takes
-a group (`throughput`, `hold`, `swap`, `profile`), a throughput scenario (`small-ka`,
+wrk; strace too, but without it only the syscall counts are skipped; `perf` comes from
+`linux-perf`), starts every process in its own process group and stops them all on exit,
+on errors and on Ctrl-C; every wait is bounded. `--only` takes a group (`throughput`,
+`hold`, `swap`, `profile`: the keep-alive and the connection-per-request profile), a
+profile mode (`profile-ka`, `profile-close`), a throughput scenario (`small-ka`,
 `16k-close`, ...), a hold kind (`fastpause-pause`, `fastpause-down`, `caddy-down`,
 `reload-held`) or a swap variant (`restart-fastpause-pause`, `restart-caddy`, `reload-caddy`, ...);
 a partial run updates the last `results.json`. Raw figures of every round are in
@@ -370,49 +375,116 @@ def _swap(results: dict, add, rel, images) -> None:
     add("")
 
 
-def _profile(results: dict, add) -> None:
-    prof = results.get("profile")
+# results key -> (the throughput scenario it profiles, what that load is)
+PROFILES = {
+    "profile": ("small-ka", "small-body keep-alive load"),
+    "profile_close": ("small-close", "small-body connection-per-request load"),
+}
+
+
+def _profile(results: dict, key: str, add: Callable[[str], None]) -> None:
+    """One profile section (perf, then py-spy) for the load ``key`` was measured under."""
+    prof = results.get(key)
     if not prof:
         return
-    add("## Profile: fastpause under small-body keep-alive load")
+    scenario, what = PROFILES[key]
+    add(f"## Profile: fastpause under {what}")
     add("")
-    perf = prof.get("perf")
-    if perf:
-        add(
-            f"`perf record -F 999 -g` on the fastpause process while wrk ran the small-ka "
-            f"load ({perf['rps_while_profiled']:,.0f} req/s while profiled). Top 15 by self "
-            "time (share of the process's samples; `[k]` = kernel):"
-        )
-        add("")
-        add("| # | self % | where | function |")
-        add("|--:|--:|---|---|")
-        for i, row in enumerate(perf["top"][:15], 1):
-            where = "[k]" if row["kernel"] else row["dso"]
-            add(f"| {i} | {row['percent']:.2f} | {where} | `{row['symbol']}` |")
-        add("")
-        if perf.get("dso"):
-            add(
-                "By binary: "
-                + ", ".join(f"{d['dso']} {d['percent']:.1f} %" for d in perf["dso"][:6])
-                + "."
-            )
-            add("")
-    spy = prof.get("py-spy")
-    if spy:
-        add(
-            f"`py-spy record --native` ({spy['samples']:,} samples, "
-            f"{spy['rps_while_profiled']:,.0f} req/s while profiled). Top 15 by self time, "
-            "then the core's own functions (`.pxi`) by total (inclusive) time:"
-        )
-        add("")
-        add("| # | self % | function | | total % | function |")
-        add("|--:|--:|---|---|--:|---|")
-        for i, (a, b) in enumerate(zip(spy["self"][:15], spy["total"][:15], strict=False), 1):
-            add(
-                f"| {i} | {a['percent']:.1f} | `{a['function'][:90]}` | | "
-                f"{b['percent']:.1f} | `{b['function'][:90]}` |"
-            )
-        add("")
+    if prof.get("perf"):
+        _perf_table(prof["perf"], scenario, add)
+    if prof.get("py-spy"):
+        _pyspy_table(prof["py-spy"], add)
     if prof.get("error"):
         add(f"Profiling failed: {prof['error']}")
         add("")
+
+
+def _perf_table(perf: dict, scenario: str, add: Callable[[str], None]) -> None:
+    add(
+        f"`perf record -F 999 -g` on the fastpause process while wrk ran the {scenario} "
+        f"load ({perf['rps_while_profiled']:,.0f} req/s while profiled). Top 15 by self "
+        "time (share of the process's samples; `[k]` = kernel):"
+    )
+    add("")
+    add("| # | self % | where | function |")
+    add("|--:|--:|---|---|")
+    for i, row in enumerate(perf["top"][:15], 1):
+        where = "[k]" if row["kernel"] else row["dso"]
+        add(f"| {i} | {row['percent']:.2f} | {where} | `{row['symbol']}` |")
+    add("")
+    if perf.get("dso"):
+        add(
+            "By binary: "
+            + ", ".join(f"{d['dso']} {d['percent']:.1f} %" for d in perf["dso"][:6])
+            + "."
+        )
+        add("")
+
+
+def _pyspy_table(spy: dict, add: Callable[[str], None]) -> None:
+    add(
+        f"`py-spy record --native` ({spy['samples']:,} samples, "
+        f"{spy['rps_while_profiled']:,.0f} req/s while profiled). Top 15 by self time, "
+        "then the core's own functions (`.pxi`) by total (inclusive) time:"
+    )
+    add("")
+    add("| # | self % | function | | total % | function |")
+    add("|--:|--:|---|---|--:|---|")
+    for i, (a, b) in enumerate(zip(spy["self"][:15], spy["total"][:15], strict=False), 1):
+        add(
+            f"| {i} | {a['percent']:.1f} | `{a['function'][:90]}` | | "
+            f"{b['percent']:.1f} | `{b['function'][:90]}` |"
+        )
+    add("")
+
+
+def _syscalls(results: dict, add: Callable[[str], None]) -> None:
+    """System calls per proxied request, every proxy and mode in one table."""
+    counted = {
+        key: results[key]["syscalls"] for key in PROFILES if results.get(key, {}).get("syscalls")
+    }
+    if not counted:
+        return
+    add("## System calls per proxied request")
+    add("")
+    first = next((c for c in counted.values() if c.get("proxies")), {})
+    add(
+        f"`strace -f -c` attached to each proxy's worker process (NGINX: its worker, not "
+        f"the master) for a {first.get('seconds', 0):g} s wrk run with "
+        f"{first.get('connections', 0)} connections and the browser-like headers, small "
+        "body, after a 1 s warm-up; every call's count ÷ the requests wrk completed. "
+        "**strace stops the proxy at every system call and slows it many times over** "
+        "(compare *req/s traced* with the throughput tables), so only the counts are "
+        "meaningful, never the times. The connections open when the run starts and ends "
+        "add a little to every proxy alike. *failed* = calls that returned an error "
+        "(mostly `EAGAIN`: a read or accept that found nothing). Calls under 0.05 per "
+        "request are left out of the last column (they are counted in the total)."
+    )
+    add("")
+    add(
+        "| load | proxy | syscalls / req | vs NGINX | failed / req | req/s traced | "
+        "most frequent, per request |"
+    )
+    add("|---|---|--:|--:|--:|--:|---|")
+    for key, counts in counted.items():
+        _syscall_rows(PROFILES[key][0], counts, add)
+    add("")
+
+
+def _syscall_rows(scenario: str, counts: dict, add: Callable[[str], None]) -> None:
+    if not counts.get("proxies"):
+        reason = counts.get("skipped") or counts.get("error", "?")
+        add(f"| {scenario} | - | skipped: {reason[:200]} | | | | |")
+        return
+    nginx = counts["proxies"].get("nginx", {}).get("per_request")
+    for proxy, row in counts["proxies"].items():
+        label = LABELS.get(proxy, proxy)
+        if row.get("error"):
+            add(f"| {scenario} | {label} | failed: {row['error'][:200]} | | | | |")
+            continue
+        ratio = row["per_request"] / nginx if nginx else None
+        add(
+            f"| {scenario} | {label} | {row['per_request']:.2f} | {_x(ratio)} | "
+            f"{row['failed_per_request']:.2f} | {row['rps_while_traced']:,.0f} | "
+            f"{syscalls.top_text(row)} |"
+        )
