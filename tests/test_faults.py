@@ -312,10 +312,10 @@ def test_upstream_reset_before_answer(tmp_path, method):
         assert not problems, problems
 
 
-def _get_past_closing_upstream(tmp_path, closed: int):
+def _get_past_closing_upstream(tmp_path, closed: int, route: dict | None = None, pooled=True):
     """GET /flaky with holding on, through an upstream that closes the first ``closed``
-    sends of it unanswered (the first on a pooled connection), then answers 200.
-    Returns the response and the upstream connections that carried /flaky."""
+    sends of it unanswered (the first on a pooled connection, if ``pooled``), then
+    answers 200. Returns the response and the upstream connections that carried it."""
     sent = iter(range(1_000_000))
 
     def flaky(path: str, query: str) -> Script:
@@ -324,13 +324,14 @@ def _get_past_closing_upstream(tmp_path, closed: int):
     with RawUpstream({"/flaky": flaky}) as up:
         stack = Stack(
             tmp_path,
-            route={"try_duration": "30s", "try_interval": "50ms"},
+            route={"try_duration": "30s", "try_interval": "50ms", **(route or {})},
             upstreams=[up.address],
             with_backend=False,
         )
         try:
             with RawConn(stack.port) as conn:
-                ok_after(conn)  # leaves a pooled upstream connection behind
+                if pooled:
+                    ok_after(conn)  # leaves a pooled upstream connection behind
                 conn.send(build_request("GET", "/flaky"))
                 resp = conn.read_response()
             conns = up.conns_of("/flaky")
@@ -356,10 +357,19 @@ def test_replayable_request_that_no_upstream_takes_is_held_not_failed(tmp_path):
 def test_replayable_request_is_sent_a_bounded_number_of_times_while_held(tmp_path):
     """An upstream that takes connections but closes every request unanswered: with
     holding on, the GET still ends (502) after a bounded number of sends, and the
-    upstream is not hammered in a loop for the whole ``try_duration``."""
+    upstream is not hammered in a loop for the whole ``try_duration``: the stale pooled
+    connection, then 4 fresh ones (the probes' new connections among them)."""
     resp, conns = _get_past_closing_upstream(tmp_path, closed=1_000_000)
     assert resp.status == 502, resp
-    assert 4 <= len(conns) <= 8, conns
+    assert len(conns) == 5, conns
+
+
+def test_replayable_request_is_not_refused_for_a_queue_it_did_not_need(tmp_path):
+    """With ``max_held = 0`` nothing is held: a GET its upstream closed unanswered is
+    replayed at once (and answered), not refused as if a queue were full."""
+    resp, conns = _get_past_closing_upstream(tmp_path, closed=1, route={"max_held": 0})
+    assert resp.status == 200 and resp.body == OK_BODY, resp
+    assert len(conns) == 2, conns
 
 
 def test_upstream_half_closes_after_response(tmp_path):

@@ -47,6 +47,27 @@ def test_request_held_past_max_hold_gets_503(hold_proxy, backend):
     assert backend.stats()["heads"] == 0, "an expired request reached the backend"
 
 
+def test_a_shorter_deadline_behind_a_longer_one_expires_on_time(hold_proxy, backend):
+    """Deadlines need not come in arrival order (a second pause with a shorter
+    ``--max-hold``; a request held again after its upstream failed it keeps the
+    ``try_duration`` of its arrival): the later, shorter one is answered 503 at its
+    own deadline, not once the one ahead of it expires."""
+    proxy = hold_proxy()
+    cli_ok(proxy.admin, "pause", "app", "--max-hold", "120s")
+    first = send_held(proxy, proxy.admin, build_request("GET", "/inspect?first"), 1)
+    cli_ok(proxy.admin, "pause", "app", "--max-hold", "1s")
+    second = send_held(proxy, proxy.admin, build_request("GET", "/inspect?second"), 2, 30)
+    resp = second.read_response()
+    second.close()
+    assert_503_retry_after(resp)
+    assert "waited too long" in resp.text.lower(), resp
+    assert proxy.admin.held() == 1, "the first request's deadline is two minutes away"
+    proxy.admin.resume()
+    resp = first.read_response()
+    first.close()
+    assert resp.status == 200 and resp.json()["target"] == "/inspect?first", resp
+
+
 def test_request_held_past_try_duration_gets_503(hold_proxy):
     """The backend never comes up: held until try_duration from arrival, then 503."""
     proxy = hold_proxy(

@@ -247,6 +247,7 @@ cdef class RouteState:
     cdef object prober
     cdef Route probe_route
     cdef bint unavailable
+    cdef bint unordered
     cdef Deadline expiry
     cdef ClientProtocol head
     cdef ClientProtocol tail
@@ -265,6 +266,7 @@ cdef class RouteState:
     cdef void unlink(self, ClientProtocol c)
     cdef ClientProtocol pop(self)
     cdef void _observe(self, double seconds)
+    cdef void _expire_unordered(self, double now)
     cdef void release_all(self)
     cdef void _top_up(self)
     cdef void unblock(self)
@@ -453,6 +455,7 @@ cdef class ClientProtocol:
     cdef void _release_may_go_on(self)
     cdef void upstream_ready(self, UpstreamProtocol up)
     cdef void upstream_failed(self, int status, str why, int failure, bint retryable)
+    cdef bint _may_wait_after(self)
     cdef void interim_response(self, bytes head)
     cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
                              const unsigned char* body, Py_ssize_t body_len)

@@ -338,7 +338,6 @@ cdef class ClientProtocol:
         cdef UpstreamProtocol conn = up.pop_idle()
         self.last_upstream = up
         if conn is not None:
-            conn.reused = True
             self.upstream = conn
             conn.attach(self)
             return
@@ -483,41 +482,55 @@ cdef class ClientProtocol:
         """The exchange failed before any response byte reached the client.
 
         A request that is safe to replay (``retryable``) is sent again at once, or,
-        when the upstream that would take it has just failed it and ``try_duration``
-        allows, waits for it like a request that found no upstream: a backend that
-        restarts closes pooled and queued connections under requests, and that must
-        not surface as 502. Bounds: ``attempts`` counts connects since the request was
-        routed (each upstream once); ``unanswered`` counts sends on fresh connections
-        that got no answer over the request's whole life, so an upstream that takes
-        connections but drops every request gets it at most MAX_SENDS times. A stale
-        pooled connection does not count (as in NGINX): the replay after it goes out
-        on a fresh one, since the pool was just emptied.
+        when the upstream that would take it has just failed it and it may wait
+        (``_may_wait_after``), waits for it like a request that found no upstream: a
+        backend that restarts closes pooled and queued connections under requests,
+        and that must not surface as 502. Bounds: ``attempts`` counts connects since
+        the request was routed (each upstream once); ``unanswered`` counts sends on
+        fresh connections that got no answer over the request's whole life, so an
+        upstream that takes connections but drops every request gets it at most
+        MAX_SENDS times. A stale pooled connection does not count (as in NGINX): the
+        replay after it goes out on a fresh one, since the pool was just emptied.
         """
         cdef double now = _monotonic()
-        cdef bint may_hold = (self.route.try_duration > 0
-                              and now < self.started + self.route.try_duration)
+        cdef bint may_wait
         cdef Upstream up
         self.upstream = None
         if self.state == C_CLOSED:
             return
-        if failure == F_SENT:
-            self.unanswered += 1
-            retryable = retryable and self.unanswered < MAX_SENDS
+        may_wait = (self.route.try_duration > 0 and now < self.started + self.route.try_duration)
+        if failure != F_CONNECT:
+            if self.pending is None:
+                self.pending = []  # not written anywhere now (see RouteState._top_up)
+            if failure == F_SENT:
+                self.unanswered += 1
+                retryable = retryable and self.unanswered < MAX_SENDS
+            may_wait = may_wait and self._may_wait_after()
         if retryable and (failure != F_CONNECT or self.attempts < len(self.route.upstreams)):
             # nothing usable was sent (DESIGN invariant 2): replay on another connection
             up = self.route.pick(now, self, NULL, NULL)
-            if up is not None and (failure == F_CONNECT or up.available(now) or not may_hold):
+            if up is not None and (failure == F_CONNECT or up.available(now) or not may_wait):
                 self.attempts += 1
-                if failure != F_CONNECT and self.pending is None:
-                    self.pending = []
                 self._dispatch(up)
                 return
-        if (failure == F_CONNECT or retryable) and may_hold:
-            # wait for an upstream to take it (Caddy's lb_try_duration)
-            self.route.state.note_unavailable(self.route)
-            self._hold(self.started + self.route.try_duration)
+        if (failure == F_CONNECT or retryable) and may_wait:
+            if self.route.state.mode == MODE_PAUSED:
+                self._hold(now + self.route.state.max_hold)  # with the others, until resume
+            else:
+                # wait for an upstream to take it (Caddy's lb_try_duration)
+                self.route.state.note_unavailable(self.route)
+                self._hold(self.started + self.route.try_duration)
             return
         self._send_error(status, why, False, 0)
+
+    cdef bint _may_wait_after(self):
+        """Whether a request its upstream failed may wait in the queue rather than be
+        replayed at once (or answered 502): not while shutting down (the queues were
+        already answered), not on a stopped route, and not when the queue cannot
+        take it (``max_held``: a replayable failure is no reason to answer 503)."""
+        cdef RouteState rs = self.route.state
+        return (not self.engine.shutting_down and rs.mode != MODE_STOPPED
+                and rs.count < self.route.max_held)
 
     cdef void interim_response(self, bytes head):
         if self.state != C_CLOSED:

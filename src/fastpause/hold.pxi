@@ -4,8 +4,11 @@
 # leaves). It keeps its raw head and buffered body and no upstream choice, so a
 # release re-runs routing against the snapshot current at that moment.
 #
-# One deadline timer per queue: entries are appended in hold order with a
-# per-reason constant max hold, so the queue head always expires first.
+# One deadline timer per queue. Entries are appended in hold order, and most share
+# one max hold, so the queue head almost always expires first. When one is pushed
+# with an earlier deadline than the tail's (a request held again after its upstream
+# failed it keeps the deadline of its arrival; a pause's max hold can shrink), the
+# queue is marked unordered and its expiry scans the whole queue until it empties.
 
 cdef enum:
     MODE_RUNNING = 0
@@ -46,6 +49,10 @@ cdef class RouteState:
             self.head = c
             self.expiry.set(deadline)
         else:
+            if deadline < self.tail.hold_deadline:
+                self.unordered = True
+                if deadline < self.expiry.when:
+                    self.expiry.set(deadline)
             self.tail.held_next = c
         self.tail = c
         self.count += 1
@@ -67,7 +74,8 @@ cdef class RouteState:
         if self.head is None:
             self.expiry.clear()
             self.unavailable = False
-        elif self.head.hold_deadline > self.expiry.when:
+            self.unordered = False
+        elif not self.unordered and self.head.hold_deadline > self.expiry.when:
             self.expiry.set(self.head.hold_deadline)
 
     cdef ClientProtocol pop(self):
@@ -91,12 +99,33 @@ cdef class RouteState:
     def _expire_cb(self):
         cdef ClientProtocol c
         cdef double now = _monotonic()
+        if self.unordered:
+            self._expire_unordered(now)
+            return
         while self.head is not None and self.head.hold_deadline <= now:
             c = self.pop()
             self.n_expired += 1
             c.hold_expired()
         if self.head is not None:
             self.expiry.set(self.head.hold_deadline)
+
+    cdef void _expire_unordered(self, double now):
+        """Expire every entry whose deadline passed, wherever it sits; re-arm for the
+        earliest left. O(queue), only while an out-of-order entry may be queued."""
+        cdef ClientProtocol c = self.head, after
+        cdef double earliest = 0.0
+        while c is not None:
+            after = c.held_next
+            if c.hold_deadline <= now:
+                self.unlink(c)
+                self._observe(now - c.held_since)
+                self.n_expired += 1
+                c.hold_expired()
+            elif earliest == 0.0 or c.hold_deadline < earliest:
+                earliest = c.hold_deadline
+            c = after
+        if self.head is not None:
+            self.expiry.set(earliest)
 
     cdef void release_all(self):
         """Send every held request on, in arrival order (or start paced release).

@@ -113,8 +113,9 @@ cdef class UpstreamProtocol:
         self.upstream.n_requests += 1
         self.upstream.n_active += 1
         self.in_exchange = True
-        if client.body_kind != BODY_NONE:
-            self._keep_salvage_fd()
+        if client.body_kind != BODY_NONE and (not client.req_done
+                                              or client.pending_bytes > INLINE_BODY_MAX):
+            self._keep_salvage_fd()  # body writes may still fail on an early answer
         client.upstream_ready(self)
 
     cdef void _end_exchange(self):
@@ -434,6 +435,7 @@ cdef class UpstreamProtocol:
         self.client = None
         self.deadline.clear()
         self._end_exchange()
+        self.reused = True  # if pooled, a later failure may just mean it went stale
         c.response_done(self.reusable and self.request_done)
 
     cdef void _fail(self, int status, str why):
@@ -487,19 +489,20 @@ cdef class UpstreamProtocol:
     cdef void _salvage(self):
         """The connection broke before its response was read: read whatever answer
         the upstream managed to send (RFC 9112 §9.5: a client sending a body should
-        watch for an early response), so the client gets it instead of a 502."""
+        watch for an early response), so the client gets it instead of a 502. What is
+        queued is bounded by the socket's receive buffer, so it is relayed without
+        waiting for the client to read (invariant 6 bends by at most that much)."""
         cdef int fd = self.salvage_fd
         self.salvage_fd = -1
-        try:
-            while self.client is not None and self.state == U_ACTIVE:
+        while self.client is not None and self.state == U_ACTIVE:
+            try:
                 data = os.read(fd, 65536)  # non-blocking: uvloop set O_NONBLOCK
-                if not data:
-                    break
-                self._on_data(data)
-        except OSError:
-            pass  # nothing (more) queued, or the reset itself
-        finally:
-            fd_close(fd)
+            except OSError:
+                break  # nothing (more) queued, or the reset itself
+            if not data:
+                break
+            self._on_data(data)
+        fd_close(fd)
 
     def _on_deadline_cb(self):
         self._on_deadline()
