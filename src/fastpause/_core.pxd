@@ -147,14 +147,32 @@ cdef class ChunkedDecoder:
     cdef int _check_trailer_line(self)
 
 
-cdef class Deadline:
-    cdef object loop
+cdef class Deadline
+
+
+cdef class TimerBucket:
+    cdef long long tick
+    cdef Deadline head
     cdef object handle
+
+
+cdef class TimerWheel:
+    cdef object loop
+    cdef dict buckets
+    cdef void link(self, Deadline d, double when)
+    cdef void unlink(self, Deadline d)
+
+
+cdef class Deadline:
+    cdef TimerWheel wheel
+    cdef TimerBucket bucket
+    cdef Deadline prev
+    cdef Deadline next
     cdef double when
-    cdef double armed_at
     cdef object callback
     cdef void set(self, double when)
     cdef void clear(self)
+    cdef void dispose(self)
 
 
 cdef class Upstream:
@@ -297,6 +315,7 @@ cdef class RoutingTable:
 
 cdef class Engine:
     cdef object loop
+    cdef readonly TimerWheel timers
     cdef RoutingTable _table
     cdef public object access_log
     cdef public long long max_held_bytes

@@ -10,6 +10,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from posix.unistd cimport close as fd_close, dup as fd_dup
 
+include "timers.pxi"
 include "http_syntax.pxi"
 include "request_head.pxi"
 include "response_head.pxi"

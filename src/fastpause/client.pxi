@@ -30,7 +30,7 @@ cdef class ClientProtocol:
     def __cinit__(self, Engine engine, bint https):
         self.engine = engine
         self.https = https
-        self.deadline = Deadline(engine.loop, self._on_deadline_cb)
+        self.deadline = Deadline(engine.timers, self._on_deadline_cb)
         self.state = C_IDLE
 
     # -- asyncio protocol callbacks ------------------------------------------------

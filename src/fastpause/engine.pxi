@@ -13,6 +13,7 @@ cdef class Engine:
                  on_capacity=None):
         cdef bytes seed = os.urandom(16)
         self.loop = loop
+        self.timers = TimerWheel(loop)
         self.max_held_bytes = max_held_bytes
         self.on_capacity = on_capacity
         self._max_connections = max_connections

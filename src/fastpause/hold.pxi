@@ -35,7 +35,7 @@ cdef class RouteState:
     cdef void bind(self, Engine engine):
         if self.engine is None:
             self.engine = engine
-            self.expiry = Deadline(engine.loop, self._expire_cb)
+            self.expiry = Deadline(engine.timers, self._expire_cb)
 
     # -- the queue -----------------------------------------------------------------
 

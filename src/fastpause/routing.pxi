@@ -1,72 +1,7 @@
-# Routing snapshot objects built by the control plane, and the per-connection
-# lazy deadline timer.
-
-
-cdef class Deadline:
-    """One lazily re-armed timer per connection.
-
-    Moving a deadline later (the common case: every request or body read pushes
-    it forward) only stores a double; the loop timer fires at the old time, sees
-    the later deadline and re-arms once. So a keep-alive connection costs one
-    timer per timeout period, not one per request.
-    """
-
-    def __cinit__(self, loop, callback):
-        self.loop = loop
-        self.callback = callback
-        self.handle = None
-        self.when = 0.0
-        self.armed_at = 0.0
-
-    cdef void set(self, double when):
-        self.when = when
-        if self.handle is None or self.armed_at > when:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.armed_at = when
-            self.handle = self.loop.call_at(when, self._fire)
-
-    cdef void clear(self):
-        self.when = 0.0
-
-    def dispose(self):
-        """Cancel the timer and drop the callback (breaks the reference cycle)."""
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
-        self.when = 0.0
-        self.callback = None
-
-    def _fire(self):
-        self.handle = None
-        if self.when == 0.0 or self.callback is None:
-            return
-        if _monotonic() < self.when:
-            self.armed_at = self.when
-            self.handle = self.loop.call_at(self.when, self._fire)
-            return
-        self.when = 0.0
-        self.callback()
+# Routing snapshot objects built by the control plane.
 
 
 cdef double PROBE_CONNECT_TIMEOUT = 2.0
-
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    int clock_gettime(int clk_id, timespec* tp)
-    int CLOCK_MONOTONIC
-
-
-cdef inline double _monotonic() noexcept nogil:
-    """The event loop's clock without a Python call: libuv's loop time (what
-    ``loop.call_at`` counts in) is CLOCK_MONOTONIC too, read once per iteration."""
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class Upstream:

@@ -26,7 +26,7 @@ cdef class UpstreamProtocol:
     def __cinit__(self, Upstream upstream, Engine engine):
         self.upstream = upstream
         self.engine = engine
-        self.deadline = Deadline(engine.loop, self._on_deadline_cb)
+        self.deadline = Deadline(engine.timers, self._on_deadline_cb)
         self.state = U_CONNECTING
         self.chunks = ChunkedDecoder()
         self.salvage_fd = -1

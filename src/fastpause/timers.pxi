@@ -1,0 +1,140 @@
+# Deadlines: every connection has one, and almost none ever fires (the request
+# completes first). They share loop timers through a wheel of ticks instead of
+# costing a uvloop timer each.
+
+from libc.math cimport ceil
+
+cdef double TIMER_TICK = 0.05  # a deadline fires up to this late, never early
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    """The event loop's clock without a Python call: libuv's loop time (what
+    ``loop.call_at`` counts in) is CLOCK_MONOTONIC too, read once per iteration."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline long long _tick_of(double when) noexcept:
+    return <long long>ceil(when / TIMER_TICK)
+
+
+cdef class TimerBucket:
+    """The deadlines due in one tick (linked through the deadlines themselves) and
+    the one loop timer that fires for all of them."""
+
+    def __cinit__(self, long long tick):
+        self.tick = tick
+        self.head = None
+        self.handle = None
+
+
+cdef class TimerWheel:
+    """One loop timer per tick that has deadlines, shared by all of them.
+
+    A uvloop timer per connection costs a libuv handle, a timer-heap insertion and
+    removal and a close callback, for every connection, while connection-per-request
+    traffic opens tens of thousands a second. Here arming a deadline links it into
+    its tick's bucket (O(1), usually into a bucket that exists already) and a closing
+    connection unlinks it (O(1)).
+    """
+
+    def __cinit__(self, loop):
+        self.loop = loop
+        self.buckets = {}
+
+    cdef void link(self, Deadline d, double when):
+        cdef long long tick = _tick_of(when)
+        cdef TimerBucket bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = TimerBucket(tick)
+            bucket.handle = self.loop.call_at(tick * TIMER_TICK, self._fire, bucket)
+            self.buckets[tick] = bucket
+        d.bucket = bucket
+        d.prev = None
+        d.next = bucket.head
+        if bucket.head is not None:
+            bucket.head.prev = d
+        bucket.head = d
+
+    cdef void unlink(self, Deadline d):
+        cdef TimerBucket bucket = d.bucket
+        if d.prev is None:
+            bucket.head = d.next
+        else:
+            d.prev.next = d.next
+        if d.next is not None:
+            d.next.prev = d.prev
+        d.prev = None
+        d.next = None
+        d.bucket = None
+        if bucket.head is None and bucket.handle is not None:
+            bucket.handle.cancel()
+            bucket.handle = None
+            if self.buckets.get(bucket.tick) is bucket:
+                del self.buckets[bucket.tick]
+
+    def _fire(self, TimerBucket bucket):
+        """Fire what is due; a deadline moved later goes to the bucket of its new tick."""
+        cdef Deadline d
+        cdef double now = _monotonic()
+        bucket.handle = None
+        if self.buckets.get(bucket.tick) is bucket:
+            del self.buckets[bucket.tick]
+        while bucket.head is not None:
+            d = bucket.head
+            self.unlink(d)
+            if d.when == 0.0 or d.callback is None:
+                continue
+            if d.when > now:
+                self.link(d, d.when)
+                continue
+            d.when = 0.0
+            d.callback()
+
+    def pending(self):
+        """How many ticks have a loop timer armed (for tests and introspection)."""
+        return len(self.buckets)
+
+
+cdef class Deadline:
+    """One lazily moved deadline per connection (or hold queue).
+
+    Moving a deadline later (the common case: every request or body read pushes it
+    forward) only stores a double; at its old tick the wheel sees the later time and
+    moves it once. So a keep-alive connection costs one link per timeout period, not
+    one per request. Moving it earlier moves it at once.
+    """
+
+    def __cinit__(self, TimerWheel wheel, callback):
+        self.wheel = wheel
+        self.callback = callback
+        self.when = 0.0
+        self.bucket = None
+
+    cdef void set(self, double when):
+        self.when = when
+        if self.bucket is None:
+            self.wheel.link(self, when)
+        elif _tick_of(when) < self.bucket.tick:
+            self.wheel.unlink(self)
+            self.wheel.link(self, when)
+
+    cdef void clear(self):
+        self.when = 0.0
+
+    cdef void dispose(self):
+        """Leave the wheel and drop the callback (breaks the reference cycle)."""
+        if self.bucket is not None:
+            self.wheel.unlink(self)
+        self.when = 0.0
+        self.callback = None
