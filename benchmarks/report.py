@@ -205,7 +205,38 @@ def _targets(results: dict) -> str:
             f"{hold['answered']:,} answered, last after {_ms(last)} ms | "
             f"{_met(all_ok and last is not None and last <= 0.25)} |"
         )
+    rows += _backend_up_targets(results.get("hold", {}).get("fastpause-down"))
+    rows += _swap_targets(results.get("swap", {}))
     return "\n".join(rows)
+
+
+def _backend_up_targets(down: dict | None) -> list[str]:
+    """Held by ``try_duration`` (250 ms ``try_interval``), released by the backend."""
+    if not down or down.get("first") is None:
+        return []
+    first, last = down["first"], down["last"]
+    return [
+        f"| backend up: first held request answered <= try_interval + 10 ms (260 ms) | "
+        f"{_ms(first)} ms | {_met(first <= 0.26)} |",
+        f"| backend up: all {down['count']:,} answered within 250 ms of the first | "
+        f"{down['answered']:,} answered, last {_ms(last - first)} ms after the first | "
+        f"{_met(down['answered'] == down['count'] and last - first <= 0.25)} |",
+    ]
+
+
+def _swap_targets(swaps: dict) -> list[str]:
+    """Zero failed requests (wrk and the probe) through a deploy and a reload."""
+    rows = []
+    for variant in ("deploy-fastpause", "reload-fastpause"):
+        run = swaps.get(variant)
+        if not run or not run.get("available") or run.get("error"):
+            continue
+        failed = run["non2xx"] + run["socket_errors"] + run["probe_errors"] + run["probe_non2xx"]
+        rows.append(
+            f"| zero failed requests through `{run['how'].split('; ')[-1]}` under load | "
+            f"{failed:,} failed of {run['requests']:,} | {_met(failed == 0)} |"
+        )
+    return rows
 
 
 def _throughput(results: dict, add, rel, images) -> None:
