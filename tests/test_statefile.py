@@ -103,11 +103,12 @@ def test_wrong_version(tmp_path: Path, version: str) -> None:
     [
         ("[]", "routes.app: expected an object"),
         ('{"mode": "sleeping"}', "routes.app.mode: expected one of running, paused, stopped"),
-        ('{"max_hold": 0}', "routes.app.max_hold: expected a positive number of seconds"),
-        ('{"max_hold": "30s"}', "routes.app.max_hold: expected a positive number"),
-        ('{"max_hold": true}', "routes.app.max_hold: expected a positive number"),
-        ('{"max_hold": NaN}', "routes.app.max_hold: expected a positive number"),
-        ('{"max_hold": Infinity}', "routes.app.max_hold: expected a positive number"),
+        ('{"max_hold": 0}', "routes.app.max_hold: expected a number of seconds above 0"),
+        ('{"max_hold": "30s"}', "routes.app.max_hold: expected a number of seconds"),
+        ('{"max_hold": true}', "routes.app.max_hold: expected a number of seconds"),
+        ('{"max_hold": NaN}', "routes.app.max_hold: expected a number of seconds"),
+        ('{"max_hold": Infinity}', "routes.app.max_hold: expected a number of seconds"),
+        ('{"max_hold": 1e18}', "routes.app.max_hold: expected a number of seconds above 0 and"),
         ('{"stop_message": 5}', "routes.app.stop_message: expected a string"),
         (
             '{"upstreams": [], "config_upstreams": ["127.0.0.1:1"]}',

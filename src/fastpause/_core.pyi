@@ -162,6 +162,26 @@ class RoutingTable:
 AccessRecord = tuple[str, str, str, str, int, int, float, str]
 """(client_ip, method, target, http_version, status, response_bytes, seconds, upstream)"""
 
+class TimerWheel:
+    """Deadlines share one loop timer per 50 ms tick (a deadline fires up to 50 ms late,
+    never early)."""
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None: ...
+    def pending(self) -> int:
+        """Ticks with a loop timer armed."""
+    def next_due(self) -> float | None:
+        """Loop time of the earliest armed tick."""
+
+class Deadline:
+    """One connection's (or hold queue's) deadline in a TimerWheel."""
+    def __init__(self, wheel: TimerWheel, callback: Callable[[], object]) -> None: ...
+    def arm(self, when: float) -> None:
+        """Fire ``callback`` at loop time ``when`` (moving it later is lazy and cheap)."""
+    def disarm(self) -> None: ...
+    def close(self) -> None:
+        """Leave the wheel for good and drop the callback."""
+    @property
+    def linked(self) -> bool: ...
+
 class Engine:
     table: RoutingTable
     """Assigning swaps the snapshot; held requests are routed again against it."""

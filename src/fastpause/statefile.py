@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpause.config import parse_address
+from fastpause.units import MAX_DURATION
 
 VERSION = 1
 MODES = ("running", "paused", "stopped")
@@ -133,9 +134,12 @@ def _route(entry: Any, where: str) -> RouteRuntime:
         not isinstance(max_hold, int | float)
         or isinstance(max_hold, bool)
         or not math.isfinite(max_hold)
-        or max_hold <= 0
+        or not 0 < max_hold <= MAX_DURATION
     ):
-        raise StateFileError(f"{where}.max_hold: expected a positive number of seconds")
+        raise StateFileError(
+            f"{where}.max_hold: expected a number of seconds above 0 and at most "
+            f"{MAX_DURATION:.0f}"
+        )
     message = entry.get("stop_message", "")
     if not isinstance(message, str):
         raise StateFileError(f"{where}.stop_message: expected a string")

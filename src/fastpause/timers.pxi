@@ -5,6 +5,9 @@
 from libc.math cimport ceil
 
 cdef double TIMER_TICK = 0.05  # a deadline fires up to this late, never early
+# CLOCK_MONOTONIC counts from boot: no deadline is further than this (32,000 years), so a
+# tick always fits a long long however absurd the timeout (a hand-edited state file)
+cdef double FAR_FUTURE = 1e12
 
 
 cdef extern from "<time.h>" nogil:
@@ -25,6 +28,8 @@ cdef inline double _monotonic() noexcept nogil:
 
 
 cdef inline long long _tick_of(double when) noexcept:
+    if not when < FAR_FUTURE:  # also NaN
+        when = FAR_FUTURE
     return <long long>ceil(when / TIMER_TICK)
 
 
@@ -84,25 +89,47 @@ cdef class TimerWheel:
                 del self.buckets[bucket.tick]
 
     def _fire(self, TimerBucket bucket):
-        """Fire what is due; a deadline moved later goes to the bucket of its new tick."""
+        """Fire what is due; a deadline moved later goes to the bucket of its new tick.
+
+        A callback that raises is reported and the rest of the tick still fires: the
+        others are other connections' timeouts. Should anything still escape, what is
+        left goes back into the wheel rather than stay linked to this dead bucket.
+        """
         cdef Deadline d
         cdef double now = _monotonic()
         bucket.handle = None
         if self.buckets.get(bucket.tick) is bucket:
             del self.buckets[bucket.tick]
-        while bucket.head is not None:
-            d = bucket.head
-            self.unlink(d)
-            if d.when == 0.0 or d.callback is None:
-                continue
-            if d.when > now:
-                self.link(d, d.when)
-                continue
-            d.when = 0.0
-            d.callback()
+        try:
+            while bucket.head is not None:
+                d = bucket.head
+                self.unlink(d)
+                if d.when == 0.0 or d.callback is None:
+                    continue
+                if d.when > now:
+                    self.link(d, d.when)
+                    continue
+                d.when = 0.0
+                try:
+                    d.callback()
+                except Exception as exc:
+                    self.loop.call_exception_handler({
+                        "message": "fastpause: a timeout handler failed",
+                        "exception": exc,
+                    })
+        finally:
+            while bucket.head is not None:
+                d = bucket.head
+                self.unlink(d)
+                if d.when != 0.0 and d.callback is not None:
+                    self.link(d, d.when)
+
+    def next_due(self):
+        """When the earliest armed loop timer fires (None when none is armed)."""
+        return min(self.buckets) * TIMER_TICK if self.buckets else None
 
     def pending(self):
-        """How many ticks have a loop timer armed (for tests and introspection)."""
+        """How many ticks have a loop timer armed."""
         return len(self.buckets)
 
 
@@ -138,3 +165,18 @@ cdef class Deadline:
             self.wheel.unlink(self)
         self.when = 0.0
         self.callback = None
+
+    # Python-side handles of the same operations (the wheel's own tests use them)
+    def arm(self, double when):
+        self.set(when)
+
+    def disarm(self):
+        self.clear()
+
+    def close(self):
+        self.dispose()
+
+    @property
+    def linked(self):
+        """Whether the deadline sits in a tick of the wheel (armed, or cleared lazily)."""
+        return self.bucket is not None
