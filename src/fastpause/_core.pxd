@@ -347,6 +347,7 @@ cdef class UpstreamProtocol:
     cdef Upstream upstream
     cdef Engine engine
     cdef object transport
+    cdef object write  # transport.write, bound once: one method look-up per connection
     cdef ClientProtocol client
     cdef object connect_task
     cdef int state
@@ -400,6 +401,7 @@ cdef class ClientProtocol:
     cdef Engine engine
     cdef RoutingTable table
     cdef object transport
+    cdef object write  # transport.write, bound once: one method look-up per connection
     cdef str client_ip
     cdef bytes client_ip_b
     cdef bint https

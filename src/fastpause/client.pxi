@@ -37,6 +37,7 @@ cdef class ClientProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.write = transport.write
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
@@ -48,7 +49,7 @@ cdef class ClientProtocol:
     def data_received(self, data):
         if self.state == C_TUNNEL:
             self.engine.n_bytes_in += len(data)
-            self.upstream.transport.write(data)
+            self.upstream.write(data)
             return
         if self.state == C_CLOSED:
             return
@@ -408,7 +409,7 @@ cdef class ClientProtocol:
 
     cdef void _forward_body(self, object piece, Py_ssize_t n):
         if self.pending is None:
-            self.upstream.transport.write(piece)
+            self.upstream.write(piece)
         else:
             self.pending.append(piece)
             self._hold_pending(n)
@@ -559,7 +560,7 @@ cdef class ClientProtocol:
         elif self.version == 10:
             conn = CONN_KEEP_ALIVE
         head = build_response_head(p, r, chunked, conn, self._extra_fields(), body, body_len)
-        self.transport.write(head)
+        self.write(head)
         self.engine.n_bytes_out += len(head)
         self.resp_bytes += body_len
         return chunked
@@ -599,7 +600,7 @@ cdef class ClientProtocol:
             self.transport.write_eof()
 
     cdef void write_body(self, object piece, Py_ssize_t n):
-        self.transport.write(piece)
+        self.write(piece)
         self.resp_bytes += n
         self.engine.n_bytes_out += len(piece)
 
@@ -655,7 +656,7 @@ cdef class ClientProtocol:
         elif self.version == 10:
             head += b"Connection: keep-alive\r\n"
         data = head + b"\r\n" + (b"" if self.is_head else body)
-        self.transport.write(data)
+        self.write(data)
         self.engine.n_bytes_out += len(data)
         self.status = status
         self.resp_started = True

@@ -77,6 +77,7 @@ cdef class UpstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
+        self.write = transport.write
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.upstream.n_connects += 1
         self.upstream.down_until = 0.0
@@ -125,7 +126,7 @@ cdef class UpstreamProtocol:
             self.upstream.n_active -= 1
 
     cdef void send(self, object data):
-        self.transport.write(data)
+        self.write(data)
 
     cdef void request_complete(self):
         """The whole request has been written: the response-header clock starts."""
