@@ -20,8 +20,8 @@ def _ms(seconds) -> str:
     return f"{seconds * 1e3:.2f}" if seconds < 0.01 else f"{seconds * 1e3:.1f}"
 
 
-def _x(value) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def _x(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
 
 
 def _mib(n: float) -> str:
@@ -179,18 +179,18 @@ def _targets(results: dict) -> str:
         rps_n = t["vs_nginx"].get("rps")
         p99_n = t["vs_nginx"].get("p99")
         rows.append(
-            f"| CPU per proxied request <= 0.85x NGINX | {_x(cpu_n)} | "
+            f"| CPU per proxied request <= 0.85x NGINX | {_x(cpu_n, 3)} | "
             f"{_met(cpu_n is not None and cpu_n <= 0.85)} |"
         )
         rows.append(
-            f"| CPU per proxied request <= 1.0x HAProxy | {_x(cpu_h)} | "
+            f"| CPU per proxied request <= 1.0x HAProxy | {_x(cpu_h, 3)} | "
             f"{_met(cpu_h is not None and cpu_h <= 1.0)} |"
         )
         rows.append(
-            f"| requests/s >= NGINX | {_x(rps_n)} | {_met(rps_n is not None and rps_n >= 1.0)} |"
+            f"| requests/s >= NGINX | {_x(rps_n, 3)} | {_met(rps_n is not None and rps_n >= 1.0)} |"
         )
         rows.append(
-            f"| p99 <= 1.1x NGINX | {_x(p99_n)} | {_met(p99_n is not None and p99_n <= 1.1)} |"
+            f"| p99 <= 1.1x NGINX | {_x(p99_n, 3)} | {_met(p99_n is not None and p99_n <= 1.1)} |"
         )
     if hold:
         per = hold["rss_per_held"] / 1024
