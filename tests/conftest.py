@@ -9,7 +9,6 @@ Every process is stopped at teardown, killed if it does not stop.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -29,7 +28,14 @@ pytest.register_assert_rewrite(
     "helpers", "hold_support", "deploy_support", "ws_support", "fault_support"
 )
 
-from helpers import BackendClient, RawConn, build_request, free_port, request  # noqa: E402
+from helpers import (  # noqa: E402
+    BackendClient,
+    RawConn,
+    build_request,
+    free_port,
+    render_config,
+    request,
+)
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -175,27 +181,6 @@ class Backend(Process, BackendClient):
     def wait_closed(self, key: str) -> None:
         resp = self.call(f"/__wait-closed?key={key}&timeout=30", timeout=60)
         assert resp.status == 200, f"held connection {key!r} was never closed by its peer"
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def render_config(top: dict, routes: list[dict]) -> str:
-    out = [f"{k} = {_toml_value(v)}" for k, v in top.items() if v is not None]
-    for route in routes:
-        out.append("")
-        out.append("[[routes]]")
-        out += [f"{k} = {_toml_value(v)}" for k, v in route.items() if v is not None]
-    return "\n".join(out) + "\n"
 
 
 class ProxyStartError(RuntimeError):

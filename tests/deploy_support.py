@@ -48,18 +48,6 @@ WAIT = 30.0
 # --------------------------------------------------------------------------- config files
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
 class ConfigFile:
     """A proxy's config file as a dict: ``top`` keys and a list of ``routes`` tables."""
 
@@ -74,11 +62,7 @@ class ConfigFile:
         return self.routes[0]
 
     def render(self) -> str:
-        out = [f"{k} = {_toml_value(v)}" for k, v in self.top.items() if v is not None]
-        for route in self.routes:
-            out += ["", "[[routes]]"]
-            out += [f"{k} = {_toml_value(v)}" for k, v in route.items() if v is not None]
-        return "\n".join(out) + "\n"
+        return helpers.render_config(self.top, self.routes)
 
     def save(self) -> None:
         # write-then-rename, so a reload never reads a half-written file

@@ -68,6 +68,32 @@ def sha256(data: bytes) -> str:
 # --------------------------------------------------------------------------- sockets
 
 
+def toml_value(value) -> str:
+    """A Python value as TOML: scalars, arrays and inline tables
+    (``{ address = "...", weight = 3 }``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def render_config(top: dict, routes: list[dict]) -> str:
+    """A proxy config file: ``top`` keys, then one ``[[routes]]`` table per route (keys
+    whose value is None are left out)."""
+    out = [f"{k} = {toml_value(v)}" for k, v in top.items() if v is not None]
+    for route in routes:
+        out += ["", "[[routes]]"]
+        out += [f"{k} = {toml_value(v)}" for k, v in route.items() if v is not None]
+    return "\n".join(out) + "\n"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

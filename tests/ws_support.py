@@ -52,7 +52,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from helpers import announce, backend_args  # noqa: E402
+from helpers import announce, backend_args, render_config  # noqa: E402
 
 READY = "ws-backend: listening on "
 
@@ -104,28 +104,6 @@ if __name__ != "__main__":  # the backend process does without pytest
         yield start
         for b in started:
             b.kill()
-
-    def toml_value(value) -> str:
-        """conftest's ``_toml_value`` plus inline tables (``{ address = "...", weight = 3 }``)."""
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, str):
-            return json.dumps(value)
-        if isinstance(value, list | tuple):
-            return "[" + ", ".join(toml_value(v) for v in value) + "]"
-        if isinstance(value, dict):
-            return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-        raise TypeError(f"cannot render {value!r} as TOML")
-
-    def render_config(top: dict, routes: list[dict]) -> str:
-        """A config file: ``top`` keys, then one ``[[routes]]`` table per route."""
-        out = [f"{k} = {toml_value(v)}" for k, v in top.items() if v is not None]
-        for route in routes:
-            out += ["", "[[routes]]"]
-            out += [f"{k} = {toml_value(v)}" for k, v in route.items() if v is not None]
-        return "\n".join(out) + "\n"
 
     class ProxySet:
         """Proxies started by ``launch``; ``close()`` stops them and reports problems."""
