@@ -468,7 +468,7 @@ cdef class ClientProtocol:
         self.pending = None
         if self.expect_continue and not self.req_done:
             self.expect_continue = False
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if pending:
             pending.insert(0, self.upstream_head)
             up.transport.writelines(pending)
@@ -535,7 +535,7 @@ cdef class ClientProtocol:
 
     cdef void interim_response(self, bytes head):
         if self.state != C_CLOSED:
-            self.transport.write(head)
+            self.write(head)
             self.engine.n_bytes_out += len(head)
 
     cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
@@ -587,12 +587,12 @@ cdef class ClientProtocol:
         self.upstream_head = None
         self.keep_alive = False
         self.state = C_TUNNEL
-        self.transport.write(head)
+        self.write(head)
         self.engine.n_bytes_out += len(head)
         self._rearm()
         self._resume(P_PIPELINE)
         if buf is not None and self.rpos < len(buf):
-            self.upstream.transport.write(buf[self.rpos:])
+            self.upstream.write(buf[self.rpos:])
         self.rbuf = None
 
     cdef void half_close(self):
