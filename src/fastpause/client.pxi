@@ -44,7 +44,7 @@ cdef class ClientProtocol:
         self.client_ip_b = self.client_ip.encode("ascii", "replace")
         self.table = self.engine._table
         self.engine.client_opened(self)
-        self.deadline.set(_monotonic() + self.table.client_head_timeout)
+        self.deadline.set(_timeout_clock() + self.table.client_head_timeout)
 
     def data_received(self, data):
         if self.state == C_TUNNEL:
@@ -150,19 +150,25 @@ cdef class ClientProtocol:
             self.state = C_HEAD
             self._new_exchange()
             self.deadline.set(self.started + self.table.client_head_timeout)
-        end = _scan_head_end(p + start, self.scan_pos - start, n - start, &status)
-        if end == -2:
-            self._send_error(400, "bare LF in request head", True, 0)
-            return -1
-        if end == -1 or end > self.table.max_head_size:
-            if n - start > self.table.max_head_size or end > 0:
-                if _first_line_len(p + start, n - start) > self.table.max_uri_size:
-                    self._send_error(414, "request line too long", True, 0)
-                else:
-                    self._send_error(431, "request header section too large", True, 0)
+        if (self.scan_pos == start and n - start <= self.table.max_head_size
+                and _ends_in_blank_line(p + start, n - start)):
+            # The usual read: it ends where a head ends. The parser stops at the first
+            # empty line itself, so the bytes need no separate scan for it.
+            end = n - start
+        else:
+            end = _scan_head_end(p + start, self.scan_pos - start, n - start, &status)
+            if end == -2:
+                self._send_error(400, "bare LF in request head", True, 0)
                 return -1
-            self.scan_pos = n
-            return 0
+            if end == -1 or end > self.table.max_head_size:
+                if n - start > self.table.max_head_size or end > 0:
+                    if _first_line_len(p + start, n - start) > self.table.max_uri_size:
+                        self._send_error(414, "request line too long", True, 0)
+                    else:
+                        self._send_error(431, "request header section too large", True, 0)
+                    return -1
+                self.scan_pos = n
+                return 0
         status = parse_request(p + start, end, &h, _fields, self.table.max_headers,
                                self.table.max_uri_size)
         if status:
@@ -171,6 +177,7 @@ cdef class ClientProtocol:
                 self._note_request_line(p + start, &h)
             self._send_error(status, h.error.decode("ascii"), True, 0)
             return -1
+        end = h.head_len
         self.rpos = start + end
         self.head_src = buf  # the head stays readable there: a held request re-parses it
         self.head_off = start
@@ -702,7 +709,7 @@ cdef class ClientProtocol:
             self._close()
             return
         self.state = C_IDLE
-        self.deadline.set(_monotonic() + self.table.keepalive_timeout)
+        self.deadline.set(_timeout_clock() + self.table.keepalive_timeout)
         self._resume(P_PIPELINE)
         if self.rbuf is not None:
             self._advance()
@@ -749,11 +756,11 @@ cdef class ClientProtocol:
         if self.state == C_CLOSED or self.state == C_HEAD:
             return
         if self.write_paused:
-            self.deadline.set(_monotonic() + self.table.send_timeout)
+            self.deadline.set(_timeout_clock() + self.table.send_timeout)
         elif self.state == C_BODY and not (self.pause_reasons & (P_UPSTREAM | P_CONNECTING)):
-            self.deadline.set(_monotonic() + self.table.client_body_timeout)
+            self.deadline.set(_timeout_clock() + self.table.client_body_timeout)
         elif self.state == C_IDLE:
-            self.deadline.set(_monotonic() + self.table.keepalive_timeout)
+            self.deadline.set(_timeout_clock() + self.table.keepalive_timeout)
         else:
             self.deadline.clear()
 

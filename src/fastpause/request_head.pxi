@@ -200,10 +200,12 @@ cdef inline bint _ieq_ci(const unsigned char* a, const unsigned char* b, Py_ssiz
 
 cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Field* fields,
                        int max_fields, Py_ssize_t max_uri) noexcept nogil:
-    """Parse a complete head p[0:n] (ending in CRLF CRLF); returns 0 or an HTTP status.
+    """Parse the head at the start of p[0:n]; returns 0 or an HTTP status.
 
-    On error ``h.error`` names the problem. Framing follows RFC 9112 §6.3: anything
-    ambiguous is rejected, never guessed.
+    ``p[0:n]`` must end in CRLF CRLF. The head ends at its first empty line, which
+    may come before ``n`` (more requests, or a body, follow in the same bytes):
+    ``h.head_len`` says where. On error ``h.error`` names the problem. Framing
+    follows RFC 9112 §6.3: anything ambiguous is rejected, never guessed.
     """
     cdef Py_ssize_t pos, line_start, eol
     cdef int status
@@ -213,7 +215,6 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
     h.content_length = -1
     h.host_index = -1
     h.upgrade_index = -1
-    h.head_len = n
     status = _parse_request_line(p, n, h, max_uri, &pos)
     if status:
         return status
@@ -226,6 +227,7 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
             if p[pos + 1] != 10:
                 h.error = b"bare CR in header section"
                 return 400
+            h.head_len = pos + 2
             break
         if h.nfields >= max_fields:
             h.error = b"too many header fields"

@@ -16,7 +16,17 @@ cdef extern from "<time.h>" nogil:
         time_t tv_sec
         long tv_nsec
     int clock_gettime(int clk_id, timespec* tp)
+    int clock_getres(int clk_id, timespec* res)
     int CLOCK_MONOTONIC
+
+cdef extern from *:
+    """
+    #include <time.h>
+    #ifndef CLOCK_MONOTONIC_COARSE  /* Linux only */
+    #define CLOCK_MONOTONIC_COARSE CLOCK_MONOTONIC
+    #endif
+    """
+    int CLOCK_MONOTONIC_COARSE
 
 
 cdef inline double _monotonic() noexcept nogil:
@@ -25,6 +35,27 @@ cdef inline double _monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef double _coarse_lag() noexcept:
+    cdef timespec res
+    if clock_getres(CLOCK_MONOTONIC_COARSE, &res) != 0:
+        return 0.0
+    return res.tv_sec + res.tv_nsec * 1e-9
+
+
+cdef double COARSE_LAG = _coarse_lag()
+
+
+cdef inline double _timeout_clock() noexcept nogil:
+    """Now, for arming a timeout: the kernel's tick clock (CLOCK_MONOTONIC_COARSE)
+    plus one tick of it, so never behind ``_monotonic()`` and a timeout still never
+    fires early. It reads a counter instead of the TSC (about 4 ns instead of 18 on
+    this VM), and a request arms three timeouts; being up to one kernel tick (4 ms)
+    ahead is lost in the wheel's 50 ms tick."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9 + COARSE_LAG
 
 
 cdef inline long long _tick_of(double when) noexcept:

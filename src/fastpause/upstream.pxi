@@ -44,7 +44,7 @@ cdef class UpstreamProtocol:
         self.connect_task = loop.create_task(
             loop.create_connection(self._self_factory, self.upstream.host, self.upstream.port))
         self.connect_task.add_done_callback(self._connect_done)
-        self.deadline.set(_monotonic() + timeout)
+        self.deadline.set(_timeout_clock() + timeout)
 
     def _self_factory(self):
         return self
@@ -98,7 +98,7 @@ cdef class UpstreamProtocol:
         self.rbuf = None
         if self.reading_paused:
             self.resume_upstream_reading()
-        self.deadline.set(_monotonic() + self.upstream.keepalive_timeout)
+        self.deadline.set(_timeout_clock() + self.upstream.keepalive_timeout)
 
     cdef void attach(self, ClientProtocol client):
         """Start an exchange for ``client``; it then writes the request through ``send``."""
@@ -132,7 +132,7 @@ cdef class UpstreamProtocol:
         """The whole request has been written: the response-header clock starts."""
         self.request_done = True
         if not self.head_done and self.state == U_ACTIVE:
-            self.deadline.set(_monotonic() + self.client.route.response_header_timeout)
+            self.deadline.set(_timeout_clock() + self.client.route.response_header_timeout)
 
     cdef void detach_abort(self):
         """The client is gone mid-exchange: this connection's state is unknown, drop it
@@ -179,7 +179,7 @@ cdef class UpstreamProtocol:
             self.reading_paused = False
             self.transport.resume_reading()
             if self.state == U_ACTIVE and self.head_done:
-                self.deadline.set(_monotonic() + self.client.route.upstream_body_timeout)
+                self.deadline.set(_timeout_clock() + self.client.route.upstream_body_timeout)
 
     # -- asyncio protocol callbacks ------------------------------------------------
 
@@ -251,7 +251,7 @@ cdef class UpstreamProtocol:
     def pause_writing(self):
         if self.client is not None:
             self.client._pause(P_UPSTREAM)
-            self.deadline.set(_monotonic() + self.client.route.upstream_body_timeout)
+            self.deadline.set(_timeout_clock() + self.client.route.upstream_body_timeout)
 
     def resume_writing(self):
         if self.client is not None:
@@ -349,7 +349,7 @@ cdef class UpstreamProtocol:
         elif self.body_kind == BODY_CHUNKED:
             self.chunks.reset()
         if not self.reading_paused:
-            self.deadline.set(_monotonic() + c.route.upstream_body_timeout)
+            self.deadline.set(_timeout_clock() + c.route.upstream_body_timeout)
         if end < n:
             self._forward_body(buf, end)
         return 1
@@ -374,7 +374,7 @@ cdef class UpstreamProtocol:
         cdef int rc
         cdef list out
         if not self.reading_paused:
-            self.deadline.set(_monotonic() + c.route.upstream_body_timeout)
+            self.deadline.set(_timeout_clock() + c.route.upstream_body_timeout)
         if self.body_kind == BODY_LENGTH:
             take = n - pos
             if take > self.body_left:
