@@ -170,8 +170,8 @@ cdef class Deadline:
     cdef Deadline next
     cdef double when
     cdef object callback
-    cdef void set(self, double when)
-    cdef void clear(self)
+    cdef int set(self, double when) except -1
+    cdef int clear(self) except -1
     cdef void dispose(self)
 
 
@@ -196,7 +196,7 @@ cdef class Upstream:
     cdef void mark_failed(self, double now, double fail_duration)
     cdef UpstreamProtocol pop_idle(self)
     cdef void probe(self, Engine engine)
-    cdef void release(self, UpstreamProtocol conn)
+    cdef int release(self, UpstreamProtocol conn) except -1
     cdef void forget(self, UpstreamProtocol conn)
 
 
@@ -292,8 +292,8 @@ cdef class RouteState:
     cdef void note_unavailable(self, Route route)
     cdef void upstream_up(self, Upstream up)
     cdef void fail_all(self, int status, str why)
-    cdef void request_started(self)
-    cdef void request_ended(self)
+    cdef int request_started(self) except -1
+    cdef int request_ended(self) except -1
     cdef void _cancel_pacing(self)
 
 
@@ -335,7 +335,7 @@ cdef class Engine:
     cdef long long n_bytes_in
     cdef long long n_bytes_out
     cdef long long n_upstream_errors
-    cdef void count_response(self, int status)
+    cdef int count_response(self, int status) except -1
     cdef void client_opened(self, ClientProtocol c)
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)
@@ -372,27 +372,27 @@ cdef class UpstreamProtocol:
     cdef void start_connect(self, double timeout)
     cdef void _connect_ended(self)
     cdef void _connect_failed(self, str why)
-    cdef void _end_exchange(self)
+    cdef int _end_exchange(self) except -1
     cdef void cut(self)
     cdef void half_close(self)
     cdef void _start_tunnel(self, object buf, const unsigned char* p, ResponseHead* r,
                             Py_ssize_t end, Py_ssize_t n)
-    cdef void make_idle(self)
-    cdef void attach(self, ClientProtocol client)
-    cdef void send(self, object data)
-    cdef void request_complete(self)
+    cdef int make_idle(self) except -1
+    cdef int attach(self, ClientProtocol client) except -1
+    cdef int send(self, object data) except -1
+    cdef int request_complete(self) except -1
     cdef void detach_abort(self)
     cdef void close(self)
     cdef void _shut(self, bint abort)
     cdef void pause_upstream_reading(self)
     cdef void resume_upstream_reading(self)
-    cdef void _on_data(self, object data)
+    cdef int _on_data(self, object data) except -1
     cdef int _parse_head(self)
     cdef void _forward_body(self, object data, Py_ssize_t pos)
-    cdef void _finish(self)
+    cdef int _finish(self) except -1
     cdef void _fail(self, int status, str why)
     cdef void _keep_salvage_fd(self)
-    cdef void _drop_salvage_fd(self)
+    cdef int _drop_salvage_fd(self) except -1
     cdef void _salvage(self)
     cdef void _on_deadline(self)
 
@@ -454,27 +454,27 @@ cdef class ClientProtocol:
     cdef bint route_active
     cdef RouteState releaser
     cdef void _append(self, object data)
-    cdef void _advance(self)
+    cdef int _advance(self) except -1
     cdef int _read_head(self)
-    cdef void _start_request(self, const unsigned char* p, RequestHead* h)
-    cdef void _new_exchange(self)
+    cdef int _start_request(self, const unsigned char* p, RequestHead* h) except -1
+    cdef int _new_exchange(self) except -1
     cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h, bint released)
+    cdef int _route_request(self, const unsigned char* p, RequestHead* h, bint released) except -1
     cdef void _hold(self, double deadline)
     cdef bint _held_bytes_over(self)
     cdef void _reject_held_body(self)
     cdef void release(self)
     cdef void hold_expired(self)
     cdef void hold_failed(self, int status, str why, int retry_after)
-    cdef void _dispatch(self, Upstream up)
+    cdef int _dispatch(self, Upstream up) except -1
     cdef void _consume_body(self)
     cdef void _forward_body(self, object piece, Py_ssize_t n)
     cdef void _forward_pieces(self, list pieces, Py_ssize_t n)
     cdef void _hold_pending(self, Py_ssize_t n)
     cdef void _body_complete(self)
     cdef void _request_broken(self, int status, str why)
-    cdef void _release_may_go_on(self)
-    cdef void upstream_ready(self, UpstreamProtocol up)
+    cdef int _release_may_go_on(self) except -1
+    cdef int upstream_ready(self, UpstreamProtocol up) except -1
     cdef void upstream_failed(self, int status, str why, int failure, bint retryable)
     cdef bint _may_wait_after(self)
     cdef void interim_response(self, bytes head)
@@ -484,18 +484,18 @@ cdef class ClientProtocol:
     cdef void half_close(self)
     cdef void write_body(self, object piece, Py_ssize_t n)
     cdef void write_body_pieces(self, list pieces, Py_ssize_t n)
-    cdef void response_done(self, bint upstream_reusable)
+    cdef int response_done(self, bint upstream_reusable) except -1
     cdef void response_broken(self, str why)
     cdef void _send_plain(self, int status, bytes body)
     cdef void _send_error(self, int status, str why, bint close, int retry_after)
     cdef void _send_response(self, int status, bytes head, bytes body, bint close)
     cdef bytes _extra_fields(self)
-    cdef void _end_request(self)
+    cdef int _end_request(self) except -1
     cdef void _log(self)
-    cdef void _next_request(self)
+    cdef int _next_request(self) except -1
     cdef void _close(self)
     cdef void _abort(self)
     cdef void _pause(self, int reason)
-    cdef void _resume(self, int reason)
-    cdef void _rearm(self)
+    cdef int _resume(self, int reason) except -1
+    cdef int _rearm(self) except -1
     cdef void _on_deadline(self)

@@ -46,7 +46,7 @@ cdef class ClientProtocol:
         self.engine.client_opened(self)
         self.deadline.set(_timeout_clock() + self.table.client_head_timeout)
 
-    def data_received(self, data):
+    def data_received(self, bytes data not None):
         if self.state == C_TUNNEL:
             self.engine.n_bytes_in += len(data)
             self.upstream.write(data)
@@ -114,11 +114,11 @@ cdef class ClientProtocol:
             self.rpos = 0
         self.rbuf += data
 
-    cdef void _advance(self):
+    cdef int _advance(self) except -1:
         if self.state == C_IDLE or self.state == C_HEAD:
             if self._read_head() <= 0:
-                return
-        if self.state == C_BODY:
+                return 0
+        if self.state == C_BODY and self.rbuf is not None:
             self._consume_body()
         if self.state == C_WAIT and self.rbuf is not None:
             if len(self.rbuf) - self.rpos > self.table.max_head_size:
@@ -179,13 +179,16 @@ cdef class ClientProtocol:
             return -1
         end = h.head_len
         self.rpos = start + end
+        if self.rpos == n:  # all read is consumed: the next read starts a new buffer
+            self.rbuf = None
+            self.rpos = 0
         self.head_src = buf  # the head stays readable there: a held request re-parses it
         self.head_off = start
         self.head_len = end
         self._start_request(p + start, &h)
         return 1 if self.state != C_CLOSED else -1
 
-    cdef void _start_request(self, const unsigned char* p, RequestHead* h):
+    cdef int _start_request(self, const unsigned char* p, RequestHead* h) except -1:
         cdef Route route = self.table.match(p, h)
         cdef Upstream up
         self.engine.n_requests += 1
@@ -204,16 +207,16 @@ cdef class ClientProtocol:
         self._note_request_line(p, h)
         if h.target_form == FORM_AUTHORITY:
             self._send_error(405, "CONNECT is not supported", True, 0)
-            return
+            return 0
         if route is None:
             self._send_error(404, "no route matches this host and path", False, 0)
-            return
+            return 0
         self.route = route
         self.engine.n_in_flight += 1
         if (h.body_kind == BODY_LENGTH and route.max_body_size
                 and h.content_length > route.max_body_size):
             self._send_error(413, f"request body larger than {route.max_body_size} bytes", True, 0)
-            return
+            return 0
         if h.body_kind == BODY_CHUNKED:
             # made on first use: most connections never carry a chunked request body
             if self.chunks is None:
@@ -229,7 +232,7 @@ cdef class ClientProtocol:
         self._rearm()
         self._route_request(p, h, False)
 
-    cdef void _route_request(self, const unsigned char* p, RequestHead* h, bint released):
+    cdef int _route_request(self, const unsigned char* p, RequestHead* h, bint released) except -1:
         """Dispatch now, hold, or answer for the route (DESIGN: ROUTED -> DISPATCH|HELD).
 
         While requests wait for an unavailable upstream, a new one still tries to
@@ -241,20 +244,20 @@ cdef class ClientProtocol:
         if rs.mode != MODE_RUNNING and route.health_path is not None \
                 and _is_health_check(p, h, route.health_path):
             self._send_plain(200, b"OK\n")
-            return
+            return 0
         if rs.mode == MODE_STOPPED:
             self._send_error(503, rs.stop_message or "the service is stopped for maintenance",
                              False, rs.stop_retry_after or route.retry_after)
-            return
+            return 0
         if rs.mode == MODE_PAUSED or (not released and (rs.pacer is not None or rs.draining)):
             # paused, or others are still being released: wait behind them (FIFO)
             self._hold(_monotonic() + rs.max_hold)
-            return
+            return 0
         up = route.pick(_monotonic(), self, p, h)
         if up is None:
             self.upstream_failed(502, f"no upstream of route {route.name} is available",
                                  F_CONNECT, False)
-            return
+            return 0
         self.upstream_head = build_upstream_head(p, h, route, self.client_ip_b, self.https,
                                                  up.address_b, self.engine)
         if not self.route_active:
@@ -325,7 +328,7 @@ cdef class ClientProtocol:
         self.engine.n_held_bytes -= self.pending_bytes
         self._send_error(status, why, False, retry_after or self.route.retry_after)
 
-    cdef void _new_exchange(self):
+    cdef int _new_exchange(self) except -1:
         """Reset what describes one request/response exchange, from its first byte on."""
         self.started = _monotonic()
         self.resp_started = False
@@ -341,14 +344,14 @@ cdef class ClientProtocol:
             self.log_method = p[:h.method_len].decode("latin-1")
             self.log_target = p[h.target_start:h.target_start + h.target_len].decode("latin-1")
 
-    cdef void _dispatch(self, Upstream up):
+    cdef int _dispatch(self, Upstream up) except -1:
         """Send the request to ``up``: over a pooled connection, or a new one."""
         cdef UpstreamProtocol conn = up.pop_idle()
         self.last_upstream = up
         if conn is not None:
             self.upstream = conn
             conn.attach(self)
-            return
+            return 0
         conn = UpstreamProtocol(up, self.engine)
         self.upstream = conn
         conn.client = self
@@ -461,7 +464,7 @@ cdef class ClientProtocol:
 
     # -- upstream events -----------------------------------------------------------
 
-    cdef void _release_may_go_on(self):
+    cdef int _release_may_go_on(self) except -1:
         """This request no longer holds up its queue's release (see RouteState._top_up)."""
         cdef RouteState rs = self.releaser
         if rs is not None:
@@ -469,7 +472,7 @@ cdef class ClientProtocol:
             if rs.blocker is self:
                 rs.unblock()
 
-    cdef void upstream_ready(self, UpstreamProtocol up):
+    cdef int upstream_ready(self, UpstreamProtocol up) except -1:
         """An upstream connection is ours: write the head and whatever body arrived."""
         cdef list pending = self.pending
         self.pending = None
@@ -616,7 +619,7 @@ cdef class ClientProtocol:
         self.resp_bytes += n
         self.engine.n_bytes_out += n
 
-    cdef void response_done(self, bint upstream_reusable):
+    cdef int response_done(self, bint upstream_reusable) except -1:
         cdef UpstreamProtocol up = self.upstream
         self.upstream = None
         if up is not None:
@@ -670,7 +673,7 @@ cdef class ClientProtocol:
         self._end_request()
         self._next_request()
 
-    cdef void _end_request(self):
+    cdef int _end_request(self) except -1:
         """Count and log the request that just ended (also rejected heads)."""
         self._release_may_go_on()
         self.engine.count_response(self.status)
@@ -701,13 +704,13 @@ cdef class ClientProtocol:
             self.last_upstream.address if self.last_upstream is not None else "-",
         ))
 
-    cdef void _next_request(self):
+    cdef int _next_request(self) except -1:
         """After a complete exchange: keep the connection for the next request, or close."""
         if self.state == C_CLOSED:
-            return
+            return 0
         if not self.keep_alive or not self.req_done:
             self._close()
-            return
+            return 0
         self.state = C_IDLE
         self.deadline.set(_timeout_clock() + self.table.keepalive_timeout)
         self._resume(P_PIPELINE)
@@ -743,18 +746,18 @@ cdef class ClientProtocol:
         self.pause_reasons |= reason
         self._rearm()
 
-    cdef void _resume(self, int reason):
+    cdef int _resume(self, int reason) except -1:
         if not (self.pause_reasons & reason):
-            return
+            return 0
         self.pause_reasons &= ~reason
         if self.pause_reasons == 0 and self.state != C_CLOSED:
             self.transport.resume_reading()
         self._rearm()
 
-    cdef void _rearm(self):
+    cdef int _rearm(self) except -1:
         """Point the deadline at whatever this connection is waiting for now."""
         if self.state == C_CLOSED or self.state == C_HEAD:
-            return
+            return 0
         if self.write_paused:
             self.deadline.set(_timeout_clock() + self.table.send_timeout)
         elif self.state == C_BODY and not (self.pause_reasons & (P_UPSTREAM | P_CONNECTING)):

@@ -80,7 +80,7 @@ cdef class Engine:
             raise ValueError(f"unknown scheme {scheme!r}")
         return functools.partial(ClientProtocol, self, scheme == "https")
 
-    cdef void count_response(self, int status):
+    cdef int count_response(self, int status) except -1:
         cdef int cls = status // 100
         self.n_responses[cls if 1 <= cls <= 5 else 0] += 1
 

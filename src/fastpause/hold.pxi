@@ -272,10 +272,10 @@ cdef class RouteState:
             self.drain_waiters.append(fut)
         return fut
 
-    cdef void request_started(self):
+    cdef int request_started(self) except -1:
         self.in_flight += 1
 
-    cdef void request_ended(self):
+    cdef int request_ended(self) except -1:
         self.in_flight -= 1
         if self.draining and self.blocker is None:
             self._top_up()

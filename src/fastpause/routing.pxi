@@ -45,11 +45,11 @@ cdef class Upstream:
         if fail_duration > 0:
             self.down_until = now + fail_duration
 
-    cdef void release(self, UpstreamProtocol conn):
+    cdef int release(self, UpstreamProtocol conn) except -1:
         """Take back a connection whose exchange completed cleanly."""
         if len(self.idle) >= self.keepalive or conn.engine.shutting_down or self.draining:
             conn.close()
-            return
+            return 0
         conn.make_idle()
         self.idle.append(conn)
 

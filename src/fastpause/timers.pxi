@@ -179,7 +179,7 @@ cdef class Deadline:
         self.when = 0.0
         self.bucket = None
 
-    cdef void set(self, double when):
+    cdef int set(self, double when) except -1:
         self.when = when
         if self.bucket is None:
             self.wheel.link(self, when)
@@ -187,7 +187,7 @@ cdef class Deadline:
             self.wheel.unlink(self)
             self.wheel.link(self, when)
 
-    cdef void clear(self):
+    cdef int clear(self) except -1:
         self.when = 0.0
 
     cdef void dispose(self):

@@ -92,7 +92,7 @@ cdef class UpstreamProtocol:
             self.upstream.release(self)
         self.engine.upstream_up(self.upstream)
 
-    cdef void make_idle(self):
+    cdef int make_idle(self) except -1:
         self.state = U_IDLE
         self.client = None
         self.rbuf = None
@@ -100,7 +100,7 @@ cdef class UpstreamProtocol:
             self.resume_upstream_reading()
         self.deadline.set(_timeout_clock() + self.upstream.keepalive_timeout)
 
-    cdef void attach(self, ClientProtocol client):
+    cdef int attach(self, ClientProtocol client) except -1:
         """Start an exchange for ``client``; it then writes the request through ``send``."""
         self.client = client
         self.state = U_ACTIVE
@@ -119,16 +119,16 @@ cdef class UpstreamProtocol:
             self._keep_salvage_fd()  # body writes may still fail on an early answer
         client.upstream_ready(self)
 
-    cdef void _end_exchange(self):
+    cdef int _end_exchange(self) except -1:
         self._drop_salvage_fd()
         if self.in_exchange:
             self.in_exchange = False
             self.upstream.n_active -= 1
 
-    cdef void send(self, object data):
+    cdef int send(self, object data) except -1:
         self.write(data)
 
-    cdef void request_complete(self):
+    cdef int request_complete(self) except -1:
         """The whole request has been written: the response-header clock starts."""
         self.request_done = True
         if not self.head_done and self.state == U_ACTIVE:
@@ -183,7 +183,7 @@ cdef class UpstreamProtocol:
 
     # -- asyncio protocol callbacks ------------------------------------------------
 
-    def data_received(self, data):
+    def data_received(self, bytes data not None):
         if self.state == U_TUNNEL:
             self.client.write_body(data, len(data))
         elif self.state == U_ACTIVE and self.client is not None:
@@ -265,11 +265,11 @@ cdef class UpstreamProtocol:
 
     # -- response ------------------------------------------------------------------
 
-    cdef void _on_data(self, object data):
+    cdef int _on_data(self, object data) except -1:
         self.got_response_bytes = True
         if self.head_done:
             self._forward_body(data, 0)
-            return
+            return 0
         if self.rbuf is None:
             self.rbuf = data
         else:
@@ -428,7 +428,7 @@ cdef class UpstreamProtocol:
         if rc == CH_DONE and self.client is not None:
             self._finish()
 
-    cdef void _finish(self):
+    cdef int _finish(self) except -1:
         """The response is complete: hand the connection back through the client."""
         cdef ClientProtocol c = self.client
         if self.body_kind == BODY_CLOSE and self.client_chunked:
@@ -482,7 +482,7 @@ cdef class UpstreamProtocol:
             if sock is not None:
                 self.salvage_fd = fd_dup(sock.fileno())
 
-    cdef void _drop_salvage_fd(self):
+    cdef int _drop_salvage_fd(self) except -1:
         if self.salvage_fd >= 0:
             fd_close(self.salvage_fd)
             self.salvage_fd = -1
