@@ -8,6 +8,7 @@ recv calls) are the workload, not synchronization. The RSS sampler only measures
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 import time
 
@@ -140,3 +141,24 @@ def test_download_100mb_to_slow_client_keeps_rss_bounded(proxy):
         f"proxy RSS grew by {growth // 1024} MiB (baseline {baseline // 1024} MiB, "
         f"peak {rss.peak // 1024} MiB over {rss.samples} samples)"
     )
+
+
+def test_pipelined_responses_stay_in_order_behind_a_backed_up_download(proxy):
+    """The next responses on a connection whose previous one still waits in the
+    proxy's send buffer (a slow client) arrive after it, complete and byte-exact:
+    a write that could go straight to the socket queues behind what is waiting."""
+    sizes = [8 * MiB, 1000, 70000, 10, 300000, 1]
+    conn = proxy.conn(timeout=120)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    conn.send(b"".join(build_request("GET", f"/download?size={n}") for n in sizes))
+    while len(conn.buf) < sizes[0]:
+        data = conn.sock.recv(16384)
+        assert data, f"connection closed after {len(conn.buf)} bytes"
+        conn.buf += data
+        time.sleep(0.0005)  # the workload: a slowly-reading client
+    for n in sizes:
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert len(resp.body) == n
+        assert hashlib.sha256(resp.body).hexdigest() == payload_sha256(n)
+    conn.close()

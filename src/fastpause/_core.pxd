@@ -343,11 +343,22 @@ cdef class Engine:
     cdef void _reroute_held(self, RoutingTable old)
 
 
+cdef class SocketWriter:
+    cdef int fd  # -1: everything goes through the transport
+    cdef bint queued  # the transport may still hold bytes: write through it
+    cdef object transport
+    cdef object transport_write
+    cdef int write(self, object data) except -1
+    cdef int writelines(self, list pieces) except -1
+    cdef bint _drained(self) except -1
+    cdef void detach(self) noexcept
+
+
 cdef class UpstreamProtocol:
     cdef Upstream upstream
     cdef Engine engine
     cdef object transport
-    cdef object write  # transport.write, bound once: one method look-up per connection
+    cdef SocketWriter out  # every write to the connection
     cdef ClientProtocol client
     cdef object connect_task
     cdef int state
@@ -401,7 +412,7 @@ cdef class ClientProtocol:
     cdef Engine engine
     cdef RoutingTable table
     cdef object transport
-    cdef object write  # transport.write, bound once: one method look-up per connection
+    cdef SocketWriter out  # every write to the connection
     cdef str client_ip
     cdef bytes client_ip_b
     cdef bint https

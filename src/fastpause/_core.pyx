@@ -6,7 +6,7 @@ same way); declarations live in _core.pxd. Control-plane code never reaches in
 here except through the classes that _core.pyi documents.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from posix.unistd cimport close as fd_close, dup as fd_dup
 
@@ -19,6 +19,7 @@ include "head_writer.pxi"
 include "routing.pxi"
 include "balance.pxi"
 include "hold.pxi"
+include "socket_writer.pxi"
 include "upstream.pxi"
 include "client.pxi"
 include "engine.pxi"

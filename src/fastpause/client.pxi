@@ -37,7 +37,7 @@ cdef class ClientProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
-        self.write = transport.write
+        self.out = SocketWriter(transport)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
@@ -49,7 +49,7 @@ cdef class ClientProtocol:
     def data_received(self, bytes data not None):
         if self.state == C_TUNNEL:
             self.engine.n_bytes_in += len(data)
-            self.upstream.write(data)
+            self.upstream.out.write(data)
             return
         if self.state == C_CLOSED:
             return
@@ -79,6 +79,7 @@ cdef class ClientProtocol:
 
     def connection_lost(self, exc):
         cdef UpstreamProtocol up = self.upstream
+        self.out.detach()
         self.state = C_CLOSED
         self.upstream = None
         if up is not None:
@@ -419,14 +420,14 @@ cdef class ClientProtocol:
 
     cdef void _forward_body(self, object piece, Py_ssize_t n):
         if self.pending is None:
-            self.upstream.write(piece)
+            self.upstream.out.write(piece)
         else:
             self.pending.append(piece)
             self._hold_pending(n)
 
     cdef void _forward_pieces(self, list pieces, Py_ssize_t n):
         if self.pending is None:
-            self.upstream.transport.writelines(pieces)
+            self.upstream.out.writelines(pieces)
         else:
             self.pending.extend(pieces)
             self._hold_pending(n)
@@ -478,10 +479,10 @@ cdef class ClientProtocol:
         self.pending = None
         if self.expect_continue and not self.req_done:
             self.expect_continue = False
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if pending:
             pending.insert(0, self.upstream_head)
-            up.transport.writelines(pending)
+            up.out.writelines(pending)
         else:
             up.send(self.upstream_head)
         self._resume(P_CONNECTING)
@@ -545,7 +546,7 @@ cdef class ClientProtocol:
 
     cdef void interim_response(self, bytes head):
         if self.state != C_CLOSED:
-            self.write(head)
+            self.out.write(head)
             self.engine.n_bytes_out += len(head)
 
     cdef bint start_response(self, const unsigned char* p, ResponseHead* r, int body_kind,
@@ -570,7 +571,7 @@ cdef class ClientProtocol:
         elif self.version == 10:
             conn = CONN_KEEP_ALIVE
         head = build_response_head(p, r, chunked, conn, self._extra_fields(), body, body_len)
-        self.write(head)
+        self.out.write(head)
         self.engine.n_bytes_out += len(head)
         self.resp_bytes += body_len
         return chunked
@@ -597,25 +598,26 @@ cdef class ClientProtocol:
         self.upstream_head = None
         self.keep_alive = False
         self.state = C_TUNNEL
-        self.write(head)
+        self.out.write(head)
         self.engine.n_bytes_out += len(head)
         self._rearm()
         self._resume(P_PIPELINE)
         if buf is not None and self.rpos < len(buf):
-            self.upstream.write(buf[self.rpos:])
+            self.upstream.out.write(buf[self.rpos:])
         self.rbuf = None
 
     cdef void half_close(self):
         if self.transport.can_write_eof():
+            self.out.detach()
             self.transport.write_eof()
 
     cdef void write_body(self, object piece, Py_ssize_t n):
-        self.write(piece)
+        self.out.write(piece)
         self.resp_bytes += n
         self.engine.n_bytes_out += len(piece)
 
     cdef void write_body_pieces(self, list pieces, Py_ssize_t n):
-        self.transport.writelines(pieces)
+        self.out.writelines(pieces)
         self.resp_bytes += n
         self.engine.n_bytes_out += n
 
@@ -666,7 +668,7 @@ cdef class ClientProtocol:
         elif self.version == 10:
             head += b"Connection: keep-alive\r\n"
         data = head + b"\r\n" + (b"" if self.is_head else body)
-        self.write(data)
+        self.out.write(data)
         self.engine.n_bytes_out += len(data)
         self.status = status
         self.resp_started = True
@@ -727,6 +729,7 @@ cdef class ClientProtocol:
         if up is not None:
             up.detach_abort()
         self.deadline.clear()
+        self.out.detach()
         self.transport.close()
 
     cdef void _abort(self):
@@ -736,6 +739,7 @@ cdef class ClientProtocol:
         if up is not None:
             up.detach_abort()
         self.deadline.clear()
+        self.out.detach()
         self.transport.abort()
 
     # -- flow control and timeouts -------------------------------------------------

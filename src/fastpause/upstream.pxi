@@ -77,7 +77,7 @@ cdef class UpstreamProtocol:
 
     def connection_made(self, transport):
         self.transport = transport
-        self.write = transport.write
+        self.out = SocketWriter(transport)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         self.upstream.n_connects += 1
         self.upstream.down_until = 0.0
@@ -126,7 +126,7 @@ cdef class UpstreamProtocol:
             self.upstream.n_active -= 1
 
     cdef int send(self, object data) except -1:
-        self.write(data)
+        self.out.write(data)
 
     cdef int request_complete(self) except -1:
         """The whole request has been written: the response-header clock starts."""
@@ -162,6 +162,7 @@ cdef class UpstreamProtocol:
             self.connect_task = None
             self._connect_ended()
         if self.transport is not None:
+            self.out.detach()
             if abort:
                 self.transport.abort()
             else:
@@ -214,6 +215,8 @@ cdef class UpstreamProtocol:
 
     def connection_lost(self, exc):
         cdef ClientProtocol c
+        if self.out is not None:
+            self.out.detach()
         if self.salvage_fd >= 0 and self.state == U_ACTIVE and not self.head_done:
             self._salvage()
         if self.state == U_TUNNEL:
@@ -246,6 +249,7 @@ cdef class UpstreamProtocol:
 
     cdef void half_close(self):
         if self.transport is not None and self.transport.can_write_eof():
+            self.out.detach()
             self.transport.write_eof()
 
     def pause_writing(self):
