@@ -38,13 +38,17 @@ cdef class ClientProtocol:
     def connection_made(self, transport):
         self.transport = transport
         self.out = SocketWriter(transport)
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
-        self.client_ip_b = self.client_ip.encode("ascii", "replace")
-        self.table = self.engine._table
-        self.engine.client_opened(self)
-        self.deadline.set(_timeout_clock() + self.table.client_head_timeout)
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            peer = transport.get_extra_info("peername")
+            self.client_ip = peer[0] if isinstance(peer, tuple) and peer else "unix"
+            self.client_ip_b = self.client_ip.encode("ascii", "replace")
+            self.table = self.engine._table
+            self.engine.client_opened(self)
+            self.deadline.set(_timeout_clock() + self.table.client_head_timeout)
+        except BaseException:
+            self.out.detach()  # uvloop then closes the socket without a connection_lost
+            raise
 
     def data_received(self, bytes data not None):
         if self.state == C_TUNNEL:

@@ -23,10 +23,12 @@ cdef class SocketWriter:
     and closes the connection as it always did.
 
     The socket belongs to the transport, which closes it right after calling
-    ``connection_lost``, and a closed descriptor's number goes to the next accepted
-    connection. So the descriptor is forgotten (``detach``) in ``connection_lost``,
-    and before the protocol asks the transport to close, abort or shut down writing:
-    from then on everything goes through the transport, which knows its own state.
+    ``connection_lost`` (or, when ``connection_made`` raised, without calling it),
+    and a closed descriptor's number goes to the next accepted connection. So the
+    descriptor is forgotten (``detach``) in ``connection_lost``, when
+    ``connection_made`` raises, and before the protocol asks the transport to close,
+    abort or shut down writing: from then on everything goes through the transport,
+    which knows its own state.
     """
 
     def __cinit__(self, transport):

@@ -78,19 +78,23 @@ cdef class UpstreamProtocol:
     def connection_made(self, transport):
         self.transport = transport
         self.out = SocketWriter(transport)
-        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
-        self.upstream.n_connects += 1
-        self.upstream.down_until = 0.0
-        self.upstream.conns.add(self)
-        self._connect_ended()
-        self.deadline.clear()
-        if self.client is not None:
-            self.attach(self.client)
-        else:
-            # a probe, or the client left while we were connecting: pool the connection
-            self.state = U_ACTIVE
-            self.upstream.release(self)
-        self.engine.upstream_up(self.upstream)
+        try:
+            transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+            self.upstream.n_connects += 1
+            self.upstream.down_until = 0.0
+            self.upstream.conns.add(self)
+            self._connect_ended()
+            self.deadline.clear()
+            if self.client is not None:
+                self.attach(self.client)
+            else:
+                # a probe, or the client left while connecting: pool the connection
+                self.state = U_ACTIVE
+                self.upstream.release(self)
+            self.engine.upstream_up(self.upstream)
+        except BaseException:
+            self.out.detach()  # uvloop then closes the socket without a connection_lost
+            raise
 
     cdef int make_idle(self) except -1:
         self.state = U_IDLE
