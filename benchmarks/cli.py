@@ -218,10 +218,11 @@ def _profile(
     close: bool,
     log: Callable[[str], None],
 ) -> dict:
-    """perf and py-spy on fastpause, then syscalls per request of fastpause, NGINX
-    and HAProxy, under one connection mode. Each half is guarded on its own: a
-    profiler problem must cost neither the other half nor the rest of the run."""
-    from benchmarks import profiling, syscalls
+    """perf and py-spy on fastpause, syscalls per request of fastpause, NGINX and
+    HAProxy, then fastpause's instructions per request, under one connection mode.
+    Each part is guarded on its own: a profiler problem must cost neither the other
+    parts nor the rest of the run."""
+    from benchmarks import instructions, profiling, syscalls
 
     log(f"profile: fastpause under {profiling.scenario(close)}")
     out = _guarded(
@@ -236,6 +237,12 @@ def _profile(
         "syscall count",
         log,
         lambda: syscalls.count_all(sup, workdir, backend_port, close=close, log=log),
+    )
+    log(f"instructions per request under {profiling.scenario(close)} (callgrind)")
+    out["instructions"] = _guarded(
+        "instruction count",
+        log,
+        lambda: instructions.count(sup, workdir, backend_port, close=close, log=log),
     )
     return out
 

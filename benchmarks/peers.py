@@ -22,7 +22,7 @@ BODY_SIZES = {"small": len(SMALL_BODY), "16k": 16 * 1024, "1m": 1024 * 1024}
 TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "caddy": "caddy", "wrk": "wrk"}
 # Tools that only one measurement needs: when apt-get cannot install them, that
 # measurement logs why and skips itself instead of the whole run failing.
-OPTIONAL_TOOLS = {"strace": "strace"}
+OPTIONAL_TOOLS = {"strace": "strace", "valgrind": "valgrind"}
 
 
 def _missing(tools: dict[str, str], names: list[str] | None) -> list[str]:
@@ -37,8 +37,8 @@ def _missing(tools: dict[str, str], names: list[str] | None) -> list[str]:
 
 
 def ensure_tools(names: list[str] | None = None) -> list[str]:
-    """apt-get install whichever of nginx, haproxy, caddy, wrk (required) and strace
-    (optional: a failure to install it is not an error) is missing."""
+    """apt-get install whichever of nginx, haproxy, caddy, wrk (required) and strace,
+    valgrind (optional: a failure to install them is not an error) is missing."""
     missing = _missing(TOOLS, names)
     optional = _missing(OPTIONAL_TOOLS, names)
     if missing or optional:

@@ -121,9 +121,10 @@ pytest benchmarks/test_micro.py             # micro benchmarks (not in the defau
 ```
 
 The harness installs missing peers and tools with `apt-get` (nginx, haproxy, caddy,
-wrk; strace too, but without it only the syscall counts are skipped; `perf` comes from
-`linux-perf`), starts every process in its own process group and stops them all on exit,
-on errors and on Ctrl-C; every wait is bounded. `--only` takes a group (`throughput`,
+wrk; strace and valgrind too, but without them only the syscall and instruction
+counts are skipped; `perf` comes from `linux-perf`), starts every process in its own
+process group and stops them all on exit, on errors and on Ctrl-C; every wait is
+bounded. `--only` takes a group (`throughput`,
 `hold`, `swap`, `profile`: the keep-alive and the connection-per-request profile), a
 profile mode (`profile-ka`, `profile-close`), a throughput scenario (`small-ka`,
 `16k-close`, ...), a hold kind (`fastpause-pause`, `fastpause-down`, `caddy-down`,
@@ -425,6 +426,8 @@ def _profile(results: dict, key: str, add: Callable[[str], None]) -> None:
         _perf_table(prof["perf"], scenario, add)
     if prof.get("py-spy"):
         _pyspy_table(prof["py-spy"], add)
+    if prof.get("instructions", {}).get("top"):
+        _instructions_table(prof["instructions"], scenario, add)
     if prof.get("error"):
         add(f"Profiling failed: {prof['error']}")
         add("")
@@ -466,6 +469,26 @@ def _pyspy_table(spy: dict, add: Callable[[str], None]) -> None:
             f"| {i} | {a['percent']:.1f} | `{a['function'][:90]}` | | "
             f"{b['percent']:.1f} | `{b['function'][:90]}` |"
         )
+    add("")
+
+
+def _instructions_table(counted: dict, scenario: str, add: Callable[[str], None]) -> None:
+    add(
+        f"Instructions fastpause executes in user space per proxied request, counted by "
+        f"callgrind (`python -m fastpause run` under `valgrind --tool=callgrind`, the "
+        f"{scenario} load, counting zeroed after a warm-up and dumped after "
+        f"{counted['requests']:,} requests; {counted['rps_under_callgrind']:,.0f} req/s "
+        f"under valgrind): **{counted['per_request']:,.0f}**. Deterministic, unlike CPU "
+        "time on this VM, so it compares builds exactly; the kernel's share is not in it. "
+        "By binary: "
+        + ", ".join(f"{b['binary']} {b['per_request']:,.0f}" for b in counted["binaries"][:6])
+        + ". Top 15 functions by self instructions per request:"
+    )
+    add("")
+    add("| # | instructions / req | binary | function |")
+    add("|--:|--:|---|---|")
+    for i, row in enumerate(counted["top"][:15], 1):
+        add(f"| {i} | {row['per_request']:,.0f} | {row['binary']} | `{row['function'][:90]}` |")
     add("")
 
 
