@@ -113,7 +113,7 @@ def self_costs(path: Path) -> tuple[int, Counter]:
 
     A cost line belongs to the current function, except the one right after a
     ``calls=`` line: that is the called function's inclusive cost, which counts
-    where it was spent instead.
+    where it was spent instead. The functions must add up to the dump's own total.
     """
     tables: dict[str, dict[str, str]] = {"ob": {}, "fl": {}, "fn": {}}
     binary = function = ""
@@ -142,7 +142,10 @@ def self_costs(path: Path) -> tuple[int, Counter]:
                 after_call = True
             elif line.startswith(("totals:", "summary:")):
                 total = max(total, int(line.split()[1]))
-    return total or sum(costs.values()), costs
+    summed = sum(costs.values())
+    if total and summed != total:  # the parse missed or double-counted something
+        raise HarnessError(f"{path}: functions add up to {summed:,}, the dump says {total:,}")
+    return summed, costs
 
 
 def _name(table: dict[str, str], value: str) -> str:
