@@ -344,12 +344,13 @@ cdef class Engine:
 
 
 cdef class SocketWriter:
-    cdef int fd  # -1: everything goes through the transport
+    cdef int fd  # FD_NOT_YET, FD_NONE (everything through the transport) or the socket
     cdef bint queued  # the transport may still hold bytes: write through it
     cdef object transport
     cdef object transport_write
     cdef int write(self, object data) except -1
     cdef int writelines(self, list pieces) except -1
+    cdef int _socket_fd(self) except -2
     cdef bint _drained(self) except -1
     cdef void detach(self) noexcept
 

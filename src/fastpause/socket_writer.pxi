@@ -7,6 +7,11 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_DONTWAIT
 
 
+cdef enum:
+    FD_NOT_YET = -2  # the socket is looked up at the second write
+    FD_NONE = -1     # every write goes through the transport
+
+
 cdef class SocketWriter:
     """Everything written to one connection goes through here.
 
@@ -29,21 +34,23 @@ cdef class SocketWriter:
     ``connection_made`` raises, and before the protocol asks the transport to close,
     abort or shut down writing: from then on everything goes through the transport,
     which knows its own state.
+
+    The first write of a connection goes through the transport, and the socket is
+    looked up at the second: the look-up (uvloop makes a socket object for it, with a
+    getsockname call) costs more than the transport's bookkeeping for one write, and
+    with a new connection per request there is no second write to save it on.
     """
 
     def __cinit__(self, transport):
         self.transport = transport
         self.transport_write = transport.write
         self.queued = False
-        sock = transport.get_extra_info("socket")
-        # a TLS transport also reports its socket: its bytes must not bypass it
-        if sock is None or transport.get_extra_info("sslcontext") is not None:
-            self.fd = -1
-        else:
-            self.fd = sock.fileno()
+        self.fd = FD_NOT_YET
 
     cdef int write(self, object data) except -1:
         cdef Py_ssize_t n, sent
+        if self.fd == FD_NOT_YET and self.queued:  # the second write: look the socket up
+            self.fd = self._socket_fd()
         if self.fd >= 0 and type(data) is bytes and (not self.queued or self._drained()):
             n = PyBytes_GET_SIZE(data)
             sent = send(self.fd, PyBytes_AS_STRING(data), n, MSG_NOSIGNAL | MSG_DONTWAIT)
@@ -54,6 +61,13 @@ cdef class SocketWriter:
         self.queued = True
         self.transport_write(data)
         return 0
+
+    cdef int _socket_fd(self) except -2:
+        sock = self.transport.get_extra_info("socket")
+        # a TLS transport also reports its socket: its bytes must not bypass it
+        if sock is None or self.transport.get_extra_info("sslcontext") is not None:
+            return FD_NONE
+        return sock.fileno()
 
     cdef int writelines(self, list pieces) except -1:
         self.queued = True
@@ -68,4 +82,4 @@ cdef class SocketWriter:
 
     cdef void detach(self) noexcept:
         """Stop touching the socket: the transport is closing it."""
-        self.fd = -1
+        self.fd = FD_NONE
