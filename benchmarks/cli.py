@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help="build fastpause from this working tree into the work directory and run that "
         "copy (immune to reinstalls of the shared virtualenv during the run)",
     )
+    p.add_argument(
+        "--compare",
+        metavar="REF",
+        help="instead of the comparison with the peers: this working tree's fastpause "
+        "against the one at commit REF, side by side in interleaved rounds (default 7 of "
+        "8 s), plus both builds' instruction counts; writes compare.json, not BENCHMARKS.md",
+    )
     return p
 
 
@@ -81,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     only = {item for chunk in args.only for item in chunk.split(",") if item}
     args.results.mkdir(parents=True, exist_ok=True)
     results_file = args.results / "results.json"
+
+    if args.compare:
+        return _compare(args)
 
     if args.report_only:
         from benchmarks import report
@@ -208,6 +218,41 @@ def main(argv: list[str] | None = None) -> int:
         report.write(results, args.results, ROOT / "BENCHMARKS.md")
         log(f"wrote {ROOT / 'BENCHMARKS.md'} and plots in {args.results}")
     return status
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``--compare REF``: both builds side by side (see benchmarks/compare.py)."""
+    from benchmarks import compare
+
+    workdir = Path(tempfile.mkdtemp(prefix="fastpause-compare-"))
+    try:
+        with Supervisor(workdir) as sup:
+            peers.ensure_tools()
+            print("building fastpause from the working tree ...", flush=True)
+            peers.Fastpause.build(ROOT, workdir / "fastpause-build")
+            print(f"building fastpause at {args.compare} ...", flush=True)
+            ref = compare.build_reference(ROOT, args.compare, workdir)
+            result = compare.compare(
+                sup, workdir, duration=args.duration or 8.0, rounds=args.rounds or 7
+            )
+    except HarnessError as error:
+        print(f"benchmarks: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmarks: interrupted; every started process was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    new = peers.Fastpause.built_from
+    result.update(ref=ref, new=new, machine=machine.facts())
+    args.results.mkdir(parents=True, exist_ok=True)
+    compare.write(result, args.results / "compare.json")
+    for line in compare.summary(result, ref, new):
+        print(line)
+    return 0
 
 
 def _profile(

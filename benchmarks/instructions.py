@@ -42,8 +42,10 @@ def count(
     *,
     close: bool,
     log: Callable[[str], None] = print,
+    build: type[Fastpause] = Fastpause,
 ) -> dict:
-    """Instructions per request, by binary and by function, for one connection mode."""
+    """Instructions per request, by binary and by function, for one connection mode
+    (of the fastpause that ``build`` runs: this tree's, or ``--compare``'s reference)."""
     if not available():
         log("  valgrind not installed (apt-get install valgrind): instruction count skipped")
         return {"skipped": "valgrind not installed"}
@@ -51,10 +53,10 @@ def count(
     base = workdir / f"callgrind-{port}"
     base.mkdir(exist_ok=True)
     conf = base / "fastpause.toml"
-    Fastpause(workdir).write_config(conf, port, backend_port, f"unix:{base}/admin.sock")
+    build(workdir).write_config(conf, port, backend_port, f"unix:{base}/admin.sock")
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={base}/callgrind.out.%p"]
     argv += [sys.executable, "-m", "fastpause", "run", "--config", str(conf)]
-    proc = sup.start(f"callgrind-{port}", argv, env=Fastpause.env())
+    proc = sup.start(f"callgrind-{port}", argv, env=build.env())
     script = load.write_script(workdir, close=close)
     url = f"http://127.0.0.1:{port}/"
     try:

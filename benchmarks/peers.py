@@ -270,6 +270,15 @@ max_held = 10000
         return "invalid choice" not in out and "usage:" in out
 
 
+class FastpauseRef(Fastpause):
+    """fastpause built from another commit: the reference side of ``--compare``."""
+
+    name = "fastpause-ref"
+    label = "fastpause (ref)"
+    pythonpath: str | None = None
+    built_from: str = ""
+
+
 class Nginx(Peer):
     name = "nginx"
     label = "NGINX"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from benchmarks import load
-from benchmarks.peers import BODIES, PEERS, Running
+from benchmarks.peers import BODIES, PEERS, Peer, Running
 from benchmarks.processes import (
     Supervisor,
     cpu_seconds,
@@ -55,14 +55,16 @@ def run_scenario(
     rounds: int,
     peers: list[str],
     log=print,
+    registry: dict[str, type[Peer]] = PEERS,
 ) -> list[dict]:
+    """Rows of every round for the ``peers`` (names in ``registry``) in one scenario."""
     body, mode = scenario.split("-")
     script = load.write_script(workdir, close=(mode == "close"))
     started: dict[str, Running] = {}
     rows: list[dict] = []
     try:
         for name in peers:
-            started[name] = PEERS[name](workdir).start(sup, free_port(), backend_port)
+            started[name] = registry[name](workdir).start(sup, free_port(), backend_port)
         for name in peers:  # warm up: pools filled, caches hot
             running = started[name]
             url = f"http://127.0.0.1:{running.port}{BODIES[body]}"
