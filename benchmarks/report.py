@@ -117,6 +117,7 @@ python -m benchmarks                        # everything, ~25 min; rewrites this
 python -m benchmarks --quick                # smoke run: 2 s measurements, 2 rounds
 python -m benchmarks --only small-ka --only hold --duration 5 --rounds 5
 python -m benchmarks --report-only          # tables + plots again from results.json
+python -m benchmarks --compare HEAD~1       # A/B: this tree against a commit (compare.json)
 pytest benchmarks/test_micro.py             # micro benchmarks (not in the default pytest run)
 ```
 
