@@ -391,7 +391,6 @@ cdef class UpstreamProtocol:
                             Py_ssize_t end, Py_ssize_t n)
     cdef int make_idle(self) except -1
     cdef int attach(self, ClientProtocol client) except -1
-    cdef int send(self, object data) except -1
     cdef int request_complete(self) except -1
     cdef void detach_abort(self)
     cdef void close(self)

@@ -488,7 +488,7 @@ cdef class ClientProtocol:
             pending.insert(0, self.upstream_head)
             up.out.writelines(pending)
         else:
-            up.send(self.upstream_head)
+            up.out.write(self.upstream_head)
         self._resume(P_CONNECTING)
         if self.req_done:
             up.request_complete()

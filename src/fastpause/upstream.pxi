@@ -129,9 +129,6 @@ cdef class UpstreamProtocol:
             self.in_exchange = False
             self.upstream.n_active -= 1
 
-    cdef int send(self, object data) except -1:
-        self.out.write(data)
-
     cdef int request_complete(self) except -1:
         """The whole request has been written: the response-header clock starts."""
         self.request_done = True
