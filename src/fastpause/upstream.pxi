@@ -105,7 +105,7 @@ cdef class UpstreamProtocol:
         self.deadline.set(_timeout_clock() + self.upstream.keepalive_timeout)
 
     cdef int attach(self, ClientProtocol client) except -1:
-        """Start an exchange for ``client``; it then writes the request through ``send``."""
+        """Start an exchange for ``client``; it then writes the request through ``out``."""
         self.client = client
         self.state = U_ACTIVE
         self.rbuf = None
