@@ -114,6 +114,27 @@ def test_upstream_reset_mid_response_cuts_client(proxy, backend, framing):
     assert proxy.get("/status/200").status == 200
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_body_cut_mid_way_reaches_the_client_as_a_reset(proxy, backend, framing, version):
+    """The client sees a TCP reset, never a clean close, when the upstream dies mid-body:
+    an HTTP/1.0 client reads a chunked upstream body unwrapped, without a length, so a
+    clean close would look like the body's end."""
+    size = 20000
+    key = f"rst-{framing}-{version}"
+    target = f"/reset-during?size={size}&key={key}" + ("&chunked=1" if framing == "chunked" else "")
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", target, version=version))
+        backend.wait_held(key)
+        backend.release(key)
+        data = conn.read_until_close()
+        assert conn.reset, f"a cut body ended with a clean close: {data[:200]!r}"
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head  # the proxy speaks HTTP/1.1 to both
+    assert len(body) < size
+    assert proxy.get("/status/200").status == 200
+
+
 def test_upstream_body_timeout_cuts_client(proxy_factory, backend):
     proxy = proxy_factory(route={"upstream_body_timeout": "1s"})
     with proxy.conn() as conn:

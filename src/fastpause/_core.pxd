@@ -352,6 +352,7 @@ cdef class SocketWriter:
     cdef int writelines(self, list pieces) except -1
     cdef int _socket_fd(self) except -2
     cdef bint _drained(self) except -1
+    cdef bint has_unread(self) except -1
     cdef void detach(self) noexcept
 
 
@@ -423,6 +424,7 @@ cdef class ClientProtocol:
     cdef Deadline deadline
     cdef int pause_reasons
     cdef bint write_paused
+    cdef double stalled_since  # when write_paused was last set (the timeout clock)
     cdef bint eof
     # the request being served
     cdef Route route

@@ -18,6 +18,7 @@ cdef enum PauseReason:
     P_UPSTREAM = 1     # the upstream's write buffer is full
     P_CONNECTING = 2   # body bytes are waiting for an upstream connection
     P_PIPELINE = 4     # the next request is buffered while this response is served
+    P_WRITE = 8        # the client is not reading its responses: no next request yet
 
 cdef enum:
     PENDING_LIMIT = 256 * 1024
@@ -99,14 +100,22 @@ cdef class ClientProtocol:
 
     def pause_writing(self):
         self.write_paused = True
+        self.stalled_since = _timeout_clock()
         if self.upstream is not None:
             self.upstream.pause_upstream_reading()
+        if self.state == C_IDLE:
+            self._pause(P_WRITE)
         self._rearm()
 
     def resume_writing(self):
         self.write_paused = False
         if self.upstream is not None:
             self.upstream.resume_upstream_reading()
+        if self.pause_reasons & P_WRITE:
+            self._resume(P_WRITE)
+            if self.rbuf is not None and self.state == C_IDLE:
+                self._advance()  # the pipelined request that waited for the client
+                return
         self._rearm()
 
     # -- reading requests ----------------------------------------------------------
@@ -718,13 +727,25 @@ cdef class ClientProtocol:
             self._close()
             return 0
         self.state = C_IDLE
+        if self.write_paused:
+            # The client is not reading what it asked for: the next request waits (it
+            # stays unread in the socket) until it does, so a pipelining client that
+            # never reads costs the write high-water mark plus one response, not one
+            # buffered response per request it sent (DESIGN invariant 6).
+            self._pause(P_WRITE)
+            self._resume(P_PIPELINE)
+            return 0
         self.deadline.set(_timeout_clock() + self.table.keepalive_timeout)
         self._resume(P_PIPELINE)
         if self.rbuf is not None:
             self._advance()
 
     cdef void _close(self):
-        """Close after flushing what was written."""
+        """Close after flushing what was written, for at most ``send_timeout`` more.
+
+        A transport closes only once its buffer is sent, and a client that stopped
+        reading never lets that happen: the deadline then aborts the connection.
+        """
         cdef UpstreamProtocol up = self.upstream
         if self.state == C_CLOSED and self.transport is None:
             return
@@ -732,11 +753,16 @@ cdef class ClientProtocol:
         self.upstream = None
         if up is not None:
             up.detach_abort()
-        self.deadline.clear()
+        if self.out.queued and self.transport.get_write_buffer_size():
+            self.deadline.set((self.stalled_since if self.write_paused else _timeout_clock())
+                              + self.table.send_timeout)
+        else:
+            self.deadline.clear()
         self.out.detach()
         self.transport.close()
 
     cdef void _abort(self):
+        """Cut the connection with a reset: whatever it was carrying did not end well."""
         cdef UpstreamProtocol up = self.upstream
         self.state = C_CLOSED
         self.upstream = None
@@ -744,6 +770,7 @@ cdef class ClientProtocol:
             up.detach_abort()
         self.deadline.clear()
         self.out.detach()
+        reset_on_close(self.transport)
         self.transport.abort()
 
     # -- flow control and timeouts -------------------------------------------------
@@ -767,7 +794,8 @@ cdef class ClientProtocol:
         if self.state == C_CLOSED or self.state == C_HEAD:
             return 0
         if self.write_paused:
-            self.deadline.set(_timeout_clock() + self.table.send_timeout)
+            # measured from when writing stalled: new requests do not extend it
+            self.deadline.set(self.stalled_since + self.table.send_timeout)
         elif self.state == C_BODY and not (self.pause_reasons & (P_UPSTREAM | P_CONNECTING)):
             self.deadline.set(_timeout_clock() + self.table.client_body_timeout)
         elif self.state == C_IDLE:
@@ -779,11 +807,14 @@ cdef class ClientProtocol:
         self._on_deadline()
 
     cdef void _on_deadline(self):
-        if self.state == C_IDLE:
+        if self.state == C_CLOSED:
+            reset_on_close(self.transport)  # closing, but its client stopped reading
+            self.transport.abort()
+        elif self.write_paused:
+            self._abort()  # the client stopped reading the response
+        elif self.state == C_IDLE:
             self._close()
         elif self.state == C_HEAD:
             self._send_error(408, "request head not received in time", True, 0)
-        elif self.write_paused:
-            self._abort()  # the client stopped reading the response
         elif self.state == C_BODY:
             self._request_broken(408, "request body not received in time")

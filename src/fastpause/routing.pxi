@@ -32,8 +32,14 @@ cdef class Upstream:
         cdef UpstreamProtocol conn
         while self.idle:
             conn = self.idle.pop()
-            if conn.state == U_IDLE:  # a connection that closed left the pool already
-                return conn
+            if conn.state != U_IDLE:  # a connection that closed left the pool already
+                continue
+            if conn.out.has_unread():
+                # it sent something while idle (late bytes after its response, or its
+                # close): never reuse it, that would be read as the next response
+                conn.close()
+                continue
+            return conn
         return None
 
     cdef bint available(self, double now):

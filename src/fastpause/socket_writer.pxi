@@ -3,8 +3,16 @@
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int setsockopt(int fd, int level, int name, const void* value, unsigned int size)
     int MSG_NOSIGNAL
     int MSG_DONTWAIT
+    int MSG_PEEK
+    int SOL_SOCKET
+    int SO_LINGER
+    struct linger:
+        int l_onoff
+        int l_linger
 
 
 cdef enum:
@@ -80,6 +88,36 @@ cdef class SocketWriter:
             self.queued = False
         return not self.queued
 
+    cdef bint has_unread(self) except -1:
+        """Whether the peer sent anything (bytes, a FIN, a reset) not read yet.
+
+        One non-blocking peek, made before a pooled connection carries another
+        request: bytes an upstream sent after its response that the loop has not
+        read yet would otherwise be read as the start of the next response.
+        """
+        cdef char c
+        if self.fd == FD_NOT_YET:
+            self.fd = self._socket_fd()
+        if self.fd < 0:
+            return False
+        return recv(self.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0
+
     cdef void detach(self) noexcept:
         """Stop touching the socket: the transport is closing it."""
         self.fd = FD_NONE
+
+
+cdef void reset_on_close(object transport):
+    """Make the transport's coming abort send a TCP reset instead of a FIN.
+
+    A connection cut in the middle of a response must not look like a complete one:
+    an HTTP/1.0 client (or any close-delimited body) takes a clean FIN as the body's
+    end, a reset it cannot mistake. Only aborts pay for this look-up.
+    """
+    cdef linger lg
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    setsockopt(sock.fileno(), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))

@@ -118,6 +118,8 @@ cdef class UpstreamProtocol:
         self.upstream.n_requests += 1
         self.upstream.n_active += 1
         self.in_exchange = True
+        if client.write_paused:  # its client reads no faster than before (invariant 6)
+            self.pause_upstream_reading()
         if client.body_kind != BODY_NONE and (not client.req_done
                                               or client.pending_bytes > INLINE_BODY_MAX):
             self._keep_salvage_fd()  # body writes may still fail on an early answer
