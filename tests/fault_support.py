@@ -155,13 +155,14 @@ RST = "rst"  # reset (SO_LINGER 0)
 HANG = "hang"  # send nothing more; wait for the peer to close
 HALF_CLOSE = "half-close"  # shutdown(SHUT_WR) and wait for the peer to close
 KEEP = "keep"  # read the next request on this connection
+CALL = "call"  # (CALL, fn): fn(sock) runs in the connection's thread (the test's own step)
 
 
 @dataclass
 class Script:
     """What the raw upstream does for one request: ``steps`` in order, each
-    ``(SEND, bytes)`` or one of CLOSE / RST / HANG / HALF_CLOSE / KEEP (the last step
-    ends the exchange; without one the connection is kept)."""
+    ``(SEND, bytes)``, ``(CALL, fn)`` or one of CLOSE / RST / HANG / HALF_CLOSE / KEEP
+    (the last step ends the exchange; without one the connection is kept)."""
 
     steps: list = field(default_factory=list)
     early: bool = False  # answer right after the head, without reading the body
@@ -352,7 +353,9 @@ class RawUpstream:
     def _run(self, sock: socket.socket, script: Script, n: int) -> bool:
         """Play ``script``; True to keep reading requests on this connection."""
         for step in script.steps:
-            if isinstance(step, tuple):
+            if isinstance(step, tuple) and step[0] == CALL:
+                step[1](sock)
+            elif isinstance(step, tuple):
                 _, data = step
                 sock.sendall(data)
             elif step == KEEP:

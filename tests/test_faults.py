@@ -30,6 +30,7 @@ import pytest
 import smuggling_corpus as sc
 from conftest import Process
 from fault_support import (
+    CALL,
     CLOSE,
     HALF_CLOSE,
     HANG,
@@ -233,6 +234,69 @@ def test_head_request_with_body_in_response_is_not_relayed(raw_stack):
         assert b"smuggled" not in conn.buf
     bad = up.conns_of("/r/head-body")[-1]
     assert up.requests[-1][0] != bad
+    up.wait_closed_by_peer(bad)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (``T``: stopped by a signal)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+# (id, method, the complete response, the bytes the upstream sends later on its own)
+LATE_BYTES = [
+    ("head-body", "HEAD", H200 + b"Content-Length: 8\r\n\r\n", b"smuggled"),
+    ("204-body", "GET", b"HTTP/1.1 204 No Content\r\n\r\n", SECOND),
+    ("304-body", "GET", b"HTTP/1.1 304 Not Modified\r\n\r\n", SECOND),
+    ("after-length", "GET", H200 + b"Content-Length: 2\r\n\r\nok", SECOND),
+    ("after-chunked", "GET", CHUNKED_HEAD + b"2\r\nok\r\n0\r\n\r\n", SECOND),
+]
+
+
+@pytest.mark.parametrize(
+    ("rid", "method", "response", "late"), [pytest.param(*c, id=c[0]) for c in LATE_BYTES]
+)
+def test_late_bytes_from_an_upstream_never_reach_the_next_request(
+    raw_stack, rid, method, response, late
+):
+    """An upstream sends a complete response, then, on its own, more bytes (a body for
+    a HEAD/204/304, bytes after the declared body). The proxy is stopped (SIGSTOP) while
+    they arrive together with another client's request, so when it runs again the
+    pooled connection is due to carry that request with the late bytes still unread:
+    it must see them and not reuse the connection, so the other client gets its own
+    answer, not the late bytes read as a response."""
+    stack, up = raw_stack
+    go, sent = threading.Event(), threading.Event()
+
+    def send_late(sock: socket.socket) -> None:
+        go.wait(30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # on the wire at once
+        sock.sendall(late)
+        sent.set()
+
+    target = f"/late/{rid}"
+    up.scripts[target] = Script([(SEND, response), (CALL, send_late), KEEP])
+    with RawConn(stack.port) as other, RawConn(stack.port) as first:
+        ok_after(other)  # the other client's connection is open and idle
+        first.send(build_request(method, target))
+        resp = first.read_response(method)
+        assert resp.status in (200, 204, 304) and b"smuggled" not in resp.body, resp
+        stack.proxy.proc.send_signal(signal.SIGSTOP)
+        try:
+            poll_until(lambda: process_state(stack.proxy.pid) == "T", 30, "the proxy to stop")
+            other.send(build_request("GET", "/ok"))  # queued at the stopped proxy first
+            go.set()
+            assert sent.wait(30), "the upstream did not send its late bytes"
+        finally:
+            stack.proxy.proc.send_signal(signal.SIGCONT)
+        resp = other.read_response()
+        assert resp.status == 200 and resp.body == OK_BODY, (
+            f"late bytes became a response: {resp!r}"
+        )
+        ok_after(first)
+    bad = up.conns_of(target)[-1]
+    carried = [t for c, t in up.requests if c == bad]
+    assert carried[-1] == target, f"the connection that sent late bytes was reused: {carried}"
     up.wait_closed_by_peer(bad)
 
 
