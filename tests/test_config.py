@@ -142,7 +142,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.max_body_size, route.host_header, route.request_id) == (1 << 30, None, False)
     assert (route.connect_timeout, route.response_header_timeout) == (5.0, 60.0)
     assert (route.upstream_body_timeout, route.upstream_keepalive) == (60.0, 64)
-    assert route.upstream_keepalive_timeout == 60.0
+    assert (route.upstream_keepalive_timeout, route.tunnel_idle_timeout) == (60.0, 3600.0)
     assert (route.try_duration, route.try_interval, route.max_held) == (30.0, 0.25, 10_000)
     assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
     assert route.retry_after == 5
@@ -194,6 +194,7 @@ def test_every_key(tmp_path: Path) -> None:
         connect_timeout = "1.5s"
         response_header_timeout = "30s"
         upstream_body_timeout = "2m"
+        tunnel_idle_timeout = "5m"
         upstream_keepalive = 0
         upstream_keepalive_timeout = "90s"
         try_duration = "0s"
@@ -251,6 +252,7 @@ def test_every_key(tmp_path: Path) -> None:
             connect_timeout=1.5,
             response_header_timeout=30.0,
             upstream_body_timeout=120.0,
+            tunnel_idle_timeout=300.0,
             upstream_keepalive=0,
             upstream_keepalive_timeout=90.0,
             try_duration=0.0,

@@ -506,3 +506,39 @@ def test_deploy_drain_cuts_an_old_tunnel_at_the_drain_deadline(ws_backend, route
     assert done.returncode == 0, f"deploy: {done.stdout}{done.stderr}"
     wait_in_flight(proxy, 0)
     wait_for(lambda: old.stats()["open"] == 0, timeout=WAIT, what="old backend's side closed")
+
+
+def test_silent_tunnel_is_closed_after_tunnel_idle_timeout(setup):
+    """A tunnel with no traffic either way for ``tunnel_idle_timeout`` is closed, on both
+    sides (as HAProxy's ``timeout tunnel``), so idle tunnels cannot pile up."""
+    proxy, backend = setup(route={"tunnel_idle_timeout": "1s"})
+
+    async def main():
+        async with ws_connect(proxy) as ws:
+            await ws.send("hello")
+            assert await asyncio.wait_for(ws.recv(), WAIT) == "hello"
+            # then silence: the proxy closes the tunnel (this waits for that event)
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), WAIT)
+
+    run(main())
+    wait_for(lambda: backend.stats()["open"] == 0, timeout=WAIT, what="the backend's side to close")
+    wait_in_flight(proxy, 0)
+    assert proxy.get("/plain").status == 200
+
+
+def test_tunnel_with_traffic_outlives_tunnel_idle_timeout(setup):
+    """Traffic in either direction keeps a tunnel open past ``tunnel_idle_timeout``: the
+    client sends a message every quarter of it for three times its length (the pace is
+    the workload, not a synchronization)."""
+    proxy, _backend = setup(route={"tunnel_idle_timeout": "2s"})
+
+    async def main():
+        async with ws_connect(proxy) as ws:
+            for i in range(24):
+                await ws.send(f"m{i}")
+                assert await asyncio.wait_for(ws.recv(), WAIT) == f"m{i}"
+                await asyncio.sleep(0.25)
+            assert await in_thread(in_flight, proxy) == 1
+
+    run(main())

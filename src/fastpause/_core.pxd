@@ -233,6 +233,7 @@ cdef class Route:
     cdef readonly double connect_timeout
     cdef readonly double response_header_timeout
     cdef readonly double upstream_body_timeout
+    cdef readonly double tunnel_idle_timeout
     cdef readonly RouteState state
     cdef readonly double try_duration
     cdef readonly double try_interval
@@ -381,6 +382,8 @@ cdef class UpstreamProtocol:
     cdef bint connecting
     cdef bint in_exchange
     cdef bint peer_eof
+    cdef bint write_stalled     # the upstream is not reading what we send it
+    cdef double tunnel_seen     # a tunnel's last traffic, either way (the timeout clock)
     cdef int salvage_fd
     cdef void start_connect(self, double timeout)
     cdef void _connect_ended(self)
@@ -391,6 +394,7 @@ cdef class UpstreamProtocol:
     cdef void _start_tunnel(self, object buf, const unsigned char* p, ResponseHead* r,
                             Py_ssize_t end, Py_ssize_t n)
     cdef int make_idle(self) except -1
+    cdef bint _arm_tunnel_idle(self) except -1
     cdef int attach(self, ClientProtocol client) except -1
     cdef int request_complete(self) except -1
     cdef void detach_abort(self)

@@ -110,6 +110,7 @@ class Route:
         connect_timeout: float = 5.0,
         response_header_timeout: float = 60.0,
         upstream_body_timeout: float = 60.0,
+        tunnel_idle_timeout: float = 3600.0,
         state: RouteState | None = None,
         try_duration: float = 30.0,
         try_interval: float = 0.25,

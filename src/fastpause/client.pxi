@@ -54,6 +54,7 @@ cdef class ClientProtocol:
     def data_received(self, bytes data not None):
         if self.state == C_TUNNEL:
             self.engine.n_bytes_in += len(data)
+            self.upstream.tunnel_seen = _timeout_clock()
             self.upstream.out.write(data)
             return
         if self.state == C_CLOSED:

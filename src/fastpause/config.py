@@ -82,6 +82,7 @@ class RouteConfig:
     connect_timeout: float = 5.0
     response_header_timeout: float = 60.0
     upstream_body_timeout: float = 60.0
+    tunnel_idle_timeout: float = 3600.0
     upstream_keepalive: int = 64
     upstream_keepalive_timeout: float = 60.0
     try_duration: float = 30.0
@@ -693,6 +694,7 @@ _ROUTE: dict[str, Parser] = {
     "connect_timeout": _duration(allow_zero=False),
     "response_header_timeout": _duration(allow_zero=False),
     "upstream_body_timeout": _duration(allow_zero=False),
+    "tunnel_idle_timeout": _duration(allow_zero=False),
     "upstream_keepalive": _integer(0, 65_535),
     "upstream_keepalive_timeout": _duration(allow_zero=False),
     "try_duration": _duration(allow_zero=True),  # 0s: no holding, 502 at once

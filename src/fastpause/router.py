@@ -181,6 +181,7 @@ def _route(
         connect_timeout=route.connect_timeout,
         response_header_timeout=route.response_header_timeout,
         upstream_body_timeout=route.upstream_body_timeout,
+        tunnel_idle_timeout=route.tunnel_idle_timeout,
         state=state,
         try_duration=route.try_duration,
         try_interval=route.try_interval,

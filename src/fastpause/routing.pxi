@@ -130,6 +130,7 @@ cdef class Route:
     def __init__(self, str name, list upstreams, *, long long max_body_size=1 << 30,
                  str host_header=None, bint request_id=False, double connect_timeout=5.0,
                  double response_header_timeout=60.0, double upstream_body_timeout=60.0,
+                 double tunnel_idle_timeout=3600.0,
                  RouteState state=None, double try_duration=30.0, double try_interval=0.25,
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
@@ -150,6 +151,7 @@ cdef class Route:
         self.connect_timeout = connect_timeout
         self.response_header_timeout = response_header_timeout
         self.upstream_body_timeout = upstream_body_timeout
+        self.tunnel_idle_timeout = tunnel_idle_timeout
         if try_duration < 0 or try_interval <= 0 or max_held < 0 or max_held_body < 0:
             raise ValueError("try_duration, max_held and max_held_body must be >= 0 "
                              "and try_interval > 0")

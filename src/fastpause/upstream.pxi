@@ -189,6 +189,7 @@ cdef class UpstreamProtocol:
 
     def data_received(self, bytes data not None):
         if self.state == U_TUNNEL:
+            self.tunnel_seen = _timeout_clock()
             self.client.write_body(data, len(data))
         elif self.state == U_ACTIVE and self.client is not None:
             self._on_data(data)
@@ -256,15 +257,17 @@ cdef class UpstreamProtocol:
             self.transport.write_eof()
 
     def pause_writing(self):
+        self.write_stalled = True
         if self.client is not None:
             self.client._pause(P_UPSTREAM)
             self.deadline.set(_timeout_clock() + self.client.route.upstream_body_timeout)
 
     def resume_writing(self):
+        self.write_stalled = False
         if self.client is not None:
             self.client._resume(P_UPSTREAM)
             if self.state == U_TUNNEL:
-                self.deadline.clear()
+                self._arm_tunnel_idle()
             elif not self.head_done and self.request_done:
                 self.request_complete()
             elif not self.head_done:
@@ -369,10 +372,23 @@ cdef class UpstreamProtocol:
         self._drop_salvage_fd()
         self.state = U_TUNNEL
         self.rbuf = None
-        self.deadline.clear()
+        self.tunnel_seen = _timeout_clock()
+        self._arm_tunnel_idle()
         c.start_tunnel(build_response_head(p, r, False, CONN_UPGRADE, None))
         if end < n and self.client is not None:
             c.write_body(buf[end:], n - end)
+
+    cdef bint _arm_tunnel_idle(self) except -1:
+        """Point the deadline at the end of the tunnel's idle time; False if it passed.
+
+        Traffic only stamps ``tunnel_seen`` (no timer work per read): the deadline
+        looks at it when it fires and moves on if anything moved since.
+        """
+        cdef double when = self.tunnel_seen + self.client.route.tunnel_idle_timeout
+        if when <= _timeout_clock():
+            return False
+        self.deadline.set(when)
+        return True
 
     cdef void _forward_body(self, object data, Py_ssize_t pos):
         cdef ClientProtocol c = self.client
@@ -520,7 +536,8 @@ cdef class UpstreamProtocol:
         if self.state == U_CONNECTING:
             self._connect_failed(f"connecting to upstream {self.upstream.address} timed out")
         elif self.state == U_TUNNEL:
-            self.cut()  # the client stopped reading what the upstream sends
+            if self.write_stalled or not self._arm_tunnel_idle():
+                self.cut()  # the upstream stopped reading, or nothing moved for too long
         elif self.state == U_ACTIVE:
             if not self.head_done and self.request_done:
                 self._fail(504, f"upstream {self.upstream.address} did not send a response "
