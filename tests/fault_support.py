@@ -155,13 +155,17 @@ RST = "rst"  # reset (SO_LINGER 0)
 HANG = "hang"  # send nothing more; wait for the peer to close
 HALF_CLOSE = "half-close"  # shutdown(SHUT_WR) and wait for the peer to close
 KEEP = "keep"  # read the next request on this connection
+# (LATER, bytes): sent on this connection when its next request arrives, before that
+# request's own script - an upstream whose response goes on after the proxy took it
+# as complete (whoever's request comes next on a reused connection gets these bytes)
+LATER = "later"
 
 
 @dataclass
 class Script:
     """What the raw upstream does for one request: ``steps`` in order, each
-    ``(SEND, bytes)`` or one of CLOSE / RST / HANG / HALF_CLOSE / KEEP (the last step
-    ends the exchange; without one the connection is kept)."""
+    ``(SEND, bytes)``, ``(LATER, bytes)`` or one of CLOSE / RST / HANG / HALF_CLOSE /
+    KEEP (the last step ends the exchange; without one the connection is kept)."""
 
     steps: list = field(default_factory=list)
     early: bool = False  # answer right after the head, without reading the body
@@ -249,6 +253,7 @@ class RawUpstream:
     def _serve(self, sock: socket.socket, n: int) -> None:
         sock.settimeout(120)
         buf = bytearray()
+        later: list[bytes] = []  # LATER bytes owed to the next request on this connection
         try:
             while not self._stop.is_set():
                 try:
@@ -264,7 +269,9 @@ class RawUpstream:
                     return
                 with self.lock:
                     self.requests.append((n, head[0]))
-                if not self._run(sock, script, n):
+                if later:
+                    sock.sendall(later.pop())
+                if not self._run(sock, script, n, later):
                     return
         except (OSError, ValueError) as e:
             if not self._stop.is_set() and not isinstance(e, ConnectionError | TimeoutError):
@@ -349,12 +356,15 @@ class RawUpstream:
             del buf[:length]
         return True
 
-    def _run(self, sock: socket.socket, script: Script, n: int) -> bool:
+    def _run(self, sock: socket.socket, script: Script, n: int, later: list[bytes]) -> bool:
         """Play ``script``; True to keep reading requests on this connection."""
         for step in script.steps:
             if isinstance(step, tuple):
-                _, data = step
-                sock.sendall(data)
+                kind, data = step
+                if kind == LATER:
+                    later.append(data)
+                else:
+                    sock.sendall(data)
             elif step == KEEP:
                 return True
             elif step == CLOSE:

@@ -30,8 +30,18 @@ QDTEXT = (
 )
 
 MAX_CHUNK_LINE = 4096  # bytes of a chunk size line, its CR included
+# the documented number limits (RELIABILITY.md, "Numbers"): values above are refused;
+# leading zeros keep the value and count only towards the line limits
+MAX_CONTENT_LENGTH = 10**18 - 1
+MAX_CHUNK_SIZE = 2**60 - 1
 MAX_TRAILER_BYTES = 16384
 FORBIDDEN_TRAILERS = {b"content-length", b"transfer-encoding", b"host"}
+
+
+def decimal(digits: bytes) -> int:
+    """The value of ``1*DIGIT``, however many leading zeros (Python's int() refuses
+    strings over 4,300 digits; a 32 KiB head can hold more zeros than that)."""
+    return int(digits.lstrip(b"0") or b"0")
 
 
 @dataclass
@@ -140,10 +150,9 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         m = re.match(rb"[0-9a-fA-F]+", line)
         if not m:
             return Chunked(BAD, why="invalid chunk size")
-        digits = m.group(0).lstrip(b"0")
-        if len(digits) > 15:
-            return Chunked(BAD, why="chunk size too large")
         size = int(m.group(0), 16)
+        if size > MAX_CHUNK_SIZE:
+            return Chunked(BAD, why="chunk size too large")
         ext = _chunk_ext_ok(line[m.end() :])
         if ext == BAD:
             return Chunked(BAD, why="invalid chunk extension")
@@ -233,7 +242,9 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
             cls += [v.strip(b" \t") for v in f[1].split(b",")]
         elif name == b"transfer-encoding":
             tes += [v.strip(b" \t").lower() for v in f[1].split(b",") if v.strip(b" \t")]
-    if any(not v.isdigit() or len(v) > 18 for v in cls) or len({int(v) for v in cls}) > 1:
+    if not all(v.isdigit() and decimal(v) <= MAX_CONTENT_LENGTH for v in cls):
+        return Response(BAD, why="Content-Length")
+    if len(set(map(decimal, cls))) > 1:
         return Response(BAD, why="Content-Length")
     had_te_field = any(line.lower().startswith(b"transfer-encoding:") for line in lines[1:])
     if had_te_field and lines[0].startswith(b"HTTP/1.0"):
@@ -252,7 +263,7 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
         r.framing = "chunked"
     elif cls:
         r.framing = "length"
-        r.length = int(cls[0])
+        r.length = decimal(cls[0])
         if r.length == 0:
             r.framing = "none"
     else:

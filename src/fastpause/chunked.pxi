@@ -82,7 +82,10 @@ cdef class ChunkedDecoder:
             if st == CS_SIZE_FIRST or st == CS_SIZE:
                 hv = HEXVAL[c]
                 if hv >= 0:
-                    if self.remaining > (<long long>1 << 59):
+                    # a size with MAX_CHUNK_SIZE_DIGITS significant digits takes no
+                    # more: checked before the shift, so it can never overflow
+                    # (leading zeros leave it 0 and cost nothing)
+                    if self.remaining >> (4 * (MAX_CHUNK_SIZE_DIGITS - 1)):
                         return self._fail(b"chunk size too large")
                     self.remaining = self.remaining * 16 + hv
                     st = CS_SIZE
@@ -216,3 +219,33 @@ cdef class ChunkedDecoder:
             self.error = b"framing or routing field in trailer section"
             return CH_ERROR
         return 0
+
+
+def decode_chunked(bytes data, Py_ssize_t piece=0):
+    """Decode the chunked body at the start of ``data`` with the proxy's decoder
+    (tests and diagnostics; the hot path drives ``ChunkedDecoder.next`` itself).
+
+    The bytes are fed ``piece`` at a time (all at once when 0), as reads arrive.
+    Returns ``(body, trailers, end)``: the chunk data, the trailer section as it is
+    forwarded (b"" when there is none) and the index just past the message, or
+    ``end == -1`` when the message needs more bytes. Raises ``ValueError`` with the
+    decoder's reason when it refuses the body.
+    """
+    cdef ChunkedDecoder dec = ChunkedDecoder()
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = len(data), pos = 0, stop = 0, ds, dl
+    cdef int rc
+    body = bytearray()
+    while stop < n:
+        stop = n if piece <= 0 else min(n, stop + piece)
+        while True:
+            rc = dec.next(p, stop, pos, &ds, &dl, &pos)
+            if rc == CH_DATA:
+                body += data[ds:ds + dl]
+            elif rc == CH_DONE:
+                return bytes(body), bytes(dec.trailers or b""), pos
+            elif rc == CH_ERROR:
+                raise ValueError(dec.error.decode())
+            else:
+                break
+    return bytes(body), b"", -1
