@@ -42,13 +42,20 @@ def parse_response_head(
     ``HeadError`` (status 502). Diagnostic/test entry point.
     """
 
-def decode_chunked(data: bytes, piece: int = 0) -> tuple[bytes, bytes, int]:
+def decode_chunked(data: bytes, piece: int = 0) -> tuple[bytes, bytes, int, int]:
     """Decode the chunked body at the start of ``data`` with the proxy's decoder,
     fed ``piece`` bytes at a time (0: at once).
 
-    Returns ``(body, trailer_section, end)``, ``end`` -1 when more bytes are needed;
-    raises ``ValueError`` with the reason when the body is refused. Diagnostic/test
-    entry point.
+    Returns ``(body, trailer_section, end, waiting)``: ``end`` is -1 when more bytes
+    are needed, and then ``waiting`` is how many data bytes of the current chunk are
+    still to come. Raises ``ValueError`` with the reason when the body is refused.
+    Diagnostic/test entry point.
+    """
+
+def request_framing(data: bytes) -> tuple[str, int]:
+    """How the proxy delimits the body of a request with this complete head:
+    ``(framing, content_length)``, framing "none", "length" or "chunked",
+    content_length -1 when absent. Raises ``HeadError``. Diagnostic/test entry point.
     """
 
 class Upstream:

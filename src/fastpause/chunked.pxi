@@ -226,10 +226,11 @@ def decode_chunked(bytes data, Py_ssize_t piece=0):
     (tests and diagnostics; the hot path drives ``ChunkedDecoder.next`` itself).
 
     The bytes are fed ``piece`` at a time (all at once when 0), as reads arrive.
-    Returns ``(body, trailers, end)``: the chunk data, the trailer section as it is
-    forwarded (b"" when there is none) and the index just past the message, or
-    ``end == -1`` when the message needs more bytes. Raises ``ValueError`` with the
-    decoder's reason when it refuses the body.
+    Returns ``(body, trailers, end, waiting)``: the chunk data, the trailer section as
+    it is forwarded (b"" when there is none), the index just past the message or -1
+    when the message needs more bytes, and then how many bytes of the current chunk's
+    data the decoder still waits for (its reading of the chunk size). Raises
+    ``ValueError`` with the decoder's reason when it refuses the body.
     """
     cdef ChunkedDecoder dec = ChunkedDecoder()
     cdef const unsigned char* p = data
@@ -243,9 +244,9 @@ def decode_chunked(bytes data, Py_ssize_t piece=0):
             if rc == CH_DATA:
                 body += data[ds:ds + dl]
             elif rc == CH_DONE:
-                return bytes(body), bytes(dec.trailers or b""), pos
+                return bytes(body), bytes(dec.trailers or b""), pos, 0
             elif rc == CH_ERROR:
                 raise ValueError(dec.error.decode())
             else:
                 break
-    return bytes(body), b"", -1
+    return bytes(body), b"", -1, dec.remaining

@@ -106,10 +106,6 @@ cdef int response_body_kind(ResponseHead* r, bint request_was_head) noexcept nog
     return BODY_CLOSE
 
 
-_BODY_KIND_NAMES = {BODY_NONE: "none", BODY_LENGTH: "length", BODY_CHUNKED: "chunked",
-                    BODY_CLOSE: "close"}
-
-
 def parse_response_head(bytes data, bint head_request=False):
     """Parse one complete response head (ending in CRLF CRLF) as an upstream's answer
     is judged (tests and diagnostics; the hot path builds none of these objects).
