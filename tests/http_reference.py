@@ -71,6 +71,7 @@ class Chunked:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     end: int = 0  # index just after the message (OK / EITHER)
     why: str = ""
+    waiting: int | None = None  # INCOMPLETE in chunk data: its bytes still to come
 
 
 def _chunk_ext_ok(ext: bytes) -> str:
@@ -181,13 +182,13 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         if size == 0:
             break
         if n - pos < size:
-            return Chunked(INCOMPLETE, bytes(body + data[pos:n]))
+            return Chunked(INCOMPLETE, bytes(body + data[pos:n]), waiting=size - (n - pos))
         body += data[pos : pos + size]
         pos += size
         if n - pos < 2:
             if data[pos:n] not in (b"", b"\r"):
                 return Chunked(BAD, why="chunk data not followed by CRLF")
-            return Chunked(INCOMPLETE, bytes(body))
+            return Chunked(INCOMPLETE, bytes(body), waiting=0)
         if data[pos : pos + 2] != b"\r\n":
             return Chunked(BAD, why="chunk data not followed by CRLF")
         pos += 2
@@ -216,6 +217,28 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         trailers.append(f)
         pos = eol + 2
     return Chunked(EITHER if lenient else OK, bytes(body), trailers, pos)
+
+
+def check_decoder(core, data: bytes) -> None:
+    """Oracle: fastpause's decoder (``core.decode_chunked``, the compiled module passed
+    in), fed at once and a byte at a time, reads ``data`` as ``decode_chunked`` does:
+    the same body and end, the same chunk size (the data bytes it still awaits), or a
+    refusal of what is not valid."""
+    c = decode_chunked(data)
+    for piece in (0, 1):
+        try:
+            body, _, end, waiting = core.decode_chunked(data, piece)
+        except ValueError as e:
+            assert c.verdict != OK, f"the decoder refused a valid body ({e}): {data!r}"
+            continue
+        if end >= 0:
+            assert c.verdict in (OK, EITHER), f"decoded what the reference does not ({c}): {data!r}"
+            assert (body, end) == (c.body, c.end), f"decoded {body!r} to {end}, not {c}: {data!r}"
+        else:
+            assert c.verdict in (INCOMPLETE, EITHER), f"waits for more, reference {c}: {data!r}"
+            assert body == c.body, f"decoded {body!r} so far, reference {c}: {data!r}"
+            if c.verdict == INCOMPLETE and c.waiting is not None:
+                assert waiting == c.waiting, f"awaits {waiting} bytes, reference {c}: {data!r}"
 
 
 # --------------------------------------------------------------------------- responses

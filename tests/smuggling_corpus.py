@@ -723,6 +723,18 @@ def check_accepted_head(data: bytes, result) -> None:
         assert names.count(b"host") <= 1, names
 
 
+def check_framing_value(core, data: bytes, result) -> None:
+    """The core frames the body of an accepted head with the length a big-integer
+    reading of its Content-Length gives (no wrap, leading zeros kept)."""
+    kind, length = core.request_framing(data)
+    want = _framing(result)
+    if want == ("chunked",):
+        assert kind == "chunked", (data, kind, length)
+    else:
+        got = (kind, max(length, 0))
+        assert got == ("length" if want[1] else "none", want[1]), (data, got, want)
+
+
 def check_head_against_llhttp(data: bytes, result) -> None:
     ll = llhttp_run(data)
     if ll.head is None:

@@ -177,6 +177,8 @@ cdef class ChunkedDecoder:
             elif st == CS_TRAILER_START:
                 if c == 13:
                     st = CS_END_LF
+                elif c == 10:
+                    return self._fail(b"bare LF in trailer section")
                 else:
                     if self.trailers is None:
                         self.trailers = bytearray()
