@@ -178,8 +178,11 @@ def test_mutated_smuggling_heads(core, data):
 
 # Inputs found by fuzzing (fuzz/ harnesses or hypothesis) stay here as regression tests:
 # (kind, input). "head": through parse_request_head and its oracles; "chunked": as a
-# chunked request body end to end.
+# chunked request body end to end; "decoder": through the decoder in process.
 REGRESSIONS = [
+    # a bare LF opening a trailer line was refused only at the line's CRLF (RELIABILITY.md,
+    # finding 8)
+    ("decoder", b"5\r\nhello\r\n0\r\n\n"),
     # the head harness must cut at the first empty line: "GET s/mu\r\n" + CRLF CRLF
     ("head", b"GET s/mu\r\n\r\n"),
     # obs-text in a trailer value is forwarded as is (the oracle compares latin-1)
@@ -190,6 +193,11 @@ REGRESSIONS = [
 @pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "head"])
 def test_regressions_head(core, kind, data):
     parse_checked(core, data)
+
+
+@pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "decoder"])
+def test_regressions_decoder(core, kind, data):
+    ref.check_decoder(core, data)
 
 
 @pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "chunked"])
