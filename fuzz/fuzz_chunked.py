@@ -4,7 +4,8 @@
 Starts the test backend and a proxy once (as the test suite does), then for every
 input sends ``POST /inspect`` with ``Transfer-Encoding: chunked`` and the input as the
 body (``--side request``, the default), half-closes, and checks the outcome against
-``tests/http_reference.py``:
+``tests/http_reference.py`` (and, in process first, ``http_reference.check_decoder``:
+the core's decoder reads every input as the reference does, chunk sizes included):
 
 * the reference decodes the body: the backend received exactly that body and those
   trailers (200);
@@ -38,9 +39,12 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 with atheris.instrument_imports():
     import http_reference as ref
+    import number_corpus as nc
 
 from fault_support import CLOSE, SEND, RawUpstream, Script, Stack, read_or_cut  # noqa: E402
 from helpers import RawConn, build_request  # noqa: E402
+
+from fastpause import _core  # noqa: E402  (compiled: not instrumented)
 
 SIDE = "response" if "--side=response" in sys.argv else "request"
 sys.argv = [a for a in sys.argv if not a.startswith("--side")]
@@ -142,6 +146,7 @@ def response_side(data: bytes) -> None:
 
 
 def TestOneInput(data: bytes) -> None:
+    ref.check_decoder(_core, data)  # in process first: the same oracle, 1000x faster
     if SIDE == "request":
         request_side(data)
     else:
@@ -155,6 +160,12 @@ SEEDS = [
     b"000a\r\n0123456789\r\n0\r\n\r\n",
     b'1\r\na\r\n1 ; z = y\r\nb\r\n0;last\r\nEtag: "v"\r\n\r\n',
     b"0\r\n\r\n",
+    # issue 17: 2^63 read as the last chunk
+    b"8000000000000000\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+# every boundary number as a chunk size (tests/number_corpus.py)
+SEEDS += [
+    nc.hexa(v, z) + b"\r\n" + nc.BODY + b"\r\n0\r\n\r\n" for v in nc.BOUNDARIES for z in (0, 30)
 ]
 
 

@@ -7,6 +7,8 @@ whole input with an empty line added):
 * ``parse_request_head`` raises nothing but ``HeadError`` (with a 4xx/505 status);
 * an accepted head obeys the framing invariants (no CL with TE, chunked last and once,
   no TE in HTTP/1.0, one Host in HTTP/1.1, agreeing lengths, no bare CR/LF, tokens);
+* the core frames its body with the length a big-integer reading of Content-Length
+  gives (``request_framing``; no wrap, leading zeros keep the value);
 * if llhttp accepts the head too, it has the same reading (method, target, version,
   field lines) and frames a body exactly as fastpause does (same body, same end).
 
@@ -31,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 with atheris.instrument_imports():
+    import number_corpus as nc
     import smuggling_corpus as sc
 
 from head_tokens import decode  # noqa: E402
@@ -203,6 +206,7 @@ def TestOneInput(data: bytes) -> None:
         feedback("reject", e.reason, ("length", 0), None, 0)
         return
     sc.check_accepted_head(head, result)
+    sc.check_framing_value(_core, head, result)
     sc.check_head_against_llhttp(head, result)
     framing = sc.framing_of([(bytes(n), bytes(v)) for n, v in result[3]])
     feedback("accept", "", framing, tuple(result[2]), len(result[3]))
@@ -210,12 +214,13 @@ def TestOneInput(data: bytes) -> None:
 
 
 def write_seeds(directory: Path) -> None:
-    """Seed an empty corpus directory from the smuggling corpus."""
+    """Seed an empty corpus directory from the smuggling corpus and the boundary numbers."""
     directory.mkdir(parents=True, exist_ok=True)
     if any(directory.iterdir()):
         return
     seeds = [a.attack for a in sc.ATTACKS] + [a.lead for a in sc.ATTACKS if a.lead]
     seeds += [n.data for n in sc.NEUTRALIZED]
+    seeds += [data for _, data in nc.request_streams()]
     for i, s in enumerate(seeds):
         (directory / f"seed-{i:04d}").write_bytes(b"\x00" + s[:4096])
 

@@ -18,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
+import number_corpus as nc  # noqa: E402
 import smuggling_corpus as sc  # noqa: E402
 from head_tokens import decode  # noqa: E402  (corpus files start with a mode byte)
 
@@ -40,6 +41,9 @@ INTERESTING = [
     b'"',
     b"0",
     b"9" * 25,
+    b"0" * 30,
+    b"9223372036854775808",
+    b"8000000000000000",
     b"chunked",
     b"\r\n\r\n",
 ]
@@ -53,6 +57,7 @@ def check(data: bytes) -> None:
     except _core.HeadError:
         return
     sc.check_accepted_head(head, result)
+    sc.check_framing_value(_core, head, result)
     sc.check_head_against_llhttp(head, result)
 
 
@@ -81,6 +86,7 @@ def main() -> int:
     args = ap.parse_args()
     inputs = [decode(f.read_bytes()) for d in args.corpus for f in sorted(d.iterdir())]
     inputs += [a.attack for a in sc.ATTACKS] + [n.data for n in sc.NEUTRALIZED]
+    inputs += [data for _, data in nc.request_streams()]
     t0 = time.monotonic()
     for data in inputs:
         check(data)

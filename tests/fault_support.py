@@ -7,6 +7,8 @@
 * ``RawUpstream``: a deliberately misbehaving HTTP/1.1 upstream on raw sockets (in
   threads of the test process). Each request path names a ``Script`` of what to
   send back: arbitrary bytes, then close, reset, hang, half-close or keep going.
+* ``RecordingUpstream``: a strict upstream that logs every request the proxy forwards,
+  as the reference reader (``http_reference``) splits them (the desync harness).
 * Process probes: open fd count and RSS of the proxy.
 
 Nothing here sleeps to synchronize: readiness comes from the processes' output,
@@ -16,15 +18,19 @@ and waiting is polling with a deadline.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import select
 import socket
 import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import conftest  # the test suite's process wrappers (Backend, Proxy, render_config)
+import http_reference as ref
 from helpers import RawConn, build_request, free_port, request
 
 # --------------------------------------------------------------------------- stacks
@@ -156,13 +162,18 @@ HANG = "hang"  # send nothing more; wait for the peer to close
 HALF_CLOSE = "half-close"  # shutdown(SHUT_WR) and wait for the peer to close
 KEEP = "keep"  # read the next request on this connection
 CALL = "call"  # (CALL, fn): fn(sock) runs in the connection's thread (the test's own step)
+# (LATER, bytes): sent on this connection when its next request arrives, before that
+# request's own script - an upstream whose response goes on after the proxy took it
+# as complete (whoever's request comes next on a reused connection gets these bytes)
+LATER = "later"
 
 
 @dataclass
 class Script:
     """What the raw upstream does for one request: ``steps`` in order, each
-    ``(SEND, bytes)``, ``(CALL, fn)`` or one of CLOSE / RST / HANG / HALF_CLOSE / KEEP
-    (the last step ends the exchange; without one the connection is kept)."""
+    ``(SEND, bytes)``, ``(LATER, bytes)``, ``(CALL, fn)`` or one of CLOSE / RST / HANG /
+    HALF_CLOSE / KEEP (the last step ends the exchange; without one the connection is
+    kept)."""
 
     steps: list = field(default_factory=list)
     early: bool = False  # answer right after the head, without reading the body
@@ -250,6 +261,7 @@ class RawUpstream:
     def _serve(self, sock: socket.socket, n: int) -> None:
         sock.settimeout(120)
         buf = bytearray()
+        later: list[bytes] = []  # LATER bytes owed to the next request on this connection
         try:
             while not self._stop.is_set():
                 try:
@@ -265,7 +277,9 @@ class RawUpstream:
                     return
                 with self.lock:
                     self.requests.append((n, head[0]))
-                if not self._run(sock, script, n):
+                if later:
+                    sock.sendall(later.pop())
+                if not self._run(sock, script, n, later):
                     return
         except (OSError, ValueError) as e:
             if not self._stop.is_set() and not isinstance(e, ConnectionError | TimeoutError):
@@ -350,14 +364,17 @@ class RawUpstream:
             del buf[:length]
         return True
 
-    def _run(self, sock: socket.socket, script: Script, n: int) -> bool:
+    def _run(self, sock: socket.socket, script: Script, n: int, later: list[bytes]) -> bool:
         """Play ``script``; True to keep reading requests on this connection."""
         for step in script.steps:
-            if isinstance(step, tuple) and step[0] == CALL:
-                step[1](sock)
-            elif isinstance(step, tuple):
-                _, data = step
-                sock.sendall(data)
+            if isinstance(step, tuple):
+                kind, arg = step
+                if kind == LATER:
+                    later.append(arg)
+                elif kind == CALL:
+                    arg(sock)
+                else:
+                    sock.sendall(arg)
             elif step == KEEP:
                 return True
             elif step == CLOSE:
@@ -382,6 +399,70 @@ class RawUpstream:
             else:
                 raise ValueError(f"unknown step {step!r}")
         return True
+
+
+class RecordingUpstream(RawUpstream):
+    """An upstream that reads what the proxy forwards with the strict reference reader
+    (``http_reference.split_requests``), appends every complete request to ``log`` as
+    ``(connection number, http_reference.Request)`` and answers it with an empty 200.
+    What that reader refuses goes to ``errors``: the proxy forwarded something a strict
+    server reads differently (or not at all)."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.log: list[tuple[int, ref.Request]] = []
+        self._conns: dict[int, socket.socket] = {}
+        self._waiting: set[int] = set()  # connections with nothing to read, waiting for more
+        super().__init__({})
+
+    def quiet(self) -> bool:
+        """True when every connection waits for bytes with none unread: whatever the
+        proxy sent so far is in ``log`` (or ``errors``)."""
+        with self.lock:
+            return all(n in self._waiting and _unread(s) == 0 for n, s in self._conns.items())
+
+    def _serve(self, sock: socket.socket, n: int) -> None:
+        buf = bytearray()
+        with self.lock:
+            self._conns[n] = sock
+        try:
+            while not self._stop.is_set():
+                with self.lock:
+                    self._waiting.add(n)
+                select.select([sock], [], [])  # readable: bytes count as unread until recv
+                with self.lock:
+                    self._waiting.discard(n)
+                data = sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+                split = ref.split_requests(bytes(buf))
+                if split.requests:
+                    with self.lock:
+                        self.log += [(n, r) for r in split.requests]
+                    del buf[: split.requests[-1].end]
+                    sock.sendall(self.ANSWER * len(split.requests))
+                if split.stop == ref.REFUSED:
+                    with self.lock:
+                        self.errors.append(f"the proxy forwarded {bytes(buf)[:300]!r}: {split.why}")
+                    break
+                if split.stop == ref.CLOSED:
+                    break
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self._conns.pop(n, None)
+                self._waiting.discard(n)
+                self._socks.discard(sock)
+                self.closed_by_peer.add(n)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _unread(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def read_or_cut(conn: RawConn, method: str = "GET"):

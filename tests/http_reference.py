@@ -1,5 +1,6 @@
-"""Reference readers for the fuzz oracles: what RFC 9112 (plus fastpause's documented
-limits) says a chunked body or an upstream response means.
+"""Reference readers for the fuzz and desync oracles: what RFC 9112 (plus fastpause's
+documented limits) says a chunked body, an upstream response, a number field or a
+stream of pipelined requests means.
 
 Written from the RFC grammar, independently of the Cython code. Each reader returns a
 verdict: ``OK`` (exactly one reading), ``BAD`` (invalid: must be rejected),
@@ -30,8 +31,37 @@ QDTEXT = (
 )
 
 MAX_CHUNK_LINE = 4096  # bytes of a chunk size line, its CR included
+# the documented number limits (RELIABILITY.md, "Numbers"): values above are refused;
+# leading zeros keep the value and count only towards the line limits
+MAX_CONTENT_LENGTH = 10**18 - 1
+MAX_CHUNK_SIZE = 2**60 - 1
 MAX_TRAILER_BYTES = 16384
 FORBIDDEN_TRAILERS = {b"content-length", b"transfer-encoding", b"host"}
+
+
+def decimal(digits: bytes) -> int:
+    """The value of ``1*DIGIT``, however many leading zeros (Python's int() refuses
+    strings over 4,300 digits; a 32 KiB head can hold more zeros than that)."""
+    return int(digits.lstrip(b"0") or b"0")
+
+
+def content_length(elements: list[bytes]) -> int | None:
+    """The length that Content-Length list elements (OWS stripped, from every field line)
+    give, or None: an element that is not ``1*DIGIT`` (an empty one included: fastpause
+    guesses nothing), elements that differ (RFC 9110 8.6), or a value over the limit."""
+    if not all(v.isdigit() for v in elements):
+        return None
+    values = {decimal(v) for v in elements}
+    if len(values) != 1:
+        return None
+    (n,) = values
+    return n if n <= MAX_CONTENT_LENGTH else None
+
+
+def chunk_size(digits: bytes) -> int | None:
+    """The value of a chunk size (``1*HEXDIG``), or None over the limit."""
+    n = int(digits, 16)  # base 16 has no digit cap in Python
+    return n if n <= MAX_CHUNK_SIZE else None
 
 
 @dataclass
@@ -41,6 +71,7 @@ class Chunked:
     trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
     end: int = 0  # index just after the message (OK / EITHER)
     why: str = ""
+    waiting: int | None = None  # INCOMPLETE in chunk data: its bytes still to come
 
 
 def _chunk_ext_ok(ext: bytes) -> str:
@@ -140,10 +171,9 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         m = re.match(rb"[0-9a-fA-F]+", line)
         if not m:
             return Chunked(BAD, why="invalid chunk size")
-        digits = m.group(0).lstrip(b"0")
-        if len(digits) > 15:
+        size = chunk_size(m.group(0))
+        if size is None:
             return Chunked(BAD, why="chunk size too large")
-        size = int(m.group(0), 16)
         ext = _chunk_ext_ok(line[m.end() :])
         if ext == BAD:
             return Chunked(BAD, why="invalid chunk extension")
@@ -152,13 +182,13 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         if size == 0:
             break
         if n - pos < size:
-            return Chunked(INCOMPLETE, bytes(body + data[pos:n]))
+            return Chunked(INCOMPLETE, bytes(body + data[pos:n]), waiting=size - (n - pos))
         body += data[pos : pos + size]
         pos += size
         if n - pos < 2:
             if data[pos:n] not in (b"", b"\r"):
                 return Chunked(BAD, why="chunk data not followed by CRLF")
-            return Chunked(INCOMPLETE, bytes(body))
+            return Chunked(INCOMPLETE, bytes(body), waiting=0)
         if data[pos : pos + 2] != b"\r\n":
             return Chunked(BAD, why="chunk data not followed by CRLF")
         pos += 2
@@ -187,6 +217,28 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
         trailers.append(f)
         pos = eol + 2
     return Chunked(EITHER if lenient else OK, bytes(body), trailers, pos)
+
+
+def check_decoder(core, data: bytes) -> None:
+    """Oracle: fastpause's decoder (``core.decode_chunked``, the compiled module passed
+    in), fed at once and a byte at a time, reads ``data`` as ``decode_chunked`` does:
+    the same body and end, the same chunk size (the data bytes it still awaits), or a
+    refusal of what is not valid."""
+    c = decode_chunked(data)
+    for piece in (0, 1):
+        try:
+            body, _, end, waiting = core.decode_chunked(data, piece)
+        except ValueError as e:
+            assert c.verdict != OK, f"the decoder refused a valid body ({e}): {data!r}"
+            continue
+        if end >= 0:
+            assert c.verdict in (OK, EITHER), f"decoded what the reference does not ({c}): {data!r}"
+            assert (body, end) == (c.body, c.end), f"decoded {body!r} to {end}, not {c}: {data!r}"
+        else:
+            assert c.verdict in (INCOMPLETE, EITHER), f"waits for more, reference {c}: {data!r}"
+            assert body == c.body, f"decoded {body!r} so far, reference {c}: {data!r}"
+            if c.verdict == INCOMPLETE and c.waiting is not None:
+                assert waiting == c.waiting, f"awaits {waiting} bytes, reference {c}: {data!r}"
 
 
 # --------------------------------------------------------------------------- responses
@@ -233,7 +285,8 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
             cls += [v.strip(b" \t") for v in f[1].split(b",")]
         elif name == b"transfer-encoding":
             tes += [v.strip(b" \t").lower() for v in f[1].split(b",") if v.strip(b" \t")]
-    if any(not v.isdigit() or len(v) > 18 for v in cls) or len({int(v) for v in cls}) > 1:
+    length = content_length(cls)
+    if cls and length is None:
         return Response(BAD, why="Content-Length")
     had_te_field = any(line.lower().startswith(b"transfer-encoding:") for line in lines[1:])
     if had_te_field and lines[0].startswith(b"HTTP/1.0"):
@@ -252,9 +305,142 @@ def parse_response_head(data: bytes, head_request: bool = False) -> Response:
         r.framing = "chunked"
     elif cls:
         r.framing = "length"
-        r.length = int(cls[0])
+        r.length = length
         if r.length == 0:
             r.framing = "none"
     else:
         r.framing = "close"
     return r
+
+
+# --------------------------------------------------------------------------- request streams
+
+END = "end"  # every byte was read: the stream ended between requests
+CLOSED = "close"  # a request ended the connection (Connection: close, HTTP/1.0, CONNECT)
+REFUSED = "refused"  # the next message is invalid: nothing from it on may be forwarded
+
+
+@dataclass
+class Request:
+    method: bytes
+    target: bytes  # as it reaches an origin server (origin-form; RFC 9112 3.2.1-3.2.2)
+    version: tuple[int, int]
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    end: int  # index just after the message
+
+
+@dataclass
+class Split:
+    """A stream of requests on one connection, as a strict reader splits it."""
+
+    requests: list[Request]  # the complete requests, in order
+    stop: str  # END, CLOSED, REFUSED or INCOMPLETE (the stream ends inside a message)
+    why: str = ""
+
+
+_REQUEST_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])\Z"
+)
+_AUTHORITY = re.compile(rb"(?i)https?://[^/?#]*")
+
+
+def _origin_target(target: bytes) -> bytes:
+    """What a proxy sends an origin for ``target``: absolute-form loses its scheme and
+    authority (an empty path becomes "/"); origin- and asterisk-form stay."""
+    m = _AUTHORITY.match(target)
+    if m is None:
+        return target
+    path = target[m.end() :]
+    return path if path.startswith(b"/") else b"/" + path
+
+
+def _framing(version: tuple[int, int], fields: list[tuple[bytes, bytes]]) -> tuple | str:
+    """RFC 9112 6.3 for a request: ("chunked",) or ("length", n), or why it is refused."""
+    te = [v for n, v in fields if n.lower() == b"transfer-encoding"]
+    cls = [
+        e.strip(b" \t") for n, v in fields if n.lower() == b"content-length" for e in v.split(b",")
+    ]
+    if te:
+        if version == (1, 0):
+            return "Transfer-Encoding in HTTP/1.0 (RFC 9112 6.1: faulty framing)"
+        if cls:
+            return "Content-Length with Transfer-Encoding (RFC 9112 6.3)"
+        codings = [c.strip(b" \t") for v in te for c in v.split(b",") if c.strip(b" \t")]
+        names = [c.split(b";")[0].rstrip(b" \t").lower() for c in codings]
+        if not names or any(not n or any(c not in TCHAR for c in n) for n in names):
+            return "invalid transfer coding"
+        if names[-1] != b"chunked" or names.count(b"chunked") != 1:
+            return "chunked is not the final coding, applied once (RFC 9112 6.3, 7)"
+        return ("chunked",)
+    if cls:
+        n = content_length(cls)
+        return "invalid Content-Length" if n is None else ("length", n)
+    return ("length", 0)
+
+
+def _keeps_open(method: bytes, version: tuple[int, int], fields: list[tuple[bytes, bytes]]) -> bool:
+    options = {
+        o.strip(b" \t").lower()
+        for n, v in fields
+        if n.lower() == b"connection"
+        for o in v.split(b",")
+    }
+    if method == b"CONNECT" or b"close" in options:
+        return False  # after CONNECT the connection is a tunnel, no more HTTP
+    return version == (1, 1) or b"keep-alive" in options
+
+
+def split_requests(data: bytes) -> Split:
+    """Split a client's byte stream into requests (RFC 9112 2.2, 3, 5, 6.3, 7.1).
+
+    Strict on everything that decides where a message ends (line ends, framing
+    fields, chunked syntax, the documented limits), lenient on what does not (the
+    target's form, Host's value, methods, expectations): a proxy may refuse more,
+    but must never split a stream differently.
+    """
+    requests: list[Request] = []
+    pos, n = 0, len(data)
+    while True:
+        while data.startswith(b"\r\n", pos):  # empty lines before a request line
+            pos += 2
+        if pos == n:
+            return Split(requests, END)
+        end = data.find(b"\r\n\r\n", pos)
+        flat = data[pos : n if end < 0 else end + 2].replace(b"\r\n", b"")
+        if b"\n" in flat or b"\r" in (flat[:-1] if end < 0 else flat):  # a CR may await its LF
+            return Split(requests, REFUSED, "bare CR or LF in a head")
+        if end < 0:
+            return Split(requests, INCOMPLETE, "the stream ends inside a head")
+        lines = data[pos:end].split(b"\r\n")
+        m = _REQUEST_LINE.match(lines[0])
+        if m is None:
+            return Split(requests, REFUSED, f"request line {lines[0][:60]!r}")
+        method, target = m.group(1), m.group(2)
+        version = (int(m.group(3)), int(m.group(4)))
+        if version not in ((1, 0), (1, 1)):
+            return Split(requests, REFUSED, f"HTTP/{version[0]}.{version[1]}")
+        fields = [_field_line(line) for line in lines[1:]]
+        if None in fields:
+            return Split(requests, REFUSED, "invalid field line")
+        hosts = sum(1 for name, _ in fields if name.lower() == b"host")
+        if hosts > 1 or (hosts == 0 and version == (1, 1)):
+            return Split(requests, REFUSED, "not exactly one Host (RFC 9112 3.2)")
+        framing = _framing(version, fields)
+        if isinstance(framing, str):
+            return Split(requests, REFUSED, framing)
+        pos = end + 4
+        if framing[0] == "chunked":
+            c = decode_chunked(data, pos)
+            if c.verdict == BAD:
+                return Split(requests, REFUSED, f"chunked body: {c.why}")
+            if c.verdict == INCOMPLETE:
+                return Split(requests, INCOMPLETE, "the stream ends inside a chunked body")
+            body, pos = c.body, c.end
+        else:
+            if n - pos < framing[1]:
+                return Split(requests, INCOMPLETE, "the stream ends inside a body")
+            body, pos = data[pos : pos + framing[1]], pos + framing[1]
+        requests.append(Request(method, _origin_target(target), version, fields, body, pos))
+        if not _keeps_open(method, version, fields):
+            return Split(requests, CLOSED)

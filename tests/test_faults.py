@@ -35,6 +35,7 @@ from fault_support import (
     HALF_CLOSE,
     HANG,
     KEEP,
+    LATER,
     RST,
     SEND,
     RawUpstream,
@@ -104,6 +105,8 @@ RESPONSES = [
     ("cl-hex", H200 + b"Content-Length: 0x5\r\n\r\nhello", KEEP, BAD_502, None),
     ("cl-empty", H200 + b"Content-Length: \r\n\r\nhello", KEEP, BAD_502, None),
     ("cl-overflow", H200 + b"Content-Length: 18446744073709551621\r\n\r\nhello", KEEP, BAD_502, None),  # noqa: E501
+    ("cl-2p63", H200 + b"Content-Length: 9223372036854775808\r\n\r\nhello", KEEP, BAD_502, None),
+    ("cl-19-digits", H200 + b"Content-Length: 1000000000000000000\r\n\r\nhello", KEEP, BAD_502, None),  # noqa: E501
     ("te-gzip-only", H200 + b"Transfer-Encoding: gzip\r\n\r\nhello", CLOSE, BAD_502, None),
     ("te-chunked-twice", H200 + b"Transfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", KEEP, BAD_502, None),  # noqa: E501
     ("te-chunked-then-gzip", H200 + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n", KEEP, BAD_502, None),  # noqa: E501
@@ -131,6 +134,12 @@ RESPONSES = [
     ("chunked-bad-size", CHUNKED_HEAD + b"zz\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),
     ("chunked-0x-size", CHUNKED_HEAD + b"0x5\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),
     ("chunked-size-overflow", CHUNKED_HEAD + b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),  # noqa: E501
+    # issue 17: 2**63 (+ up to 15) wrapped to a negative size, read as the last chunk
+    ("chunked-size-2p63", CHUNKED_HEAD + b"8000000000000000\r\nSet-Cookie: injected=1\r\n\r\n", KEEP, CUT, None),  # noqa: E501
+    ("chunked-size-2p63-plus-15", CHUNKED_HEAD + b"800000000000000f\r\n\r\n" + SECOND, KEEP, CUT, None),  # noqa: E501
+    ("chunked-size-2p63-leading-zeros", CHUNKED_HEAD + b"0" * 30 + b"8000000000000000\r\n\r\n", KEEP, CUT, None),  # noqa: E501
+    ("chunked-size-2p63-second-chunk", CHUNKED_HEAD + b"5\r\nhello\r\n8000000000000000\r\n\r\n", KEEP, CUT, None),  # noqa: E501
+    ("chunked-size-2p60", CHUNKED_HEAD + b"1000000000000000\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),  # noqa: E501
     ("chunked-lf-only", CHUNKED_HEAD + b"5\nhello\n0\n\n", KEEP, CUT, None),
     ("chunked-data-too-long", CHUNKED_HEAD + b"3\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),
     ("chunked-ext-bare-cr", CHUNKED_HEAD + b"5;a\rb\r\nhello\r\n0\r\n\r\n", KEEP, CUT, None),
@@ -144,6 +153,8 @@ RESPONSES = [
     ("304-with-body", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 8\r\n\r\nsmuggled", KEEP, RELAYED, b""),  # noqa: E501
     ("1xx-then-extra", b"HTTP/1.1 103 Early Hints\r\n\r\n" + H200 + b"Content-Length: 2\r\n\r\nhi" + SECOND, KEEP, RELAYED, b"hi"),  # noqa: E501
     ("cl-same-list", H200 + b"Content-Length: 5, 5\r\n\r\nhello", KEEP, RELAYED, b"hello"),
+    ("cl-30-leading-zeros", H200 + b"Content-Length: " + b"0" * 30 + b"5\r\n\r\nhello", KEEP, RELAYED, b"hello"),  # noqa: E501
+    ("chunked-size-30-leading-zeros", CHUNKED_HEAD + b"0" * 30 + b"5\r\nhello\r\n" + b"0" * 30 + b"\r\n\r\n", KEEP, RELAYED, b"hello"),  # noqa: E501
     ("close-delimited", H200 + b"\r\nhello, till close", CLOSE, RELAYED, b"hello, till close"),
     ("http10-close-delimited", b"HTTP/1.0 200 OK\r\n\r\nold", CLOSE, RELAYED, b"old"),
 ]
@@ -159,7 +170,7 @@ RESPONSES += [
 
 
 # valid responses with nothing after them: their connection may be reused
-CLEAN = {"cl-same-list", "status-no-space"}
+CLEAN = {"cl-same-list", "status-no-space", "cl-30-leading-zeros", "chunked-size-30-leading-zeros"}
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +330,33 @@ def test_pipelined_requests_after_a_broken_response_stay_in_order(raw_stack):
             assert third.status == 200 and third.body == OK_BODY, third
         else:
             assert conn.is_closed_by_peer()
+
+
+def test_wrapping_chunk_size_never_hands_the_rest_to_another_client(raw_stack):
+    """Issue 17, finding 2 (response side). The upstream sends a chunk size of 2**63,
+    which a signed 64-bit parser wrapped to a negative size and took for the last
+    chunk: the attacker's client got a "complete" body, the connection went back to
+    the pool, and the bytes the upstream sent next were read as the answer to the next
+    client's request. Now: the attacker's client is cut, that upstream connection is
+    closed and never reused, and the next client gets its own answer."""
+    stack, up = raw_stack
+    rest = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nSet-Cookie: injected=1\r\n\r\nattacker"
+    up.scripts["/r/wrap"] = Script(
+        [(SEND, CHUNKED_HEAD + b"8000000000000000\r\n\r\n"), (LATER, rest), KEEP]
+    )
+    with RawConn(stack.port) as attacker:
+        attacker.send(build_request("GET", "/r/wrap"))
+        assert read_or_cut(attacker) is None, "a wrapped chunk size ended the response"
+    (bad,) = up.conns_of("/r/wrap")
+    seen = len(up.requests)
+    with RawConn(stack.port) as victim:
+        victim.send(build_request("GET", "/ok"))
+        resp = victim.read_response()
+        assert resp.status == 200 and resp.body == OK_BODY, resp
+        assert resp.get("set-cookie") is None, resp
+        assert b"attacker" not in victim.buf
+    assert bad not in {c for c, _ in up.requests[seen:]}, "the broken connection was reused"
+    up.wait_closed_by_peer(bad)
 
 
 # --------------------------------------------------------------------------- faults

@@ -8,8 +8,9 @@
    bodies (valid, broken, truncated, with leftovers); the client gets exactly what
    ``http_reference`` says (the response, a 502, or a cut connection), never a
    malformed response or a hang, and the proxy never writes a traceback.
-3. The request chunked decoder end to end: generated (and mutated) chunked bodies reach
-   the backend exactly as ``http_reference`` decodes them, or not at all.
+3. The request chunked decoder in process (``decode_chunked``) and end to end: generated
+   (and mutated) chunked bodies are read, and reach the backend, exactly as
+   ``http_reference`` decodes them, or not at all.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def parse_checked(core, data: bytes):
         assert e.reason
         return None
     sc.check_accepted_head(data, result)
+    sc.check_framing_value(core, data, result)
     sc.check_head_against_llhttp(data, result)
     return result
 
@@ -176,8 +178,11 @@ def test_mutated_smuggling_heads(core, data):
 
 # Inputs found by fuzzing (fuzz/ harnesses or hypothesis) stay here as regression tests:
 # (kind, input). "head": through parse_request_head and its oracles; "chunked": as a
-# chunked request body end to end.
+# chunked request body end to end; "decoder": through the decoder in process.
 REGRESSIONS = [
+    # a bare LF opening a trailer line was refused only at the line's CRLF (RELIABILITY.md,
+    # finding 8)
+    ("decoder", b"5\r\nhello\r\n0\r\n\n"),
     # the head harness must cut at the first empty line: "GET s/mu\r\n" + CRLF CRLF
     ("head", b"GET s/mu\r\n\r\n"),
     # obs-text in a trailer value is forwarded as is (the oracle compares latin-1)
@@ -188,6 +193,11 @@ REGRESSIONS = [
 @pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "head"])
 def test_regressions_head(core, kind, data):
     parse_checked(core, data)
+
+
+@pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "decoder"])
+def test_regressions_decoder(core, kind, data):
+    ref.check_decoder(core, data)
 
 
 @pytest.mark.parametrize(("kind", "data"), [r for r in REGRESSIONS if r[0] == "chunked"])
@@ -400,6 +410,14 @@ def check_chunked_outcome(stack, body: bytes, resp, tag: str) -> None:
     if resp is not None:
         assert resp.status == 400, resp
         assert resp.closes
+
+
+@FAST
+@given(body=mutated_chunked())
+def test_chunked_decoder_in_process(core, body):
+    """The decoder itself reads every body as the reference does: same data, same end,
+    same chunk sizes (what it still awaits), fed at once or a byte at a time."""
+    ref.check_decoder(core, body)
 
 
 @E2E

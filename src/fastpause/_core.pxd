@@ -10,6 +10,11 @@ cdef enum:
     MAX_FIELDS_CAP = 1024
     MAX_CHUNK_LINE = 4096
     MAX_TRAILER_BYTES = 16384
+    # Body lengths, counted in significant digits (leading zeros are free): a
+    # Content-Length below 10**18, a chunk size below 2**60. Both leave a signed
+    # 64-bit value 8x headroom; anything longer is refused, never wrapped.
+    MAX_CONTENT_LENGTH_DIGITS = 18
+    MAX_CHUNK_SIZE_DIGITS = 15
 
 
 cdef enum HeaderKind:

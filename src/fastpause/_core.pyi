@@ -31,6 +31,33 @@ def parse_request_head(
     Python objects.
     """
 
+def parse_response_head(
+    data: bytes, head_request: bool = False
+) -> tuple[tuple[int, int], int, str, int, list[tuple[bytes, bytes]]]:
+    """Parse one complete upstream response head (ending in CRLF CRLF) as the proxy judges it.
+
+    Returns ``((major, minor), status, framing, content_length, [(name, value), ...])``;
+    ``framing`` is "none", "length", "chunked" or "close" (RFC 9112 6.3; for a HEAD
+    request when ``head_request``), ``content_length`` -1 when absent. Raises
+    ``HeadError`` (status 502). Diagnostic/test entry point.
+    """
+
+def decode_chunked(data: bytes, piece: int = 0) -> tuple[bytes, bytes, int, int]:
+    """Decode the chunked body at the start of ``data`` with the proxy's decoder,
+    fed ``piece`` bytes at a time (0: at once).
+
+    Returns ``(body, trailer_section, end, waiting)``: ``end`` is -1 when more bytes
+    are needed, and then ``waiting`` is how many data bytes of the current chunk are
+    still to come. Raises ``ValueError`` with the reason when the body is refused.
+    Diagnostic/test entry point.
+    """
+
+def request_framing(data: bytes) -> tuple[str, int]:
+    """How the proxy delimits the body of a request with this complete head:
+    ``(framing, content_length)``, framing "none", "length" or "chunked",
+    content_length -1 when absent. Raises ``HeadError``. Diagnostic/test entry point.
+    """
+
 class Upstream:
     """One backend address with its idle keep-alive connection pool."""
 

@@ -82,7 +82,10 @@ cdef class ChunkedDecoder:
             if st == CS_SIZE_FIRST or st == CS_SIZE:
                 hv = HEXVAL[c]
                 if hv >= 0:
-                    if self.remaining > (<long long>1 << 59):
+                    # a size with MAX_CHUNK_SIZE_DIGITS significant digits takes no
+                    # more: checked before the shift, so it can never overflow
+                    # (leading zeros leave it 0 and cost nothing)
+                    if self.remaining >> (4 * (MAX_CHUNK_SIZE_DIGITS - 1)):
                         return self._fail(b"chunk size too large")
                     self.remaining = self.remaining * 16 + hv
                     st = CS_SIZE
@@ -174,6 +177,8 @@ cdef class ChunkedDecoder:
             elif st == CS_TRAILER_START:
                 if c == 13:
                     st = CS_END_LF
+                elif c == 10:
+                    return self._fail(b"bare LF in trailer section")
                 else:
                     if self.trailers is None:
                         self.trailers = bytearray()
@@ -216,3 +221,34 @@ cdef class ChunkedDecoder:
             self.error = b"framing or routing field in trailer section"
             return CH_ERROR
         return 0
+
+
+def decode_chunked(bytes data, Py_ssize_t piece=0):
+    """Decode the chunked body at the start of ``data`` with the proxy's decoder
+    (tests and diagnostics; the hot path drives ``ChunkedDecoder.next`` itself).
+
+    The bytes are fed ``piece`` at a time (all at once when 0), as reads arrive.
+    Returns ``(body, trailers, end, waiting)``: the chunk data, the trailer section as
+    it is forwarded (b"" when there is none), the index just past the message or -1
+    when the message needs more bytes, and then how many bytes of the current chunk's
+    data the decoder still waits for (its reading of the chunk size). Raises
+    ``ValueError`` with the decoder's reason when it refuses the body.
+    """
+    cdef ChunkedDecoder dec = ChunkedDecoder()
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = len(data), pos = 0, stop = 0, ds, dl
+    cdef int rc
+    body = bytearray()
+    while stop < n:
+        stop = n if piece <= 0 else min(n, stop + piece)
+        while True:
+            rc = dec.next(p, stop, pos, &ds, &dl, &pos)
+            if rc == CH_DATA:
+                body += data[ds:ds + dl]
+            elif rc == CH_DONE:
+                return bytes(body), bytes(dec.trailers or b""), pos, 0
+            elif rc == CH_ERROR:
+                raise ValueError(dec.error.decode())
+            else:
+                break
+    return bytes(body), b"", -1, dec.remaining

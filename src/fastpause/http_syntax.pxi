@@ -124,22 +124,25 @@ cdef int _parse_content_length(const unsigned char* p, Py_ssize_t start, Py_ssiz
     """Parse ``1*DIGIT *( OWS "," OWS 1*DIGIT )``: a Content-Length, or a list of them.
 
     Returns 0 and sets ``out`` (which, if already >= 0, must agree), or -1 when an
-    element is empty or not all digits, has more than 18 digits, or the elements
-    disagree (RFC 9112 §6.3). Empty list elements are rejected, unlike in other
-    lists: an ambiguous length is never guessed.
+    element is empty or not all digits, has more than MAX_CONTENT_LENGTH_DIGITS
+    significant digits, or the elements disagree (RFC 9112 §6.3). Leading zeros
+    keep the value and do not count (``1*DIGIT`` allows them). Empty list elements
+    are rejected, unlike in other lists: an ambiguous length is never guessed.
     """
-    cdef Py_ssize_t pos = start, end = start + n, digits
+    cdef Py_ssize_t pos = start, end = start + n, first, significant
     cdef long long v
     while True:
         v = 0
-        digits = 0
+        first = pos
+        while pos < end and p[pos] == 48:
+            pos += 1
+        significant = pos
         while pos < end and 48 <= p[pos] <= 57:
-            digits += 1
-            if digits > 18:
+            if pos - significant == MAX_CONTENT_LENGTH_DIGITS:
                 return -1  # before the multiplication could overflow
             v = v * 10 + (p[pos] - 48)
             pos += 1
-        if digits == 0 or (out[0] >= 0 and out[0] != v):
+        if pos == first or (out[0] >= 0 and out[0] != v):
             return -1
         out[0] = v
         while pos < end and _is_ows(p[pos]):

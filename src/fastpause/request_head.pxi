@@ -326,18 +326,12 @@ class HeadError(Exception):
         self.reason = reason
 
 
-def parse_request_head(bytes data, Py_ssize_t max_head_size=32768, int max_headers=100,
-                       Py_ssize_t max_uri_size=8192):
-    """Parse one complete request head with the proxy's parser (tests and diagnostics).
-
-    Returns ``(method, target, (major, minor), [(name, value), ...])`` or raises
-    ``HeadError``. The hot path never builds these Python objects.
-    """
-    cdef RequestHead h
+cdef int _parse_whole_head(bytes data, RequestHead* h, Py_ssize_t max_head_size, int max_headers,
+                           Py_ssize_t max_uri_size) except -1:
+    """The diagnostic entry points' parse: 0, or HeadError raised as the proxy would answer."""
     cdef const unsigned char* p = data
     cdef Py_ssize_t n = len(data), end
     cdef int status = 0
-    cdef int i
     if max_headers > MAX_FIELDS_CAP:
         raise ValueError(f"max_headers may be at most {MAX_FIELDS_CAP}")
     end = _scan_head_end(p, 0, n, &status)
@@ -349,9 +343,22 @@ def parse_request_head(bytes data, Py_ssize_t max_head_size=32768, int max_heade
         raise HeadError(400, "incomplete or trailing bytes after the head")
     if n > max_head_size:
         raise HeadError(431, "request header section too large")
-    status = parse_request(p, n, &h, _fields, max_headers, max_uri_size)
+    status = parse_request(p, n, h, _fields, max_headers, max_uri_size)
     if status:
         raise HeadError(status, h.error.decode())
+    return 0
+
+
+def parse_request_head(bytes data, Py_ssize_t max_head_size=32768, int max_headers=100,
+                       Py_ssize_t max_uri_size=8192):
+    """Parse one complete request head with the proxy's parser (tests and diagnostics).
+
+    Returns ``(method, target, (major, minor), [(name, value), ...])`` or raises
+    ``HeadError``. The hot path never builds these Python objects.
+    """
+    cdef RequestHead h
+    cdef int i
+    _parse_whole_head(data, &h, max_head_size, max_headers, max_uri_size)
     headers = []
     for i in range(h.nfields):
         f = &h.fields[i]
@@ -359,3 +366,16 @@ def parse_request_head(bytes data, Py_ssize_t max_head_size=32768, int max_heade
                         data[f.value_start:f.value_start + f.value_len]))
     return (data[:h.method_len], data[h.target_start:h.target_start + h.target_len],
             (1, h.version - 10), headers)
+
+
+_BODY_KIND_NAMES = {BODY_NONE: "none", BODY_LENGTH: "length", BODY_CHUNKED: "chunked",
+                    BODY_CLOSE: "close"}
+
+
+def request_framing(bytes data):
+    """How the proxy delimits the body of the request whose complete head is ``data``
+    (tests and diagnostics): ``(framing, content_length)``, framing "none", "length" or
+    "chunked", content_length the parsed value (-1 when absent); or ``HeadError``."""
+    cdef RequestHead h
+    _parse_whole_head(data, &h, 32768, 100, 8192)
+    return _BODY_KIND_NAMES[h.body_kind], h.content_length

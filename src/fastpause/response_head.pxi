@@ -104,3 +104,32 @@ cdef int response_body_kind(ResponseHead* r, bint request_was_head) noexcept nog
     if r.has_content_length:
         return BODY_LENGTH if r.content_length > 0 else BODY_NONE
     return BODY_CLOSE
+
+
+def parse_response_head(bytes data, bint head_request=False):
+    """Parse one complete response head (ending in CRLF CRLF) as an upstream's answer
+    is judged (tests and diagnostics; the hot path builds none of these objects).
+
+    Returns ``((major, minor), status, framing, content_length, [(name, value), ...])``
+    with ``framing`` one of "none", "length", "chunked", "close" (RFC 9112 §6.3, for
+    a HEAD request when ``head_request``) and ``content_length`` -1 when absent, or
+    raises ``HeadError`` with status 502.
+    """
+    cdef ResponseHead r
+    cdef const unsigned char* p = data
+    cdef Py_ssize_t n = len(data), end
+    cdef int status = 0
+    end = _scan_head_end(p, 0, n, &status)
+    if end == -2:
+        raise HeadError(502, "bare LF in response head")
+    if end != n:
+        raise HeadError(502, "incomplete or trailing bytes after the head")
+    if n > MAX_RESPONSE_HEAD:
+        raise HeadError(502, "response head too large")
+    if parse_response(p, n, &r, _fields, MAX_FIELDS_CAP) != 0:
+        raise HeadError(502, r.error.decode())
+    headers = [(data[r.fields[i].line_start:r.fields[i].line_start + r.fields[i].name_len],
+                data[r.fields[i].value_start:r.fields[i].value_start + r.fields[i].value_len])
+               for i in range(r.nfields)]
+    return ((1, r.version - 10), r.status, _BODY_KIND_NAMES[response_body_kind(&r, head_request)],
+            r.content_length, headers)
