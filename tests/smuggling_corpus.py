@@ -70,6 +70,7 @@ class Neutral:
     data: bytes
     body: bytes  # what the backend must receive as the body of the one request
     keeps: bool = True  # the client connection stays open for another request
+    absent: tuple[str, ...] = ()  # field names (lowercase) the backend must not receive
     note: str = ""
 
 
@@ -380,9 +381,13 @@ NEUTRALIZED: list[Neutral] = [
     _N("cl0-get-with-body", get(cl(len(SMUGGLED)), body=SMUGGLED), SMUGGLED,
        note="CL.0: a GET's body must be forwarded as a body, with its length"),
     _N("te-underscore-name", get(b"Transfer_Encoding: chunked", cl(len(_CTS)), body=_CTS), _CTS,
-       note="Transfer_Encoding is another field: framing is the Content-Length"),
+       absent=("transfer_encoding",),
+       note="Transfer_Encoding is another field: framing is the Content-Length; the look-alike "
+            "is dropped (names with '_' are, by default)"),
     _N("x-te-name", get(b"X-Transfer-Encoding: chunked", cl(len(_CTS)), body=_CTS), _CTS),
-    _N("cl-underscore-name", get(b"Content_Length: 0", TE, body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello"),
+    _N("cl-underscore-name", get(b"Content_Length: 0", TE, body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello",
+       absent=("content_length",)),
+    _N("xff-underscore-name", get(b"X_Forwarded_For: 203.0.113.66"), b"", absent=("x_forwarded_for",)),
     _N("te-empty-list-elements", get(b"Transfer-Encoding: , chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
        b"hello"),
     _N("te-uppercase", get(b"Transfer-Encoding: CHUNKED", body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello"),

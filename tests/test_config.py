@@ -147,6 +147,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
     assert route.retry_after == 5
     assert (route.hosts, route.path_prefix, route.strip_path_prefix) == ((), None, False)
+    assert route.underscores_in_headers is False
     assert (route.lb, route.weights, route.upstream_weights()) == ("round_robin", (), [1])
     assert (route.health_interval, route.health_timeout) == (1.0, 2.0)
     assert (route.health_passes, route.health_fails, route.fail_duration) == (1, 2, 10.0)
@@ -187,6 +188,7 @@ def test_every_key(tmp_path: Path) -> None:
         hosts = ["App.Example.com", "*.example.com", "www.example.org."]
         path_prefix = "/api/v1"
         strip_path_prefix = true
+        underscores_in_headers = true
         lb = "least_conn"
         max_body_size = 0
         host_header = "example.com:8080"
@@ -244,6 +246,7 @@ def test_every_key(tmp_path: Path) -> None:
             hosts=("app.example.com", "*.example.com", "www.example.org"),
             path_prefix="/api/v1",
             strip_path_prefix=True,
+            underscores_in_headers=True,
             lb="least_conn",
             max_body_size=0,
             host_header="example.com:8080",
@@ -788,6 +791,18 @@ ERRORS = [
         id="path-prefix-with-query",
     ),
     pytest.param(
+        f"{ROUTE}underscores_in_headers = 'on'\n",
+        "routes[0].underscores_in_headers",
+        "expected true or false, got string 'on'",
+        id="underscores-not-a-boolean",
+    ),
+    pytest.param(
+        f"underscores_in_headers = true\n{ROUTE}",
+        "",
+        "unknown key 'underscores_in_headers'",
+        id="underscores-is-a-route-key",
+    ),
+    pytest.param(
         f"{ROUTE}strip_path_prefix = true\n",
         "routes[0].strip_path_prefix",
         "nothing to strip: the route has no path_prefix",
@@ -1166,11 +1181,13 @@ def test_table_carries_the_routing_settings() -> None:
         hosts=("app.example.com", "*.example.org"),
         path_prefix="/app",
         strip_path_prefix=True,
+        underscores_in_headers=True,
         lb="ip_hash",
     )
     [built] = router.build_table(Config(routes=(route,))).routes
     assert built.hosts == ("app.example.com", "*.example.org")
     assert (built.path_prefix, built.strip_path_prefix, built.lb) == (b"/app", True, "ip_hash")
+    assert built.underscores_in_headers is True
     assert router.path_prefix(built) == "/app"
 
 

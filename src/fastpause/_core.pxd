@@ -12,6 +12,11 @@ cdef enum:
     MAX_TRAILER_BYTES = 16384
 
 
+cdef enum FieldDrop:           # Field.drop: why a field is not forwarded (bits)
+    DROP_NAMED = 1             # named by a Connection option (RFC 9110 §7.6.1)
+    DROP_UNDERSCORE = 2        # a name with '_': dropped unless the route keeps them
+
+
 cdef enum HeaderKind:
     H_OTHER = 0
     H_HOST
@@ -79,7 +84,7 @@ cdef struct Field:
     Py_ssize_t value_len
     Py_ssize_t line_end        # just past the CRLF
     int kind
-    int drop
+    int drop                   # FieldDrop bits
 
 
 cdef struct RequestHead:
@@ -138,6 +143,7 @@ cdef class ChunkedDecoder:
     cdef long long remaining
     cdef int line_bytes
     cdef Py_ssize_t trailer_line
+    cdef Py_ssize_t trailers_dropped  # bytes of dropped trailer lines (they count to the cap)
     cdef bytearray trailers
     cdef const char* error
     cdef void reset(self)
@@ -245,6 +251,7 @@ cdef class Route:
     cdef readonly tuple hosts
     cdef readonly bytes path_prefix
     cdef readonly bint strip_path_prefix
+    cdef readonly bint underscores_in_headers
     cdef readonly Balancer balancer
     cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
                        RequestHead* h)

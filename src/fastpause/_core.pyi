@@ -122,6 +122,7 @@ class Route:
         hosts: Sequence[str] = (),
         path_prefix: str | None = None,
         strip_path_prefix: bool = False,
+        underscores_in_headers: bool = False,
         lb: str = "round_robin",
         weights: Sequence[int] | None = None,
     ) -> None:
@@ -129,6 +130,7 @@ class Route:
     hosts: tuple[str, ...]
     path_prefix: bytes | None
     strip_path_prefix: bool
+    underscores_in_headers: bool
     lb: str
 
 # Upgrade requests (WebSocket and others; h2c is refused by forwarding the request

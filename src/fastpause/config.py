@@ -75,6 +75,7 @@ class RouteConfig:
     hosts: tuple[str, ...] = ()  # lowercase names and "*.suffix" wildcards; () is any host
     path_prefix: str | None = None
     strip_path_prefix: bool = False
+    underscores_in_headers: bool = False
     lb: str = "round_robin"
     max_body_size: int = 1 << 30
     host_header: str | None = None
@@ -686,6 +687,7 @@ _ROUTE: dict[str, Parser] = {
     "hosts": _hosts,
     "path_prefix": _path_prefix,
     "strip_path_prefix": _boolean,
+    "underscores_in_headers": _boolean,
     "lb": _lb,
     "max_body_size": _size(at_least="0B"),  # 0: unlimited
     "host_header": _host_header,

@@ -187,7 +187,7 @@ cdef void _drop_connection_named(const unsigned char* p, Field* fields, int nfie
             for j in range(nfields):
                 f = &fields[j]
                 if f.kind == H_OTHER and f.name_len == ln and _ieq_ci(p + f.line_start, p + s, ln):
-                    f.drop = 1
+                    f.drop |= DROP_NAMED
 
 
 cdef inline bint _ieq_ci(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil:

@@ -128,7 +128,7 @@ cdef class Route:
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
                  hosts=(), str path_prefix=None, bint strip_path_prefix=False,
-                 str lb="round_robin", weights=None):
+                 bint underscores_in_headers=False, str lb="round_robin", weights=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -161,6 +161,7 @@ cdef class Route:
             raise ValueError(f"route {name!r}: path_prefix must start with '/'")
         self.path_prefix = path_prefix.encode("ascii") if path_prefix else None
         self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
+        self.underscores_in_headers = underscores_in_headers
         self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
 
     def __repr__(self):
