@@ -260,6 +260,13 @@ ATTACKS: list[Attack] = [
     _A("host-obs-fold", req(b"GET /inspect HTTP/1.1", b"Host: example.test\r\n evil.test", host=False)),
     _A("host-missing-http11", req(b"GET /inspect HTTP/1.1", b"X-A: 1", host=False)),
     _A("host-space-before-colon", req(b"GET /inspect HTTP/1.1", b"Host : evil.test", host=False)),
+    _A("host-too-long", req(b"GET /inspect HTTP/1.1", b"Host: " + b"a" * 246 + b".evil.test", host=False),
+       note="over 255 bytes: a name cut for routing would not be the one forwarded"),
+    _A("host-colon-inside", req(b"GET /inspect HTTP/1.1", b"Host: evil.test:x.example.test", host=False)),
+    _A("host-port-not-digits", req(b"GET /inspect HTTP/1.1", b"Host: example.test:80x", host=False)),
+    _A("host-literal-then-name", req(b"GET /inspect HTTP/1.1", b"Host: [::1]evil.test", host=False)),
+    _A("abs-host-too-long", req(b"GET http://" + b"a" * 246 + b".evil.test/inspect HTTP/1.1")),
+    _A("abs-colon-inside", req(b"GET http://evil.test:x.example.test/inspect HTTP/1.1")),
     # ---------------------------------------------------------------- versions, HTTP/0.9, 1.0
     _A("http09-request", b"GET " + SMUGGLED_PATH.encode() + b"\r\n\r\n"),
     _A("version-lowercase", req(b"GET /inspect http/1.1")),
@@ -487,6 +494,12 @@ STRICTER_THAN_LLHTTP: dict[str, str] = {
     "host-list": _HOST_FIELD,
     "host-tab-inside": _HOST_FIELD,
     "host-backslash": _HOST_FIELD,
+    "host-too-long": "a host name over 255 bytes -> 400 (routing reads it whole or not at all)",
+    "abs-host-too-long": "a host name over 255 bytes -> 400 (routing reads it whole or not at all)",
+    "host-colon-inside": _HOST_FIELD,
+    "host-port-not-digits": _HOST_FIELD,
+    "host-literal-then-name": _HOST_FIELD,
+    "abs-colon-inside": "RFC 3986 3.2: authority is host[:port], the port all digits",
     "host-missing-http11": _NO_HOST,
     "http09-request": _HTTP09,
     "pipelined-then-http09": _HTTP09,
@@ -689,6 +702,9 @@ def check_accepted_head(data: bytes, result) -> None:
         assert all(c in _FIELD_VALUE_CHARS for c in value), value
         assert value == value.strip(b" \t"), value
         names.append(bytes(name).lower())
+        if names[-1] == b"host" and not value.startswith(b"["):
+            host, _, port = bytes(value).partition(b":")
+            assert len(host) <= 255 and (not port or port.isdigit()), f"Host {value!r} accepted"
     te = [bytes(v) for n, v in headers if bytes(n).lower() == b"transfer-encoding"]
     cl = [bytes(v) for n, v in headers if bytes(n).lower() == b"content-length"]
     assert not (te and cl), "Content-Length with Transfer-Encoding accepted"

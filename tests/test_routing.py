@@ -353,3 +353,55 @@ def test_distinct_routes_validate(tmp_path, case):
     path = write_pair(tmp_path, *NOT_AMBIGUOUS[case])
     done = fastpause("validate", str(path))
     assert done.returncode == 0, f"validate exited {done.returncode}: {done.stdout}{done.stderr}"
+
+
+# --------------------------------------------------------------------------- host length
+
+# A wildcard route's suffix at the end of a host name longer than 255 bytes: the
+# proxy must read the whole name (the backend would), never a name cut at 255.
+LONG_HOST_HIDING_SUFFIX = "a" * 243 + ".example.com" + ".evil.test"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        build_request("GET", "/x", host=LONG_HOST_HIDING_SUFFIX),
+        build_request("GET", f"http://{LONG_HOST_HIDING_SUFFIX}/x"),
+        build_request("GET", "/x", host=LONG_HOST_HIDING_SUFFIX + ":8080"),
+        build_request("GET", "/x", host="a" * 244 + ".example.com"),  # 256 bytes
+        # a ':' that is not a port separator: no reading of it is safe to route on
+        build_request("GET", "/x", host="evil.test:x.example.com"),
+        build_request("GET", "http://evil.test:x.example.com/x"),
+        build_request("GET", "/x", host="www.example.com:80x"),
+        build_request("GET", "/x", host="[::1]x.example.com"),
+    ],
+    ids=[
+        "host",
+        "absolute-form",
+        "host-port",
+        "256-bytes",
+        "colon",
+        "abs-colon",
+        "port-x",
+        "literal-then-name",
+    ],
+)
+def test_host_routing_never_reads_part_of_a_host(routed, raw):
+    """An over-long host name (over 255 bytes, port aside) or a host that is not
+    ``uri-host[:port]`` is refused with 400 before routing, and no backend sees it."""
+    proxy, backends = routed
+    before = {name: b.stats()["plain"] for name, b in backends.items()}
+    resp = proxy.request(raw)
+    assert resp.status == 400, resp
+    assert resp.closes, resp
+    after = {name: b.stats()["plain"] for name, b in backends.items()}
+    assert after == before, "a refused request reached a backend"
+
+
+def test_host_of_255_bytes_is_routed_whole(routed):
+    proxy, _backends = routed
+    host = "a" * 243 + ".example.com"
+    assert len(host) == 255
+    resp = get(proxy, host + ":8080", "/x")
+    assert resp.status == 200, resp
+    assert resp.get("X-Backend") == "wild", resp

@@ -10,6 +10,7 @@ cdef enum:
     MAX_FIELDS_CAP = 1024
     MAX_CHUNK_LINE = 4096
     MAX_TRAILER_BYTES = 16384
+    MAX_HOST_NAME = 255      # uri-host bytes (port aside) a request may name
 
 
 cdef enum FieldDrop:           # Field.drop: why a field is not forwarded (bits)
@@ -98,6 +99,8 @@ cdef struct RequestHead:
     Py_ssize_t path_len
     Py_ssize_t authority_start
     Py_ssize_t authority_len   # > 0 only for absolute-form
+    Py_ssize_t host_start      # the uri-host routed on (absolute-form authority, else
+    Py_ssize_t host_len        # Host), port aside; host_len 0 when there is none
     int target_form
     int version                # 10 or 11
     int body_kind

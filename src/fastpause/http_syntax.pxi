@@ -6,6 +6,7 @@ cdef unsigned char NAME_CHAR[256]     # tchar but '_' (a field name with one is 
 cdef unsigned char FIELD_VCHAR[256]   # field-value: VCHAR / obs-text / SP / HTAB
 cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII
 cdef unsigned char HOST_CHAR[256]     # Host: reg-name / IP-literal / port characters
+cdef unsigned char REG_NAME_CHAR[256]  # reg-name: unreserved / pct-encoded / sub-delims
 cdef unsigned char QDTEXT[256]        # quoted-string content (without '\\' and '"')
 cdef signed char HEXVAL[256]
 
@@ -20,6 +21,7 @@ cdef void _init_char_tables() noexcept:
         FIELD_VCHAR[c] = (0x21 <= c <= 0x7E) or c >= 0x80 or c == 0x20 or c == 0x09
         TARGET_CHAR[c] = 0x21 <= c <= 0x7E
         HOST_CHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in hostpunct)
+        REG_NAME_CHAR[c] = HOST_CHAR[c] and c not in b":[]"
         QDTEXT[c] = c == 0x09 or c == 0x20 or c == 0x21 or (0x23 <= c <= 0x5B) or (
             0x5D <= c <= 0x7E) or c >= 0x80
         if 48 <= c <= 57:
@@ -98,6 +100,48 @@ cdef int _header_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         if c0 == 120 and _ieq(p, n, b"x-forwarded-proto", 17):
             return H_X_FORWARDED_PROTO
     return H_OTHER
+
+
+cdef enum HostCheck:
+    HOST_OK
+    HOST_INVALID
+    HOST_TOO_LONG
+
+
+cdef inline int _check_host(const unsigned char* v, Py_ssize_t n,
+                            Py_ssize_t* host_len) noexcept nogil:
+    """Check ``uri-host [ ":" port ]`` (RFC 9110 §7.2, RFC 3986 §3.2); HOST_OK or why not.
+
+    ``host_len`` gets the uri-host's length, port aside. A ':' other than the one
+    before the port, or a port that is not all digits, is refused rather than read
+    one way here and another way by the backend; so is a host name of more than
+    MAX_HOST_NAME bytes, which routing would otherwise have to read in part.
+    """
+    cdef Py_ssize_t i = 0
+    if n > 0 and v[0] == 91:  # IP-literal: "[" ... "]"
+        i = 1
+        while i < n and v[i] != 93:
+            if not HOST_CHAR[v[i]] or v[i] == 91:
+                return HOST_INVALID
+            i += 1
+        if i == n:
+            return HOST_INVALID
+        i += 1
+    else:
+        while i < n and v[i] != 58:
+            if not REG_NAME_CHAR[v[i]]:
+                return HOST_INVALID
+            i += 1
+    host_len[0] = i
+    if i < n:
+        if v[i] != 58:
+            return HOST_INVALID
+        i += 1
+        while i < n:
+            if not 48 <= v[i] <= 57:
+                return HOST_INVALID
+            i += 1
+    return HOST_TOO_LONG if host_len[0] > MAX_HOST_NAME else HOST_OK
 
 
 cdef inline Py_ssize_t _next_list_item(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,

@@ -305,33 +305,19 @@ cdef bint _prefix_matches(bytes prefix, const unsigned char* path, Py_ssize_t n)
 
 
 cdef bytes _request_host(const unsigned char* p, RequestHead* h):
-    """The request's host, lowercased, without port or trailing dot (b"" when none)."""
-    cdef const unsigned char* v
-    cdef Py_ssize_t n, i
-    cdef char buf[256]
-    if h.authority_len > 0:
-        v = p + h.authority_start
-        n = h.authority_len
-    elif h.host_index >= 0:
-        v = p + h.fields[h.host_index].value_start
-        n = h.fields[h.host_index].value_len
-    else:
-        return b""
-    if n > 0 and v[0] == 91:  # IP-literal: up to the closing bracket
-        i = 0
-        while i < n and v[i] != 93:
-            i += 1
-        n = i + 1 if i < n else n
-    else:
-        i = n - 1
-        while i >= 0 and 48 <= v[i] <= 57:
-            i -= 1
-        if i >= 0 and v[i] == 58:
-            n = i
+    """The request's host, lowercased, without port or trailing dot (b"" when none).
+
+    The parser refused a host it could not read whole (``_check_host``); this reads
+    all of it, never a part.
+    """
+    cdef const unsigned char* v = p + h.host_start
+    cdef Py_ssize_t n = h.host_len, i
+    cdef bytes host
+    cdef char* out
     if n > 0 and v[n - 1] == 46:
         n -= 1
-    if n > 255:
-        n = 255
+    host = PyBytes_FromStringAndSize(NULL, n)
+    out = PyBytes_AS_STRING(host)
     for i in range(n):
-        buf[i] = _lower(v[i])
-    return PyBytes_FromStringAndSize(buf, n)
+        out[i] = _lower(v[i])
+    return host
