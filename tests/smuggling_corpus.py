@@ -267,6 +267,14 @@ ATTACKS: list[Attack] = [
     _A("host-literal-then-name", req(b"GET /inspect HTTP/1.1", b"Host: [::1]evil.test", host=False)),
     _A("abs-host-too-long", req(b"GET http://" + b"a" * 246 + b".evil.test/inspect HTTP/1.1")),
     _A("abs-colon-inside", req(b"GET http://evil.test:x.example.test/inspect HTTP/1.1")),
+    # ---------------------------------------------------------------- paths the backend could read otherwise
+    _A("path-climbs-root", req(b"GET /../inspect HTTP/1.1")),
+    _A("path-climbs-encoded", req(b"GET /inspect/%2e%2e/%2E%2E/.%2e/smuggled HTTP/1.1")),
+    _A("path-dot-encoded-slash", req(b"GET /inspect/..%2f..%2fsmuggled HTTP/1.1")),
+    _A("path-dot-backslash", req(b"GET /inspect/..\\..\\smuggled HTTP/1.1")),
+    _A("path-dot-semicolon", req(b"GET /inspect/..;/..;/smuggled HTTP/1.1")),
+    _A("path-bad-percent", req(b"GET /inspect/%zz HTTP/1.1")),
+    _A("target-fragment", req(b"GET /inspect#/../smuggled HTTP/1.1")),
     # ---------------------------------------------------------------- versions, HTTP/0.9, 1.0
     _A("http09-request", b"GET " + SMUGGLED_PATH.encode() + b"\r\n\r\n"),
     _A("version-lowercase", req(b"GET /inspect http/1.1")),
@@ -474,6 +482,8 @@ _HOST_FIELD = "RFC 9112 3.2 / RFC 9110 7.2: a Host value that is not uri-host[:p
 _TWO_HOSTS = "RFC 9112 3.2: more than one Host field line -> 400 (llhttp keeps both)"
 _NO_HOST = "RFC 9112 3.2: an HTTP/1.1 request without Host -> 400"
 _HTTP09 = "HTTP/0.9 is not served: llhttp reads a request line without version as 0.9"
+_CLIMBS = "RFC 3986 5.2.4: a path whose dot segments climb above the root -> 400"
+_HIDDEN_DOTS = "a dot segment behind %2F, '\\' or ';' (a backend may split there) -> 400"
 STRICTER_THAN_LLHTTP: dict[str, str] = {
     "te-chunked-http10": "RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing",
     "te-chunked-http10-keepalive": "RFC 9112 6.1: Transfer-Encoding in HTTP/1.0, keep-alive too",
@@ -500,6 +510,13 @@ STRICTER_THAN_LLHTTP: dict[str, str] = {
     "host-port-not-digits": _HOST_FIELD,
     "host-literal-then-name": _HOST_FIELD,
     "abs-colon-inside": "RFC 3986 3.2: authority is host[:port], the port all digits",
+    "path-climbs-root": _CLIMBS,
+    "path-climbs-encoded": _CLIMBS,
+    "path-dot-encoded-slash": _HIDDEN_DOTS,
+    "path-dot-backslash": _HIDDEN_DOTS,
+    "path-dot-semicolon": _HIDDEN_DOTS,
+    "path-bad-percent": "RFC 3986 2.1: '%' starts two hex digits; a path it cannot decode is refused",
+    "target-fragment": "RFC 9112 3.2: a request target has no fragment ('#' refused, as HAProxy does)",
     "host-missing-http11": _NO_HOST,
     "http09-request": _HTTP09,
     "pipelined-then-http09": _HTTP09,
@@ -693,6 +710,7 @@ def check_accepted_head(data: bytes, result) -> None:
     tchar = _TCHAR
     assert method and all(c in tchar for c in method), method
     assert target and all(0x21 <= c <= 0x7E for c in target), target
+    assert b"#" not in target, "a request target with a fragment accepted"
     assert tuple(version) in ((1, 0), (1, 1)), version
     stripped = data.replace(b"\r\n", b"")
     assert b"\r" not in stripped and b"\n" not in stripped, "bare CR/LF accepted"

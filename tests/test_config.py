@@ -791,6 +791,31 @@ ERRORS = [
         id="path-prefix-with-query",
     ),
     pytest.param(
+        f"{ROUTE}path_prefix = '/api/../admin'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix '/api/../admin': request paths are compared in normal form, "
+        "write it '/admin'",
+        id="path-prefix-dot-segments",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/%61pi/caf%c3%a9'\n",
+        "routes[0].path_prefix",
+        "write it '/api/caf%C3%A9'",
+        id="path-prefix-not-normal-encoding",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/..'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix '/..': the path climbs above the root ('..')",
+        id="path-prefix-climbs",
+    ),
+    pytest.param(
+        f"{ROUTE}health_path = '/x/./up'\n",
+        "routes[0].health_path",
+        "write it '/x/up'",
+        id="health-path-dot-segment",
+    ),
+    pytest.param(
         f"{ROUTE}underscores_in_headers = 'on'\n",
         "routes[0].underscores_in_headers",
         "expected true or false, got string 'on'",
@@ -1189,6 +1214,17 @@ def test_table_carries_the_routing_settings() -> None:
     assert (built.path_prefix, built.strip_path_prefix, built.lb) == (b"/app", True, "ip_hash")
     assert built.underscores_in_headers is True
     assert router.path_prefix(built) == "/app"
+
+
+def test_the_data_plane_refuses_a_path_prefix_not_in_normal_form() -> None:
+    """A config built without validation still gets a located error: a prefix that no
+    request path (compared in normal form) could ever match is refused."""
+    route = RouteConfig("app", (Address("127.0.0.1", 9001),), path_prefix="/a/./b")
+    with pytest.raises(ConfigError) as caught:
+        router.build_table(Config(routes=(route,), source="built.toml"))
+    assert caught.value.path == "routes[0]"
+    assert "'/a/./b' is not in normal form" in caught.value.problem
+    assert "'/a/b'" in caught.value.problem
 
 
 def test_routes_sharing_an_upstream_share_its_pool() -> None:

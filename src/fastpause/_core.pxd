@@ -97,6 +97,10 @@ cdef struct RequestHead:
     Py_ssize_t target_len
     Py_ssize_t path_start      # origin-form path (the target itself unless absolute-form)
     Py_ssize_t path_len
+    const unsigned char* norm_path  # what is routed on and forwarded: the path (query
+    Py_ssize_t norm_len             # included) in normal form; points into the head
+                                    # unless normalising changed it (request_path.pxi)
+    int target_marks           # the target has a '.' or '%': its path may need normalising
     Py_ssize_t authority_start
     Py_ssize_t authority_len   # > 0 only for absolute-form
     Py_ssize_t host_start      # the uri-host routed on (absolute-form authority, else

@@ -143,8 +143,8 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     if h.target_form == FORM_ASTERISK:
         _put(b"*", 1)
     else:
-        path_p = p + h.path_start
-        path_n = h.path_len
+        path_p = h.norm_path  # the path routing compared, in normal form
+        path_n = h.norm_len
         if route.strip_path_prefix:
             strip = len(route.path_prefix)
             if route.path_prefix[strip - 1] == 47:

@@ -4,11 +4,16 @@
 cdef unsigned char TCHAR[256]         # token characters (RFC 9110 §5.6.2)
 cdef unsigned char NAME_CHAR[256]     # tchar but '_' (a field name with one is marked)
 cdef unsigned char FIELD_VCHAR[256]   # field-value: VCHAR / obs-text / SP / HTAB
-cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII
+cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII but '#' (TARGET_*)
 cdef unsigned char HOST_CHAR[256]     # Host: reg-name / IP-literal / port characters
 cdef unsigned char REG_NAME_CHAR[256]  # reg-name: unreserved / pct-encoded / sub-delims
 cdef unsigned char QDTEXT[256]        # quoted-string content (without '\\' and '"')
 cdef signed char HEXVAL[256]
+
+
+cdef enum TargetChar:
+    TARGET_PLAIN = 1
+    TARGET_MARK = 2   # '.' and '%': a path with them may not be in normal form
 
 
 cdef void _init_char_tables() noexcept:
@@ -19,7 +24,11 @@ cdef void _init_char_tables() noexcept:
         TCHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in tspecials)
         NAME_CHAR[c] = TCHAR[c] and c != 95
         FIELD_VCHAR[c] = (0x21 <= c <= 0x7E) or c >= 0x80 or c == 0x20 or c == 0x09
-        TARGET_CHAR[c] = 0x21 <= c <= 0x7E
+        # a fragment is no part of a request target (RFC 9112 §3.2): '#' is refused
+        if c == 46 or c == 37:
+            TARGET_CHAR[c] = TARGET_MARK
+        else:
+            TARGET_CHAR[c] = TARGET_PLAIN if 0x21 <= c <= 0x7E and c != 35 else 0
         HOST_CHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in hostpunct)
         REG_NAME_CHAR[c] = HOST_CHAR[c] and c not in b":[]"
         QDTEXT[c] = c == 0x09 or c == 0x20 or c == 0x21 or (0x23 <= c <= 0x5B) or (

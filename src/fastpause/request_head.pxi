@@ -14,8 +14,12 @@ cdef int _parse_request_line(const unsigned char* p, Py_ssize_t n, RequestHead* 
     h.method_len = pos
     pos += 1
     ts = pos
-    while pos < n and TARGET_CHAR[p[pos]]:
+    while pos < n and TARGET_CHAR[p[pos]] == TARGET_PLAIN:
         pos += 1
+    if pos < n and TARGET_CHAR[p[pos]] == TARGET_MARK:  # the path may need normalising
+        h.target_marks = 1
+        while pos < n and TARGET_CHAR[p[pos]]:
+            pos += 1
     if pos - ts > max_uri:
         h.error = b"request target too long"
         return 414
@@ -229,6 +233,12 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
     status = _classify_target(p, h)
     if status:
         return status
+    h.norm_path = p + h.path_start
+    h.norm_len = h.path_len
+    if h.target_marks and h.target_form != FORM_AUTHORITY:
+        status = normalize_request_path(h, n - h.path_start)
+        if status:
+            return status
     while True:
         line_start = pos
         if p[pos] == 13:
@@ -311,11 +321,11 @@ cdef bint _method_idempotent(const unsigned char* p, RequestHead* h) noexcept no
 
 cdef bint _is_health_check(const unsigned char* p, RequestHead* h, bytes path) noexcept:
     """GET or HEAD of exactly ``path`` (query ignored): answered by the proxy while held."""
-    cdef const unsigned char* t = p + h.path_start
+    cdef const unsigned char* t = h.norm_path
     cdef Py_ssize_t n = 0, plen = len(path)
     if not (_method_is(p, h, b"GET", 3) or _method_is(p, h, b"HEAD", 4)):
         return False
-    while n < h.path_len and t[n] != 63:
+    while n < h.norm_len and t[n] != 63:
         n += 1
     return n == plen and memcmp(t, <const char*>path, n) == 0
 

@@ -157,9 +157,7 @@ cdef class Route:
         self.retry_after = retry_after
         self.fail_duration = fail_duration
         self.hosts = tuple(_normal_host(h) for h in hosts)
-        if path_prefix is not None and not path_prefix.startswith("/"):
-            raise ValueError(f"route {name!r}: path_prefix must start with '/'")
-        self.path_prefix = path_prefix.encode("ascii") if path_prefix else None
+        self.path_prefix = _normal_prefix(name, path_prefix) if path_prefix else None
         self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
         self.underscores_in_headers = underscores_in_headers
         self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
@@ -194,6 +192,19 @@ cdef class Route:
         if up is not None:
             c.set_cookie = self.balancer.set_cookie_field(up)
         return up
+
+
+cdef bytes _normal_prefix(str route, str prefix):
+    """A path prefix, which must be in the normal form request paths are compared in."""
+    cdef bytes raw = prefix.encode("ascii")
+    try:
+        normal = normalize_path(raw)
+    except ValueError as error:
+        raise ValueError(f"route {route!r}: invalid path_prefix {prefix!r}: {error}") from None
+    if normal != raw:
+        raise ValueError(f"route {route!r}: path_prefix {prefix!r} is not in normal form "
+                         f"(request paths are compared as {normal.decode()!r})")
+    return raw
 
 
 cdef str _normal_host(str host):
@@ -287,11 +298,12 @@ cdef class RoutingTable:
 
 
 cdef Route _longest_prefix(list routes, const unsigned char* p, RequestHead* h):
-    """The first route (they are sorted longest prefix first) whose prefix matches."""
+    """The first route (they are sorted longest prefix first) whose prefix matches the
+    path in normal form (request_path.pxi)."""
     cdef Route route
     for route in routes:
-        if route.path_prefix is None or _prefix_matches(route.path_prefix, p + h.path_start,
-                                                        h.path_len):
+        if route.path_prefix is None or _prefix_matches(route.path_prefix, h.norm_path,
+                                                        h.norm_len):
             return route
     return None
 
