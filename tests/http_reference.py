@@ -35,8 +35,33 @@ MAX_CHUNK_LINE = 4096  # bytes of a chunk size line, its CR included
 # leading zeros keep the value and count only towards the line limits
 MAX_CONTENT_LENGTH = 10**18 - 1
 MAX_CHUNK_SIZE = 2**60 - 1
-MAX_TRAILER_BYTES = 16384
+MAX_TRAILER_BYTES = 16384  # counts every trailer line, dropped ones too
 FORBIDDEN_TRAILERS = {b"content-length", b"transfer-encoding", b"host"}
+# Trailer fields a proxy must not pass on (README, "Trailers"; RFC 9110 6.5.1): read,
+# checked and dropped. Names with '_' and every X-Forwarded-* are dropped too.
+DROPPED_TRAILERS = {
+    # hop-by-hop, and what the proxy itself writes or acts on
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade", b"trailer",
+    b"expect", b"x-request-id",
+    # forwarding
+    b"forwarded", b"x-real-ip", b"via", b"max-forwards",
+    # authentication and state
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate",
+    b"authentication-info", b"proxy-authentication-info", b"cookie", b"set-cookie",
+    # request modifiers
+    b"cache-control", b"pragma", b"range", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range",
+    # response control data
+    b"age", b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
+    # content format
+    b"content-type", b"content-encoding", b"content-range", b"content-language",
+    b"content-location",
+}  # fmt: skip
+
+
+def trailer_forwarded(name: bytes) -> bool:
+    low = name.lower()
+    return not (low in DROPPED_TRAILERS or low.startswith(b"x-forwarded-") or b"_" in low)
 
 
 def decimal(digits: bytes) -> int:
@@ -68,7 +93,7 @@ def chunk_size(digits: bytes) -> int | None:
 class Chunked:
     verdict: str
     body: bytes = b""
-    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    trailers: list[tuple[bytes, bytes]] = field(default_factory=list)  # those forwarded
     end: int = 0  # index just after the message (OK / EITHER)
     why: str = ""
     waiting: int | None = None  # INCOMPLETE in chunk data: its bytes still to come
@@ -214,7 +239,8 @@ def decode_chunked(data: bytes, pos: int = 0) -> Chunked:
             lenient = True
         elif total > MAX_TRAILER_BYTES:
             return Chunked(BAD, why="trailer section too large")
-        trailers.append(f)
+        if trailer_forwarded(f[0]):
+            trailers.append(f)
         pos = eol + 2
     return Chunked(EITHER if lenient else OK, bytes(body), trailers, pos)
 

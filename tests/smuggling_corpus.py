@@ -71,6 +71,7 @@ class Neutral:
     data: bytes
     body: bytes  # what the backend must receive as the body of the one request
     keeps: bool = True  # the client connection stays open for another request
+    absent: tuple[str, ...] = ()  # field names (lowercase) the backend must not receive
     note: str = ""
 
 
@@ -263,6 +264,21 @@ ATTACKS: list[Attack] = [
     _A("host-obs-fold", req(b"GET /inspect HTTP/1.1", b"Host: example.test\r\n evil.test", host=False)),
     _A("host-missing-http11", req(b"GET /inspect HTTP/1.1", b"X-A: 1", host=False)),
     _A("host-space-before-colon", req(b"GET /inspect HTTP/1.1", b"Host : evil.test", host=False)),
+    _A("host-too-long", req(b"GET /inspect HTTP/1.1", b"Host: " + b"a" * 246 + b".evil.test", host=False),
+       note="over 255 bytes: a name cut for routing would not be the one forwarded"),
+    _A("host-colon-inside", req(b"GET /inspect HTTP/1.1", b"Host: evil.test:x.example.test", host=False)),
+    _A("host-port-not-digits", req(b"GET /inspect HTTP/1.1", b"Host: example.test:80x", host=False)),
+    _A("host-literal-then-name", req(b"GET /inspect HTTP/1.1", b"Host: [::1]evil.test", host=False)),
+    _A("abs-host-too-long", req(b"GET http://" + b"a" * 246 + b".evil.test/inspect HTTP/1.1")),
+    _A("abs-colon-inside", req(b"GET http://evil.test:x.example.test/inspect HTTP/1.1")),
+    # ---------------------------------------------------------------- paths the backend could read otherwise
+    _A("path-climbs-root", req(b"GET /../inspect HTTP/1.1")),
+    _A("path-climbs-encoded", req(b"GET /inspect/%2e%2e/%2E%2E/.%2e/smuggled HTTP/1.1")),
+    _A("path-dot-encoded-slash", req(b"GET /inspect/..%2f..%2fsmuggled HTTP/1.1")),
+    _A("path-dot-backslash", req(b"GET /inspect/..\\..\\smuggled HTTP/1.1")),
+    _A("path-dot-semicolon", req(b"GET /inspect/..;/..;/smuggled HTTP/1.1")),
+    _A("path-bad-percent", req(b"GET /inspect/%zz HTTP/1.1")),
+    _A("target-fragment", req(b"GET /inspect#/../smuggled HTTP/1.1")),
     # ---------------------------------------------------------------- versions, HTTP/0.9, 1.0
     _A("http09-request", b"GET " + SMUGGLED_PATH.encode() + b"\r\n\r\n"),
     _A("version-lowercase", req(b"GET /inspect http/1.1")),
@@ -396,9 +412,13 @@ NEUTRALIZED: list[Neutral] = [
     _N("cl0-get-with-body", get(cl(len(SMUGGLED)), body=SMUGGLED), SMUGGLED,
        note="CL.0: a GET's body must be forwarded as a body, with its length"),
     _N("te-underscore-name", get(b"Transfer_Encoding: chunked", cl(len(_CTS)), body=_CTS), _CTS,
-       note="Transfer_Encoding is another field: framing is the Content-Length"),
+       absent=("transfer_encoding",),
+       note="Transfer_Encoding is another field: framing is the Content-Length; the look-alike "
+            "is dropped (names with '_' are, by default)"),
     _N("x-te-name", get(b"X-Transfer-Encoding: chunked", cl(len(_CTS)), body=_CTS), _CTS),
-    _N("cl-underscore-name", get(b"Content_Length: 0", TE, body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello"),
+    _N("cl-underscore-name", get(b"Content_Length: 0", TE, body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello",
+       absent=("content_length",)),
+    _N("xff-underscore-name", get(b"X_Forwarded_For: 203.0.113.66"), b"", absent=("x_forwarded_for",)),
     _N("te-empty-list-elements", get(b"Transfer-Encoding: , chunked", body=b"5\r\nhello\r\n0\r\n\r\n"),
        b"hello"),
     _N("te-uppercase", get(b"Transfer-Encoding: CHUNKED", body=b"5\r\nhello\r\n0\r\n\r\n"), b"hello"),
@@ -482,6 +502,8 @@ _HOST_FIELD = "RFC 9112 3.2 / RFC 9110 7.2: a Host value that is not uri-host[:p
 _TWO_HOSTS = "RFC 9112 3.2: more than one Host field line -> 400 (llhttp keeps both)"
 _NO_HOST = "RFC 9112 3.2: an HTTP/1.1 request without Host -> 400"
 _HTTP09 = "HTTP/0.9 is not served: llhttp reads a request line without version as 0.9"
+_CLIMBS = "RFC 3986 5.2.4: a path whose dot segments climb above the root -> 400"
+_HIDDEN_DOTS = "a dot segment behind %2F, '\\' or ';' (a backend may split there) -> 400"
 STRICTER_THAN_LLHTTP: dict[str, str] = {
     "te-chunked-http10": "RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing",
     "te-chunked-http10-keepalive": "RFC 9112 6.1: Transfer-Encoding in HTTP/1.0, keep-alive too",
@@ -503,6 +525,19 @@ STRICTER_THAN_LLHTTP: dict[str, str] = {
     "host-list": _HOST_FIELD,
     "host-tab-inside": _HOST_FIELD,
     "host-backslash": _HOST_FIELD,
+    "host-too-long": "a host name over 255 bytes -> 400 (routing reads it whole or not at all)",
+    "abs-host-too-long": "a host name over 255 bytes -> 400 (routing reads it whole or not at all)",
+    "host-colon-inside": _HOST_FIELD,
+    "host-port-not-digits": _HOST_FIELD,
+    "host-literal-then-name": _HOST_FIELD,
+    "abs-colon-inside": "RFC 3986 3.2: authority is host[:port], the port all digits",
+    "path-climbs-root": _CLIMBS,
+    "path-climbs-encoded": _CLIMBS,
+    "path-dot-encoded-slash": _HIDDEN_DOTS,
+    "path-dot-backslash": _HIDDEN_DOTS,
+    "path-dot-semicolon": _HIDDEN_DOTS,
+    "path-bad-percent": "RFC 3986 2.1: '%' starts two hex digits; a path it cannot decode is refused",
+    "target-fragment": "RFC 9112 3.2: a request target has no fragment ('#' refused, as HAProxy does)",
     "host-missing-http11": _NO_HOST,
     "http09-request": _HTTP09,
     "pipelined-then-http09": _HTTP09,
@@ -696,6 +731,7 @@ def check_accepted_head(data: bytes, result) -> None:
     tchar = _TCHAR
     assert method and all(c in tchar for c in method), method
     assert target and all(0x21 <= c <= 0x7E for c in target), target
+    assert b"#" not in target, "a request target with a fragment accepted"
     assert tuple(version) in ((1, 0), (1, 1)), version
     stripped = data.replace(b"\r\n", b"")
     assert b"\r" not in stripped and b"\n" not in stripped, "bare CR/LF accepted"
@@ -705,6 +741,9 @@ def check_accepted_head(data: bytes, result) -> None:
         assert all(c in _FIELD_VALUE_CHARS for c in value), value
         assert value == value.strip(b" \t"), value
         names.append(bytes(name).lower())
+        if names[-1] == b"host" and not value.startswith(b"["):
+            host, _, port = bytes(value).partition(b":")
+            assert len(host) <= 255 and (not port or port.isdigit()), f"Host {value!r} accepted"
     te = [bytes(v) for n, v in headers if bytes(n).lower() == b"transfer-encoding"]
     cl = [bytes(v) for n, v in headers if bytes(n).lower() == b"content-length"]
     assert not (te and cl), "Content-Length with Transfer-Encoding accepted"

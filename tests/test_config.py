@@ -147,6 +147,7 @@ def test_minimal_config_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (route.max_held_body, route.health_path, route.hold_time_header) == (1 << 20, None, None)
     assert route.retry_after == 5
     assert (route.hosts, route.path_prefix, route.strip_path_prefix) == ((), None, False)
+    assert route.underscores_in_headers is False
     assert (route.lb, route.weights, route.upstream_weights()) == ("round_robin", (), [1])
     assert (route.health_interval, route.health_timeout) == (1.0, 2.0)
     assert (route.health_passes, route.health_fails, route.fail_duration) == (1, 2, 10.0)
@@ -187,6 +188,7 @@ def test_every_key(tmp_path: Path) -> None:
         hosts = ["App.Example.com", "*.example.com", "www.example.org."]
         path_prefix = "/api/v1"
         strip_path_prefix = true
+        underscores_in_headers = true
         lb = "least_conn"
         max_body_size = 0
         host_header = "example.com:8080"
@@ -245,6 +247,7 @@ def test_every_key(tmp_path: Path) -> None:
             hosts=("app.example.com", "*.example.com", "www.example.org"),
             path_prefix="/api/v1",
             strip_path_prefix=True,
+            underscores_in_headers=True,
             lb="least_conn",
             max_body_size=0,
             host_header="example.com:8080",
@@ -790,6 +793,43 @@ ERRORS = [
         id="path-prefix-with-query",
     ),
     pytest.param(
+        f"{ROUTE}path_prefix = '/api/../admin'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix '/api/../admin': request paths are compared in normal form, "
+        "write it '/admin'",
+        id="path-prefix-dot-segments",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/%61pi/caf%c3%a9'\n",
+        "routes[0].path_prefix",
+        "write it '/api/caf%C3%A9'",
+        id="path-prefix-not-normal-encoding",
+    ),
+    pytest.param(
+        f"{ROUTE}path_prefix = '/..'\n",
+        "routes[0].path_prefix",
+        "invalid path_prefix '/..': the path climbs above the root ('..')",
+        id="path-prefix-climbs",
+    ),
+    pytest.param(
+        f"{ROUTE}health_path = '/x/./up'\n",
+        "routes[0].health_path",
+        "write it '/x/up'",
+        id="health-path-dot-segment",
+    ),
+    pytest.param(
+        f"{ROUTE}underscores_in_headers = 'on'\n",
+        "routes[0].underscores_in_headers",
+        "expected true or false, got string 'on'",
+        id="underscores-not-a-boolean",
+    ),
+    pytest.param(
+        f"underscores_in_headers = true\n{ROUTE}",
+        "",
+        "unknown key 'underscores_in_headers'",
+        id="underscores-is-a-route-key",
+    ),
+    pytest.param(
         f"{ROUTE}strip_path_prefix = true\n",
         "routes[0].strip_path_prefix",
         "nothing to strip: the route has no path_prefix",
@@ -1168,12 +1208,25 @@ def test_table_carries_the_routing_settings() -> None:
         hosts=("app.example.com", "*.example.org"),
         path_prefix="/app",
         strip_path_prefix=True,
+        underscores_in_headers=True,
         lb="ip_hash",
     )
     [built] = router.build_table(Config(routes=(route,))).routes
     assert built.hosts == ("app.example.com", "*.example.org")
     assert (built.path_prefix, built.strip_path_prefix, built.lb) == (b"/app", True, "ip_hash")
+    assert built.underscores_in_headers is True
     assert router.path_prefix(built) == "/app"
+
+
+def test_the_data_plane_refuses_a_path_prefix_not_in_normal_form() -> None:
+    """A config built without validation still gets a located error: a prefix that no
+    request path (compared in normal form) could ever match is refused."""
+    route = RouteConfig("app", (Address("127.0.0.1", 9001),), path_prefix="/a/./b")
+    with pytest.raises(ConfigError) as caught:
+        router.build_table(Config(routes=(route,), source="built.toml"))
+    assert caught.value.path == "routes[0]"
+    assert "'/a/./b' is not in normal form" in caught.value.problem
+    assert "'/a/b'" in caught.value.problem
 
 
 def test_routes_sharing_an_upstream_share_its_pool() -> None:

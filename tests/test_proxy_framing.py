@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from helpers import build_request, chunked, payload, sha256
+from fault_support import RawUpstream, Script, Stack
+from helpers import RawConn, build_request, chunked, payload, sha256
 
 # ----------------------------------------------------------------------------- no body
 
@@ -306,3 +307,106 @@ def test_expect_100_continue_client_sends_body_without_waiting(proxy):
         assert resp.body == body
         conn.send(build_request("GET", "/status/200"))
         assert conn.read_response().body == b"status 200\n"
+
+
+# Trailer fields the proxy drops (README, "Trailers"): hop-by-hop and forwarding
+# fields, request modifiers, credentials, response controls and content format
+# (RFC 9110 6.5.1), and every name with an '_'.
+DROPPED_TRAILERS = [
+    ("X-Forwarded-For", "203.0.113.66"),
+    ("X-Forwarded-Host", "admin.example"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Prefix", "/admin"),
+    ("Forwarded", "for=203.0.113.66"),
+    ("X-Real-IP", "203.0.113.66"),
+    ("Via", "1.1 evil"),
+    ("X-Request-ID", "forged"),
+    ("Authorization", "Bearer stolen"),
+    ("Proxy-Authorization", "Basic eDp5"),
+    ("Cookie", "session=forged"),
+    ("Set-Cookie", "injected=1"),
+    ("Connection", "close"),
+    ("Keep-Alive", "timeout=1"),
+    ("Proxy-Connection", "close"),
+    ("Upgrade", "h2c"),
+    ("TE", "trailers"),
+    ("Trailer", "X-Checksum"),
+    ("Expect", "100-continue"),
+    ("Max-Forwards", "0"),
+    ("Cache-Control", "no-cache"),
+    ("Pragma", "no-cache"),
+    ("Range", "bytes=0-1"),
+    ("If-Match", '"x"'),
+    ("If-None-Match", '"x"'),
+    ("Content-Type", "text/html"),
+    ("Content-Encoding", "gzip"),
+    ("Content-Range", "bytes 0-1/2"),
+    ("Location", "http://evil.example/"),
+    ("Retry-After", "1"),
+    ("X_Forwarded_For", "203.0.113.66"),
+    ("X_Custom", "a"),
+]
+KEPT_TRAILERS = [("X-Checksum", "abc123"), ("Server-Timing", "db;dur=53"), ("ETag", '"t"')]
+
+
+def test_request_trailers_keep_only_end_to_end_fields(proxy):
+    """The backend receives the kept trailer fields, in order, and none of the dropped
+    ones; the body is intact and the connection carries on."""
+    sent = [KEPT_TRAILERS[0], *DROPPED_TRAILERS, *KEPT_TRAILERS[1:]]
+    raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + chunked(
+        b"hello", trailers=sent
+    )
+    with proxy.conn() as conn:
+        conn.send(raw)
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        info = resp.json()
+        assert info["body_sha256"] == sha256(b"hello")
+        assert [tuple(t) for t in info["trailers"]] == KEPT_TRAILERS
+        assert not resp.closes, "a Connection trailer must not close anything"
+        conn.send(build_request("GET", "/inspect"))
+        assert conn.read_response().status == 200
+
+
+def test_request_with_only_dropped_trailers(proxy):
+    raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + chunked(
+        b"hello", trailers=DROPPED_TRAILERS
+    )
+    resp = proxy.request(raw)
+    assert resp.status == 200, resp
+    assert resp.json()["trailers"] == []
+
+
+def test_dropped_trailers_count_towards_the_trailer_cap(proxy):
+    """Dropped trailer lines still count against the 16 KiB trailer section cap: an
+    endless trailer section is refused, not read forever."""
+    dropped = [("Cookie", "c" * 1000)] * 20
+    raw = build_request("POST", "/inspect", [("Transfer-Encoding", "chunked")]) + chunked(
+        b"hello", trailers=dropped
+    )
+    resp = proxy.request(raw)
+    assert resp.status == 400, resp
+    assert b"trailer section too large" in resp.body, resp
+
+
+def test_response_trailers_keep_only_end_to_end_fields(tmp_path):
+    """The same rule for the trailers of a chunked response relayed to the client."""
+    trailers = b"".join(f"{k}: {v}\r\n".encode() for k, v in [KEPT_TRAILERS[0], *DROPPED_TRAILERS])
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with RawUpstream(
+        {"/t": Script.reply(head + b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")}
+    ) as up:
+        stack = Stack(tmp_path, upstreams=[up.address], with_backend=False)
+        try:
+            with RawConn(stack.port) as conn:
+                conn.send(build_request("GET", "/t", [("TE", "trailers")]))
+                resp = conn.read_response()
+                assert resp.status == 200, resp
+                assert resp.body == b"hello"
+                assert resp.trailers == [KEPT_TRAILERS[0]], resp.trailers
+                assert not resp.closes
+                conn.send(build_request("GET", "/t"))
+                assert conn.read_response().body == b"hello"
+        finally:
+            problems = stack.stop()
+    assert not problems, problems

@@ -221,3 +221,34 @@ def test_large_but_allowed_head(proxy):
     big = "v" * 20000
     headers = upstream_headers(proxy.get("/inspect", [("X-Big", big)]))
     assert values(headers, "x-big") == [big]
+
+
+UNDERSCORED = [
+    ("X_Forwarded_For", "203.0.113.66"),
+    ("X_Forwarded_Host", "admin.example"),
+    ("Content_Length", "0"),
+    ("Transfer_Encoding", "chunked"),
+    ("X_Custom", "a"),
+    ("x-mixed_name", "b"),
+    ("_", "c"),
+]
+
+
+def test_header_names_with_underscores_are_dropped(proxy):
+    """By default (NGINX's ``underscores_in_headers off``) no field whose name has an
+    '_' reaches the upstream: a backend that reads '_' as '-' (CGI, WSGI, PHP) cannot
+    be handed a second X-Forwarded-For or framing field under a look-alike name."""
+    headers = upstream_headers(proxy.get("/inspect", [*UNDERSCORED, ("X-Kept", "yes")]))
+    assert not [name for name in names(headers) if "_" in name], headers
+    assert values(headers, "x-forwarded-for") == ["127.0.0.1"]
+    assert values(headers, "x-forwarded-host") == ["example.test"]
+    assert values(headers, "x-kept") == ["yes"]
+
+
+def test_underscores_in_headers_keeps_them(proxy_factory):
+    proxy = proxy_factory(route={"underscores_in_headers": True})
+    headers = upstream_headers(proxy.get("/inspect", [*UNDERSCORED, ("X-Kept", "yes")]))
+    kept = [(k, v) for k, v in headers if "_" in k]
+    assert kept == UNDERSCORED, headers
+    assert values(headers, "x-forwarded-for") == ["127.0.0.1"]
+    assert values(headers, "x-kept") == ["yes"]

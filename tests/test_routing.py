@@ -353,3 +353,195 @@ def test_distinct_routes_validate(tmp_path, case):
     path = write_pair(tmp_path, *NOT_AMBIGUOUS[case])
     done = fastpause("validate", str(path))
     assert done.returncode == 0, f"validate exited {done.returncode}: {done.stdout}{done.stderr}"
+
+
+# --------------------------------------------------------------------------- host length
+
+# A wildcard route's suffix at the end of a host name longer than 255 bytes: the
+# proxy must read the whole name (the backend would), never a name cut at 255.
+LONG_HOST_HIDING_SUFFIX = "a" * 243 + ".example.com" + ".evil.test"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        build_request("GET", "/x", host=LONG_HOST_HIDING_SUFFIX),
+        build_request("GET", f"http://{LONG_HOST_HIDING_SUFFIX}/x"),
+        build_request("GET", "/x", host=LONG_HOST_HIDING_SUFFIX + ":8080"),
+        build_request("GET", "/x", host="a" * 244 + ".example.com"),  # 256 bytes
+        # a ':' that is not a port separator: no reading of it is safe to route on
+        build_request("GET", "/x", host="evil.test:x.example.com"),
+        build_request("GET", "http://evil.test:x.example.com/x"),
+        build_request("GET", "/x", host="www.example.com:80x"),
+        build_request("GET", "/x", host="[::1]x.example.com"),
+    ],
+    ids=[
+        "host",
+        "absolute-form",
+        "host-port",
+        "256-bytes",
+        "colon",
+        "abs-colon",
+        "port-x",
+        "literal-then-name",
+    ],
+)
+def test_host_routing_never_reads_part_of_a_host(routed, raw):
+    """An over-long host name (over 255 bytes, port aside) or a host that is not
+    ``uri-host[:port]`` is refused with 400 before routing, and no backend sees it."""
+    proxy, backends = routed
+    before = {name: b.stats()["plain"] for name, b in backends.items()}
+    resp = proxy.request(raw)
+    assert resp.status == 400, resp
+    assert resp.closes, resp
+    after = {name: b.stats()["plain"] for name, b in backends.items()}
+    assert after == before, "a refused request reached a backend"
+
+
+def test_host_of_255_bytes_is_routed_whole(routed):
+    proxy, _backends = routed
+    host = "a" * 243 + ".example.com"
+    assert len(host) == 255
+    resp = get(proxy, host + ":8080", "/x")
+    assert resp.status == 200, resp
+    assert resp.get("X-Backend") == "wild", resp
+
+
+# --------------------------------------------------------------------------- dot segments
+
+PATH_ROUTES = ["api", "admin", "site"]
+
+
+@pytest.fixture(scope="module")
+def path_routed(tmp_path_factory):
+    """/api (stripped), /admin and everything else, each on its own backend."""
+    tmp = tmp_path_factory.mktemp("paths")
+    backends = dict(zip(PATH_ROUTES, start_ws_backends(tmp, *PATH_ROUTES), strict=True))
+    proxies = ProxySet(tmp)
+    try:
+        proxy = proxies.launch(
+            [
+                {
+                    "name": "api",
+                    "path_prefix": "/api",
+                    "strip_path_prefix": True,
+                    "upstreams": [backends["api"].address],
+                },
+                {
+                    "name": "admin",
+                    "path_prefix": "/admin",
+                    "upstreams": [backends["admin"].address],
+                },
+                {"name": "site", "upstreams": [backends["site"].address]},
+            ]
+        )
+        yield proxy, backends
+    finally:
+        problems = proxies.close()
+        for b in backends.values():
+            b.kill()
+    assert not problems, "\n".join(problems)
+
+
+# (target sent, route that must serve it, target its backend must receive)
+NORMALIZED = [
+    ("/api/../admin", "admin", "/admin"),
+    ("/api/%2e%2e/admin", "admin", "/admin"),
+    ("/api/%2E%2e/admin/x", "admin", "/admin/x"),
+    ("/api/.%2e/admin", "admin", "/admin"),
+    ("/api/%2e./admin", "admin", "/admin"),
+    ("/api/./../admin", "admin", "/admin"),
+    ("/api/%2e/../admin", "admin", "/admin"),
+    ("/api/x/y/../../../admin?next=/../x", "admin", "/admin?next=/../x"),
+    ("/api/x/./y/../z", "api", "/x/z"),
+    ("/api/./", "api", "/"),
+    ("/api/.", "api", "/"),
+    ("/api/..", "site", "/"),
+    ("/api/x/..?q=1", "api", "/?q=1"),
+    ("/admin/./", "admin", "/admin/"),
+    ("/admin/a/../", "admin", "/admin/"),
+    ("/%61pi/x", "api", "/x"),
+    ("/%61dmin", "admin", "/admin"),
+    ("/admin%2Fx", "site", "/admin%2Fx"),
+    ("/admin/a%2fb", "admin", "/admin/a%2Fb"),
+    ("/admin/caf%c3%a9", "admin", "/admin/caf%C3%A9"),
+    ("/admin/%7euser/file.txt", "admin", "/admin/~user/file.txt"),
+    ("/admin/...", "admin", "/admin/..."),
+    ("/ADMIN", "site", "/ADMIN"),
+    ("http://example.test/api/../admin", "admin", "/admin"),
+    ("http://example.test/admin/x/.././y", "admin", "/admin/y"),
+]
+
+
+@pytest.mark.parametrize(("target", "route", "forwarded"), NORMALIZED)
+def test_path_routing_resolves_dot_segments(path_routed, target, route, forwarded):
+    """A path is routed on its RFC 3986 normal form (dot segments removed, %2e read as
+    '.', percent-encoded unreserved characters decoded), and that form is what the
+    backend receives, with the query as sent: the route and the backend read one path."""
+    proxy, _backends = path_routed
+    resp = get(proxy, "example.test", target)
+    assert resp.status == 200, resp
+    assert resp.get("X-Backend") == route, f"{target}: served by {resp.get('X-Backend')}"
+    assert resp.json()["target"] == forwarded
+
+
+REFUSED_PATHS = [
+    "/..",
+    "/../admin",
+    "/%2e%2e/admin",
+    "/api/../../admin",
+    "/api/%2e%2e/%2E%2E/admin",
+    "/admin/../..",
+    # a dot segment that only a reader splitting at more than '/' would see
+    "/api/..%2fadmin",
+    "/api/..%2Fadmin",
+    "/api/%2e%2e%2fadmin",
+    "/api/x%2f..%2f..%2fadmin",
+    "/api/..\\admin",
+    "/api/.%2e\\admin",
+    "/api/..%5cadmin",
+    "/api/..;/admin",
+    "/api/..;x=1/admin",
+    "/api/.;/../admin",
+    # a fragment is not part of a request target (RFC 9112 3.2)
+    "/admin#/../api",
+    "/api#x",
+    # broken percent-encoding in the path
+    "/api/%zz",
+    "/api/%2",
+    "/api/x%",
+    "http://example.test/../admin",
+]
+
+
+@pytest.mark.parametrize("target", REFUSED_PATHS)
+def test_path_climbing_or_ambiguous_is_refused(path_routed, target):
+    """A target that climbs above the root, hides a dot segment behind an encoded slash,
+    a backslash or a ';' parameter, has a fragment or broken percent-encoding: 400, and
+    no backend sees it."""
+    proxy, backends = path_routed
+    before = {name: b.stats()["plain"] for name, b in backends.items()}
+    resp = get(proxy, "example.test", target)
+    assert resp.status == 400, f"{target}: {resp!r}"
+    assert resp.closes, resp
+    assert 0 < len(resp.body) <= 512, resp
+    after = {name: b.stats()["plain"] for name, b in backends.items()}
+    assert after == before, f"{target} reached a backend"
+
+
+def test_held_request_is_routed_again_on_its_normal_path(path_routed):
+    """A held request is re-parsed and re-routed at release: still on the normal form."""
+    proxy, _backends = path_routed
+    proxy.admin.pause("admin")
+    try:
+        with proxy.conn() as conn:
+            conn.send(build_request("GET", "/api/../admin/held", host="example.test"))
+            proxy.admin.wait_held(1, "admin")
+            proxy.admin.resume("admin")
+            resp = conn.read_response()
+    finally:
+        if proxy.admin.route("admin")["mode"] == "paused":
+            proxy.admin.resume("admin")
+    assert resp.status == 200, resp
+    assert resp.get("X-Backend") == "admin", resp
+    assert resp.json()["target"] == "/admin/held"

@@ -15,6 +15,12 @@ cdef enum:
     # 64-bit value 8x headroom; anything longer is refused, never wrapped.
     MAX_CONTENT_LENGTH_DIGITS = 18
     MAX_CHUNK_SIZE_DIGITS = 15
+    MAX_HOST_NAME = 255      # uri-host bytes (port aside) a request may name
+
+
+cdef enum FieldDrop:           # Field.drop: why a field is not forwarded (bits)
+    DROP_NAMED = 1             # named by a Connection option (RFC 9110 §7.6.1)
+    DROP_UNDERSCORE = 2        # a name with '_': dropped unless the route keeps them
 
 
 cdef enum HeaderKind:
@@ -84,7 +90,7 @@ cdef struct Field:
     Py_ssize_t value_len
     Py_ssize_t line_end        # just past the CRLF
     int kind
-    int drop
+    int drop                   # FieldDrop bits
 
 
 cdef struct RequestHead:
@@ -96,8 +102,14 @@ cdef struct RequestHead:
     Py_ssize_t target_len
     Py_ssize_t path_start      # origin-form path (the target itself unless absolute-form)
     Py_ssize_t path_len
+    const unsigned char* norm_path  # what is routed on and forwarded: the path (query
+    Py_ssize_t norm_len             # included) in normal form; points into the head
+                                    # unless normalising changed it (request_path.pxi)
+    int target_marks           # the target has a '.' or '%': its path may need normalising
     Py_ssize_t authority_start
     Py_ssize_t authority_len   # > 0 only for absolute-form
+    Py_ssize_t host_start      # the uri-host routed on (absolute-form authority, else
+    Py_ssize_t host_len        # Host), port aside; host_len 0 when there is none
     int target_form
     int version                # 10 or 11
     int body_kind
@@ -143,6 +155,7 @@ cdef class ChunkedDecoder:
     cdef long long remaining
     cdef int line_bytes
     cdef Py_ssize_t trailer_line
+    cdef Py_ssize_t trailers_dropped  # bytes of dropped trailer lines (they count to the cap)
     cdef bytearray trailers
     cdef const char* error
     cdef void reset(self)
@@ -251,6 +264,7 @@ cdef class Route:
     cdef readonly tuple hosts
     cdef readonly bytes path_prefix
     cdef readonly bint strip_path_prefix
+    cdef readonly bint underscores_in_headers
     cdef readonly Balancer balancer
     cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
                        RequestHead* h)

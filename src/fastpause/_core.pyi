@@ -58,6 +58,14 @@ def request_framing(data: bytes) -> tuple[str, int]:
     content_length -1 when absent. Raises ``HeadError``. Diagnostic/test entry point.
     """
 
+def normalize_path(path: bytes) -> bytes:
+    """``path`` (starting with '/', maybe with a query) in the normal form requests are
+    routed on and forwarded in: dot segments removed (``%2e`` read as '.'),
+    percent-encoded unreserved characters decoded, other percent-encodings in
+    uppercase hex, the query untouched. ValueError saying why when a request with that
+    path is refused (400): it climbs above the root, hides a dot segment behind %2F,
+    '\\' or ';', or has broken percent-encoding."""
+
 class Upstream:
     """One backend address with its idle keep-alive connection pool."""
 
@@ -150,13 +158,16 @@ class Route:
         hosts: Sequence[str] = (),
         path_prefix: str | None = None,
         strip_path_prefix: bool = False,
+        underscores_in_headers: bool = False,
         lb: str = "round_robin",
         weights: Sequence[int] | None = None,
     ) -> None:
-        """ValueError for an unknown ``lb`` (see LB_POLICIES), bad weights or hosts."""
+        """ValueError for an unknown ``lb`` (see LB_POLICIES), bad weights or hosts, or a
+        ``path_prefix`` not in normal form (see ``normalize_path``)."""
     hosts: tuple[str, ...]
     path_prefix: bytes | None
     strip_path_prefix: bool
+    underscores_in_headers: bool
     lb: str
 
 # Upgrade requests (WebSocket and others; h2c is refused by forwarding the request

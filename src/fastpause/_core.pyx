@@ -12,6 +12,7 @@ from posix.unistd cimport close as fd_close, dup as fd_dup
 
 include "timers.pxi"
 include "http_syntax.pxi"
+include "request_path.pxi"
 include "request_head.pxi"
 include "response_head.pxi"
 include "chunked.pxi"

@@ -2,7 +2,8 @@
 # request bodies and response bodies alike. It never buffers chunk data: it
 # reports where the data bytes are in the caller's buffer, so the caller can
 # forward slices. Chunk extensions are validated and dropped; trailer fields are
-# validated and kept so they can be forwarded.
+# validated and kept so they can be forwarded, but for those a recipient must not
+# act on in a trailer (``_check_trailer_line``).
 
 cdef enum ChunkState:
     CS_SIZE_FIRST      # first hex digit of a chunk size
@@ -42,6 +43,7 @@ cdef class ChunkedDecoder:
         self.line_bytes = 0
         self.error = NULL
         self.trailers = None
+        self.trailers_dropped = 0
 
     cdef int _fail(self, const char* why):
         self.error = why
@@ -191,7 +193,7 @@ cdef class ChunkedDecoder:
                 elif c == 10:
                     return self._fail(b"bare LF in trailer section")
                 else:
-                    if len(self.trailers) >= MAX_TRAILER_BYTES:
+                    if len(self.trailers) + self.trailers_dropped >= MAX_TRAILER_BYTES:
                         return self._fail(b"trailer section too large")
                     self.trailers.append(c)
             elif st == CS_TRAILER_LF:
@@ -213,13 +215,20 @@ cdef class ChunkedDecoder:
         return CH_MORE
 
     cdef int _check_trailer_line(self):
+        """Validate the trailer line just read; take it out again if it is not forwarded
+        (its bytes still count towards MAX_TRAILER_BYTES)."""
         cdef Field f
         cdef const unsigned char* t = self.trailers
-        if _scan_field_line(t, self.trailer_line, len(self.trailers), &f, &self.error) < 0:
+        cdef Py_ssize_t end = len(self.trailers)
+        if _scan_field_line(t, self.trailer_line, end, &f, &self.error) < 0:
             return CH_ERROR
         if f.kind == H_CONTENT_LENGTH or f.kind == H_TRANSFER_ENCODING or f.kind == H_HOST:
             self.error = b"framing or routing field in trailer section"
             return CH_ERROR
+        if f.kind != H_OTHER or f.drop & DROP_UNDERSCORE or _trailer_dropped(t + f.line_start,
+                                                                             f.name_len):
+            self.trailers_dropped += end - self.trailer_line
+            del self.trailers[self.trailer_line:]
         return 0
 
 
@@ -252,3 +261,33 @@ def decode_chunked(bytes data, Py_ssize_t piece=0):
             else:
                 break
     return bytes(body), b"", -1, dec.remaining
+
+# Trailer fields that are dropped, both ways. RFC 9110 §6.5.1 keeps fields about
+# framing, routing, authentication, request modifiers, response control and content
+# format out of trailers: a recipient that merged such a field into the header
+# section (some frameworks do) would take it for one the proxy vouches for, a
+# second X-Forwarded-For or Authorization say. Besides these names, every field the
+# proxy acts on itself (``_header_kind``: Connection, TE, Upgrade, Expect, Trailer,
+# the X-Forwarded-* set, X-Request-ID, ...), every ``X-Forwarded-*`` and every name
+# with '_' is dropped; Content-Length, Transfer-Encoding and Host are refused.
+_DROPPED_TRAILERS = frozenset([
+    # forwarding
+    b"forwarded", b"x-real-ip", b"via", b"max-forwards",
+    # authentication and state
+    b"authorization", b"proxy-authorization", b"www-authenticate", b"proxy-authenticate",
+    b"authentication-info", b"proxy-authentication-info", b"cookie", b"set-cookie",
+    # request modifiers: controls and conditionals
+    b"cache-control", b"pragma", b"range", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range",
+    # response control data
+    b"age", b"expires", b"date", b"location", b"retry-after", b"vary", b"warning",
+    # content format
+    b"content-type", b"content-encoding", b"content-range", b"content-language",
+    b"content-location",
+])
+
+
+cdef bint _trailer_dropped(const unsigned char* name, Py_ssize_t n) except -1:
+    """Whether a trailer field name is one of the above (trailers are rare: a set will do)."""
+    cdef bytes low = name[:n].lower()
+    return low in _DROPPED_TRAILERS or low.startswith(b"x-forwarded-")

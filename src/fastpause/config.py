@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import Any, Literal
 
-from fastpause._core import LB_POLICIES
+from fastpause._core import LB_POLICIES, normalize_path
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 
 AccessLogFormat = Literal["common", "json"]
@@ -75,6 +75,7 @@ class RouteConfig:
     hosts: tuple[str, ...] = ()  # lowercase names and "*.suffix" wildcards; () is any host
     path_prefix: str | None = None
     strip_path_prefix: bool = False
+    underscores_in_headers: bool = False
     lb: str = "round_robin"
     max_body_size: int = 1 << 30
     host_header: str | None = None
@@ -431,13 +432,16 @@ def parse_health_path(value: Any) -> str:
 
 
 def _path_prefix(value: Any) -> str:
-    """The path a route takes requests under; compared byte for byte, segment by segment
-    (``/api`` takes ``/api`` and ``/api/x``, not ``/apix``), so it must be a plain path."""
+    """The path a route takes requests under; compared with the request's path in normal
+    form, byte for byte, segment by segment (``/api`` takes ``/api`` and ``/api/x``, not
+    ``/apix``), so it must be a plain path in normal form."""
     return _url_path("path_prefix", value)
 
 
 def _url_path(key: str, value: Any) -> str:
-    """An origin-form path without query: what the data plane compares or sends as is."""
+    """An origin-form path without query, in the normal form request paths are compared
+    in (no dot segments, no encoded unreserved characters, uppercase hex): what the data
+    plane compares or sends as is."""
     path = _string(value)
     if not path.startswith("/"):
         raise ValueError(f"invalid {key} {path!r}: must start with '/'")
@@ -445,6 +449,15 @@ def _url_path(key: str, value: Any) -> str:
         raise ValueError(
             f"invalid {key} {path!r}: expected a URL path without query, spaces "
             "or control characters"
+        )
+    try:
+        normal = normalize_path(path.encode("ascii")).decode("ascii")
+    except ValueError as error:
+        raise ValueError(f"invalid {key} {path!r}: {error}") from None
+    if normal != path:
+        raise ValueError(
+            f"invalid {key} {path!r}: request paths are compared in normal form, "
+            f"write it {normal!r}"
         )
     return path
 
@@ -687,6 +700,7 @@ _ROUTE: dict[str, Parser] = {
     "hosts": _hosts,
     "path_prefix": _path_prefix,
     "strip_path_prefix": _boolean,
+    "underscores_in_headers": _boolean,
     "lb": _lb,
     "max_body_size": _size(at_least="0B"),  # 0: unlimited
     "host_header": _host_header,

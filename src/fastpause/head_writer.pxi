@@ -47,14 +47,15 @@ cdef inline bytes _out_bytes():
 
 
 cdef void _put_kept_fields(const unsigned char* p, Field* fields, int nfields,
-                           bint (*keep)(Field*) noexcept nogil) noexcept nogil:
-    """Copy the kept field lines, merging adjacent ones into a single memcpy."""
+                           bint (*keep)(Field*) noexcept nogil, int drop) noexcept nogil:
+    """Copy the field lines ``keep`` takes that carry none of the ``drop`` bits
+    (FieldDrop), merging adjacent ones into a single memcpy."""
     cdef int i
     cdef Py_ssize_t run_start = -1, run_end = -1
     cdef Field* f
     for i in range(nfields):
         f = &fields[i]
-        if not keep(f):
+        if f.drop & drop or not keep(f):
             continue
         if f.line_start != run_end:
             if run_start >= 0:
@@ -94,13 +95,13 @@ cdef inline bint _hop_by_hop(int kind) noexcept nogil:
 
 cdef bint _keep_request_field(Field* f) noexcept nogil:
     # Host, Expect and the X-Forwarded-* set are written by the proxy itself.
-    return not (f.drop or _hop_by_hop(f.kind) or f.kind == H_HOST or f.kind == H_EXPECT
+    return not (_hop_by_hop(f.kind) or f.kind == H_HOST or f.kind == H_EXPECT
                 or f.kind == H_X_FORWARDED_FOR or f.kind == H_X_FORWARDED_PROTO
                 or f.kind == H_X_FORWARDED_HOST)
 
 
 cdef bint _keep_response_field(Field* f) noexcept nogil:
-    return not (f.drop or _hop_by_hop(f.kind))
+    return not _hop_by_hop(f.kind)
 
 
 cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route route,
@@ -142,8 +143,8 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
     if h.target_form == FORM_ASTERISK:
         _put(b"*", 1)
     else:
-        path_p = p + h.path_start
-        path_n = h.path_len
+        path_p = h.norm_path  # the path routing compared, in normal form
+        path_n = h.norm_len
         if route.strip_path_prefix:
             strip = len(route.path_prefix)
             if route.path_prefix[strip - 1] == 47:
@@ -154,7 +155,10 @@ cdef bytes build_upstream_head(const unsigned char* p, RequestHead* h, Route rou
             _put(b"/", 1)
         _put(path_p, path_n)
     _put(b" HTTP/1.1\r\n", 11)
-    _put_kept_fields(p, h.fields, h.nfields, _keep_request_field)
+    # names with '_' are dropped unless the route keeps them (NGINX's underscores_in_headers):
+    # a backend that reads '_' as '-' (CGI, WSGI) would take X_Forwarded_For for the real one
+    _put_kept_fields(p, h.fields, h.nfields, _keep_request_field,
+                     DROP_NAMED if route.underscores_in_headers else DROP_NAMED | DROP_UNDERSCORE)
     _put(b"Host: ", 6)
     _put(hv, hv_len)
     _put(b"\r\n", 2)
@@ -211,7 +215,7 @@ cdef bytes build_response_head(const unsigned char* p, ResponseHead* r, bint chu
     if r.status_line_len > 13:
         _put(p + 13, r.status_line_len - 13)
     _put(b"\r\n", 2)
-    _put_kept_fields(p, r.fields, r.nfields, _keep_response_field)
+    _put_kept_fields(p, r.fields, r.nfields, _keep_response_field, DROP_NAMED)
     if r.has_content_length and r.status != 204 and r.status >= 200 and not chunked:
         _put(b"Content-Length: ", 16)
         _put_dec(r.content_length)

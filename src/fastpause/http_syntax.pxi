@@ -2,11 +2,18 @@
 # request parser, the response parser and the chunked decoder.
 
 cdef unsigned char TCHAR[256]         # token characters (RFC 9110 §5.6.2)
+cdef unsigned char NAME_CHAR[256]     # tchar but '_' (a field name with one is marked)
 cdef unsigned char FIELD_VCHAR[256]   # field-value: VCHAR / obs-text / SP / HTAB
-cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII
+cdef unsigned char TARGET_CHAR[256]   # request-target: visible ASCII but '#' (TARGET_*)
 cdef unsigned char HOST_CHAR[256]     # Host: reg-name / IP-literal / port characters
+cdef unsigned char REG_NAME_CHAR[256]  # reg-name: unreserved / pct-encoded / sub-delims
 cdef unsigned char QDTEXT[256]        # quoted-string content (without '\\' and '"')
 cdef signed char HEXVAL[256]
+
+
+cdef enum TargetChar:
+    TARGET_PLAIN = 1
+    TARGET_MARK = 2   # '.' and '%': a path with them may not be in normal form
 
 
 cdef void _init_char_tables() noexcept:
@@ -15,9 +22,15 @@ cdef void _init_char_tables() noexcept:
     cdef bytes hostpunct = b"-._~!$&'()*+,;=:[]%"
     for c in range(256):
         TCHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in tspecials)
+        NAME_CHAR[c] = TCHAR[c] and c != 95
         FIELD_VCHAR[c] = (0x21 <= c <= 0x7E) or c >= 0x80 or c == 0x20 or c == 0x09
-        TARGET_CHAR[c] = 0x21 <= c <= 0x7E
+        # a fragment is no part of a request target (RFC 9112 §3.2): '#' is refused
+        if c == 46 or c == 37:
+            TARGET_CHAR[c] = TARGET_MARK
+        else:
+            TARGET_CHAR[c] = TARGET_PLAIN if 0x21 <= c <= 0x7E and c != 35 else 0
         HOST_CHAR[c] = (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or (c in hostpunct)
+        REG_NAME_CHAR[c] = HOST_CHAR[c] and c not in b":[]"
         QDTEXT[c] = c == 0x09 or c == 0x20 or c == 0x21 or (0x23 <= c <= 0x5B) or (
             0x5D <= c <= 0x7E) or c >= 0x80
         if 48 <= c <= 57:
@@ -96,6 +109,48 @@ cdef int _header_kind(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         if c0 == 120 and _ieq(p, n, b"x-forwarded-proto", 17):
             return H_X_FORWARDED_PROTO
     return H_OTHER
+
+
+cdef enum HostCheck:
+    HOST_OK
+    HOST_INVALID
+    HOST_TOO_LONG
+
+
+cdef inline int _check_host(const unsigned char* v, Py_ssize_t n,
+                            Py_ssize_t* host_len) noexcept nogil:
+    """Check ``uri-host [ ":" port ]`` (RFC 9110 §7.2, RFC 3986 §3.2); HOST_OK or why not.
+
+    ``host_len`` gets the uri-host's length, port aside. A ':' other than the one
+    before the port, or a port that is not all digits, is refused rather than read
+    one way here and another way by the backend; so is a host name of more than
+    MAX_HOST_NAME bytes, which routing would otherwise have to read in part.
+    """
+    cdef Py_ssize_t i = 0
+    if n > 0 and v[0] == 91:  # IP-literal: "[" ... "]"
+        i = 1
+        while i < n and v[i] != 93:
+            if not HOST_CHAR[v[i]] or v[i] == 91:
+                return HOST_INVALID
+            i += 1
+        if i == n:
+            return HOST_INVALID
+        i += 1
+    else:
+        while i < n and v[i] != 58:
+            if not REG_NAME_CHAR[v[i]]:
+                return HOST_INVALID
+            i += 1
+    host_len[0] = i
+    if i < n:
+        if v[i] != 58:
+            return HOST_INVALID
+        i += 1
+        while i < n:
+            if not 48 <= v[i] <= 57:
+                return HOST_INVALID
+            i += 1
+    return HOST_TOO_LONG if host_len[0] > MAX_HOST_NAME else HOST_OK
 
 
 cdef inline Py_ssize_t _next_list_item(const unsigned char* p, Py_ssize_t pos, Py_ssize_t end,
@@ -186,13 +241,15 @@ cdef extern from *:
         return _mm_cmpeq_epi8(x, _mm_set1_epi8((char)c));
     }
 
-    /* tchar (RFC 9110 5.6.2): visible ASCII except the delimiters "(),/:;<=>?@[\\]{} */
+    /* tchar (RFC 9110 5.6.2): visible ASCII except the delimiters "(),/:;<=>?@[\\]{};
+       it also stops at '^' and '_' (one range with "[\\]"): names with them are rare,
+       and the byte loop goes on from there, marking a name with '_' */
     static inline Py_ssize_t fp_skip_token(const unsigned char* p, Py_ssize_t pos, Py_ssize_t n) {
         while (pos + 16 <= n) {
             __m128i x = _mm_loadu_si128((const __m128i*)(p + pos));
             __m128i bad = _mm_or_si128(fp_is(x, '"'), fp_in_range(x, '(', ')'));
             bad = _mm_or_si128(bad, _mm_or_si128(fp_is(x, ','), fp_is(x, '/')));
-            bad = _mm_or_si128(bad, _mm_or_si128(fp_in_range(x, ':', '@'), fp_in_range(x, '[', ']')));
+            bad = _mm_or_si128(bad, _mm_or_si128(fp_in_range(x, ':', '@'), fp_in_range(x, '[', '_')));
             bad = _mm_or_si128(bad, _mm_or_si128(fp_is(x, '{'), fp_is(x, '}')));
             int m = _mm_movemask_epi8(bad) | (~_mm_movemask_epi8(fp_in_range(x, 0x21, 0x7E)) & 0xFFFF);
             if (m)
@@ -251,15 +308,21 @@ cdef Py_ssize_t _scan_field_line(const unsigned char* p, Py_ssize_t start, Py_ss
     if _is_ows(p[pos]):
         err[0] = b"obsolete line folding is not allowed"
         return -1
+    f.drop = 0
     pos = fp_skip_token(p, pos, n)
-    while TCHAR[p[pos]]:
+    while NAME_CHAR[p[pos]]:
         pos += 1
     if p[pos] != 58:
-        if _is_ows(p[pos]):
-            err[0] = b"whitespace between header field name and colon"
-        else:
-            err[0] = b"invalid character in header field name"
-        return -1
+        if p[pos] == 95:  # a name with '_' (marked off the usual path: no cost to others)
+            f.drop = DROP_UNDERSCORE
+            while TCHAR[p[pos]]:
+                pos += 1
+        if p[pos] != 58:
+            if _is_ows(p[pos]):
+                err[0] = b"whitespace between header field name and colon"
+            else:
+                err[0] = b"invalid character in header field name"
+            return -1
     if pos == start:
         err[0] = b"empty header field name"
         return -1
@@ -287,7 +350,6 @@ cdef Py_ssize_t _scan_field_line(const unsigned char* p, Py_ssize_t start, Py_ss
     f.value_len = ve - vs
     f.line_end = pos + 2
     f.kind = _header_kind(p + start, f.name_len)
-    f.drop = 0
     return pos
 
 

@@ -14,8 +14,12 @@ cdef int _parse_request_line(const unsigned char* p, Py_ssize_t n, RequestHead* 
     h.method_len = pos
     pos += 1
     ts = pos
-    while pos < n and TARGET_CHAR[p[pos]]:
+    while pos < n and TARGET_CHAR[p[pos]] == TARGET_PLAIN:
         pos += 1
+    if pos < n and TARGET_CHAR[p[pos]] == TARGET_MARK:  # the path may need normalising
+        h.target_marks = 1
+        while pos < n and TARGET_CHAR[p[pos]]:
+            pos += 1
     if pos - ts > max_uri:
         h.error = b"request target too long"
         return 414
@@ -44,6 +48,7 @@ cdef int _classify_target(const unsigned char* p, RequestHead* h) noexcept nogil
     """Decide the request-target form (RFC 9112 §3.2) and locate path and authority."""
     cdef const unsigned char* t = p + h.target_start
     cdef Py_ssize_t n = h.target_len, i, skip
+    cdef int status
     cdef bint is_connect = h.method_len == 7 and memcmp(p, b"CONNECT", 7) == 0
     h.path_start = h.target_start
     h.path_len = n
@@ -80,17 +85,20 @@ cdef int _classify_target(const unsigned char* p, RequestHead* h) noexcept nogil
         h.error = b"invalid request target"
         return 400
     i = skip
-    while i < n and t[i] != 47 and t[i] != 63 and t[i] != 35:
-        if not HOST_CHAR[t[i]] or t[i] == 64:
-            h.error = b"invalid authority in request target"
-            return 400
+    while i < n and t[i] != 47 and t[i] != 63:
         i += 1
     if i == skip:
         h.error = b"absolute-form target without a host"
         return 400
+    status = _check_host(t + skip, i - skip, &h.host_len)
+    if status:
+        h.error = (b"host name in request target longer than 255 bytes" if status == HOST_TOO_LONG
+                   else b"invalid authority in request target")
+        return 400
     h.target_form = FORM_ABSOLUTE
     h.authority_start = h.target_start + skip
     h.authority_len = i - skip
+    h.host_start = h.authority_start
     h.path_start = h.target_start + i
     h.path_len = n - i
     return 0
@@ -99,7 +107,7 @@ cdef int _classify_target(const unsigned char* p, RequestHead* h) noexcept nogil
 cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) noexcept nogil:
     """Fold one framing/connection-relevant field into the head's facts; 0 or a status."""
     cdef Py_ssize_t pos, end, s, ln
-    cdef int kind = f.kind
+    cdef int kind = f.kind, status
     if kind == H_CONTENT_LENGTH:
         if _parse_content_length(p, f.value_start, f.value_len, &h.content_length) != 0:
             h.error = b"invalid or conflicting Content-Length"
@@ -126,10 +134,14 @@ cdef int _apply_framing_field(const unsigned char* p, RequestHead* h, Field* f) 
     elif kind == H_HOST:
         h.host_count += 1
         h.host_index = f - h.fields
-        for s in range(f.value_start, f.value_start + f.value_len):
-            if not HOST_CHAR[p[s]] or p[s] == 64:
-                h.error = b"invalid Host header"
-                return 400
+        status = _check_host(p + f.value_start, f.value_len, &ln)
+        if status:
+            h.error = (b"Host name longer than 255 bytes" if status == HOST_TOO_LONG
+                       else b"invalid Host header")
+            return 400
+        if h.authority_len == 0:  # the absolute-form authority wins (RFC 9112 §3.2.2)
+            h.host_start = f.value_start
+            h.host_len = ln
     elif kind == H_CONNECTION:
         pos = f.value_start
         end = f.value_start + f.value_len
@@ -187,7 +199,7 @@ cdef void _drop_connection_named(const unsigned char* p, Field* fields, int nfie
             for j in range(nfields):
                 f = &fields[j]
                 if f.kind == H_OTHER and f.name_len == ln and _ieq_ci(p + f.line_start, p + s, ln):
-                    f.drop = 1
+                    f.drop |= DROP_NAMED
 
 
 cdef inline bint _ieq_ci(const unsigned char* a, const unsigned char* b, Py_ssize_t n) noexcept nogil:
@@ -221,6 +233,12 @@ cdef int parse_request(const unsigned char* p, Py_ssize_t n, RequestHead* h, Fie
     status = _classify_target(p, h)
     if status:
         return status
+    h.norm_path = p + h.path_start
+    h.norm_len = h.path_len
+    if h.target_marks and h.target_form != FORM_AUTHORITY:
+        status = normalize_request_path(h, n - h.path_start)
+        if status:
+            return status
     while True:
         line_start = pos
         if p[pos] == 13:
@@ -303,11 +321,11 @@ cdef bint _method_idempotent(const unsigned char* p, RequestHead* h) noexcept no
 
 cdef bint _is_health_check(const unsigned char* p, RequestHead* h, bytes path) noexcept:
     """GET or HEAD of exactly ``path`` (query ignored): answered by the proxy while held."""
-    cdef const unsigned char* t = p + h.path_start
+    cdef const unsigned char* t = h.norm_path
     cdef Py_ssize_t n = 0, plen = len(path)
     if not (_method_is(p, h, b"GET", 3) or _method_is(p, h, b"HEAD", 4)):
         return False
-    while n < h.path_len and t[n] != 63:
+    while n < h.norm_len and t[n] != 63:
         n += 1
     return n == plen and memcmp(t, <const char*>path, n) == 0
 

@@ -194,6 +194,7 @@ def _route(
         hosts=route.hosts,
         path_prefix=route.path_prefix,
         strip_path_prefix=route.strip_path_prefix,
+        underscores_in_headers=route.underscores_in_headers,
         lb=route.lb,
         weights=route.upstream_weights(),
     )

@@ -135,7 +135,7 @@ cdef class Route:
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
                  hosts=(), str path_prefix=None, bint strip_path_prefix=False,
-                 str lb="round_robin", weights=None):
+                 bint underscores_in_headers=False, str lb="round_robin", weights=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -165,10 +165,9 @@ cdef class Route:
         self.retry_after = retry_after
         self.fail_duration = fail_duration
         self.hosts = tuple(_normal_host(h) for h in hosts)
-        if path_prefix is not None and not path_prefix.startswith("/"):
-            raise ValueError(f"route {name!r}: path_prefix must start with '/'")
-        self.path_prefix = path_prefix.encode("ascii") if path_prefix else None
+        self.path_prefix = _normal_prefix(name, path_prefix) if path_prefix else None
         self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
+        self.underscores_in_headers = underscores_in_headers
         self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
 
     def __repr__(self):
@@ -201,6 +200,19 @@ cdef class Route:
         if up is not None:
             c.set_cookie = self.balancer.set_cookie_field(up)
         return up
+
+
+cdef bytes _normal_prefix(str route, str prefix):
+    """A path prefix, which must be in the normal form request paths are compared in."""
+    cdef bytes raw = prefix.encode("ascii")
+    try:
+        normal = normalize_path(raw)
+    except ValueError as error:
+        raise ValueError(f"route {route!r}: invalid path_prefix {prefix!r}: {error}") from None
+    if normal != raw:
+        raise ValueError(f"route {route!r}: path_prefix {prefix!r} is not in normal form "
+                         f"(request paths are compared as {normal.decode()!r})")
+    return raw
 
 
 cdef str _normal_host(str host):
@@ -294,11 +306,12 @@ cdef class RoutingTable:
 
 
 cdef Route _longest_prefix(list routes, const unsigned char* p, RequestHead* h):
-    """The first route (they are sorted longest prefix first) whose prefix matches."""
+    """The first route (they are sorted longest prefix first) whose prefix matches the
+    path in normal form (request_path.pxi)."""
     cdef Route route
     for route in routes:
-        if route.path_prefix is None or _prefix_matches(route.path_prefix, p + h.path_start,
-                                                        h.path_len):
+        if route.path_prefix is None or _prefix_matches(route.path_prefix, h.norm_path,
+                                                        h.norm_len):
             return route
     return None
 
@@ -312,33 +325,19 @@ cdef bint _prefix_matches(bytes prefix, const unsigned char* path, Py_ssize_t n)
 
 
 cdef bytes _request_host(const unsigned char* p, RequestHead* h):
-    """The request's host, lowercased, without port or trailing dot (b"" when none)."""
-    cdef const unsigned char* v
-    cdef Py_ssize_t n, i
-    cdef char buf[256]
-    if h.authority_len > 0:
-        v = p + h.authority_start
-        n = h.authority_len
-    elif h.host_index >= 0:
-        v = p + h.fields[h.host_index].value_start
-        n = h.fields[h.host_index].value_len
-    else:
-        return b""
-    if n > 0 and v[0] == 91:  # IP-literal: up to the closing bracket
-        i = 0
-        while i < n and v[i] != 93:
-            i += 1
-        n = i + 1 if i < n else n
-    else:
-        i = n - 1
-        while i >= 0 and 48 <= v[i] <= 57:
-            i -= 1
-        if i >= 0 and v[i] == 58:
-            n = i
+    """The request's host, lowercased, without port or trailing dot (b"" when none).
+
+    The parser refused a host it could not read whole (``_check_host``); this reads
+    all of it, never a part.
+    """
+    cdef const unsigned char* v = p + h.host_start
+    cdef Py_ssize_t n = h.host_len, i
+    cdef bytes host
+    cdef char* out
     if n > 0 and v[n - 1] == 46:
         n -= 1
-    if n > 255:
-        n = 255
+    host = PyBytes_FromStringAndSize(NULL, n)
+    out = PyBytes_AS_STRING(host)
     for i in range(n):
-        buf[i] = _lower(v[i])
-    return PyBytes_FromStringAndSize(buf, n)
+        out[i] = _lower(v[i])
+    return host
