@@ -470,3 +470,66 @@ def split_requests(data: bytes) -> Split:
         requests.append(Request(method, _origin_target(target), version, fields, body, pos))
         if not _keeps_open(method, version, fields):
             return Split(requests, CLOSED)
+
+
+# --------------------------------------------------------------------------- paths
+
+_UNRESERVED = re.compile(rb"[A-Za-z0-9\-._~]")
+_DOTS = (b".", b"..")
+
+
+def _decoded_dots(segment: bytes) -> bytes:
+    return re.sub(rb"%2[eE]", b".", segment)
+
+
+def _hides_dots(segment: bytes) -> bool:
+    pieces = re.split(rb"\\|%5[cC]|%2[fF]", segment)
+    return any(_decoded_dots(p.split(b";")[0]) in _DOTS for p in pieces)
+
+
+def _remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 §5.2.4, as written there (input and output buffers)."""
+    inp, out = path, b""
+    while inp:
+        if inp.startswith(b"../"):
+            inp = inp[3:]
+        elif inp.startswith(b"./"):
+            inp = inp[2:]
+        elif inp.startswith(b"/./") or inp == b"/.":
+            inp = b"/" + inp[3:]
+        elif inp.startswith(b"/../") or inp == b"/..":
+            inp = b"/" + inp[4:]
+            out = out[: max(out.rfind(b"/"), 0)]
+        elif inp in _DOTS:
+            inp = b""
+        else:
+            end = inp.find(b"/", 1)
+            segment = inp if end < 0 else inp[:end]
+            out += segment
+            inp = inp[len(segment) :]
+    return out
+
+
+def _pct(match: re.Match) -> bytes:
+    byte = bytes([int(match.group(1), 16)])
+    return byte if _UNRESERVED.fullmatch(byte) else b"%" + match.group(1).upper()
+
+
+def normal_target(target: bytes) -> bytes | None:
+    """The RFC 3986 normal form of an origin-form target's path (dot segments removed,
+    ``%2e`` read as a dot, unreserved characters decoded, hex in uppercase; the query
+    untouched) that the proxy routes on and forwards, or None where it refuses the path
+    (README, Routing)."""
+    path, mark, query = target.partition(b"?")
+    if re.search(rb"%(?![0-9A-Fa-f]{2})", path):
+        return None
+    segments = path.split(b"/")[1:]
+    if any(_decoded_dots(s) not in _DOTS and _hides_dots(s) for s in segments):
+        return None
+    # a sentinel segment first: climbing above the root removes it
+    sentinel = b"/\x00"
+    resolved = _remove_dot_segments(sentinel + _decoded_dots(path))
+    if not (resolved == sentinel or resolved.startswith(sentinel + b"/")):
+        return None
+    resolved = resolved[len(sentinel) :] or b"/"
+    return re.sub(rb"%([0-9A-Fa-f]{2})", _pct, resolved) + mark + query
