@@ -70,6 +70,11 @@ REASONS = (
     "empty header field name",
     "invalid character in header field value",
     "incomplete or trailing bytes after the head",
+    "Host name longer than 255 bytes",
+    "host name in request target longer than 255 bytes",
+    "the path climbs above the root ('..')",
+    "a dot segment hidden behind %2F, '\\' or ';' is ambiguous",
+    "invalid percent-encoding in the path",
 )
 
 
