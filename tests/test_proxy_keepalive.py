@@ -3,6 +3,9 @@ keep-alive pool, idle timeouts, many concurrent connections."""
 
 from __future__ import annotations
 
+import resource
+import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from helpers import RawConn, build_request, payload, sha256, wait_for
@@ -147,6 +150,34 @@ def test_200_pipelined_requests_in_one_write(proxy, backend):
             assert resp.status == 200, (i, resp)
             assert resp.json()["target"] == f"/inspect?n={i}"
     assert backend.stats()["heads"] == 200
+
+
+def test_20000_pipelined_requests_the_proxy_answers_itself_in_one_write(proxy_factory):
+    """Requests the proxy answers without an upstream (here 404s, no route for the
+    host) are read one after another, not by a call per request: the next one was
+    read from inside the answer to the previous one, about 700 bytes of C stack per
+    pipelined request, and a read of 10,000 of them could overflow the stack (SIGSEGV,
+    every connection dropped). The proxy's stack is cut to 1 MiB so that the test
+    does not depend on how many requests one read brings (it crashed at 1,452)."""
+    proxy = proxy_factory(route={"hosts": ["app.test"]})
+    hard = resource.prlimit(proxy.pid, resource.RLIMIT_STACK)[1]
+    resource.prlimit(proxy.pid, resource.RLIMIT_STACK, (1 << 20, hard))
+    n = 20_000
+    received = bytearray()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as sock:
+
+        def read_all() -> None:  # read while sending, so the proxy never stops writing
+            while chunk := sock.recv(1 << 20):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n" * n)
+        sock.shutdown(socket.SHUT_WR)
+        reader.join(60)
+    assert received.count(b"HTTP/1.1 404 ") == n, (len(received), proxy.describe())
+    assert proxy.proc.poll() is None, proxy.describe()
+    assert proxy.request(build_request("GET", "/inspect", host="app.test")).status == 200
 
 
 def test_pipelined_posts_with_bodies_in_one_write(proxy):

@@ -447,6 +447,7 @@ cdef class ClientProtocol:
     cdef Deadline deadline
     cdef int pause_reasons
     cdef bint write_paused
+    cdef bint advancing  # _advance is on the stack: it reads the next request itself
     cdef double stalled_since  # when write_paused was last set (the timeout clock)
     cdef bint eof
     # the request being served
@@ -491,6 +492,7 @@ cdef class ClientProtocol:
     cdef RouteState releaser
     cdef void _append(self, object data)
     cdef int _advance(self) except -1
+    cdef bint _advance_once(self) except -1
     cdef int _read_head(self)
     cdef int _start_request(self, const unsigned char* p, RequestHead* h) except -1
     cdef int _new_exchange(self) except -1
