@@ -249,7 +249,23 @@ def backend(start_backend) -> Backend:
 
 
 @pytest.fixture
-def proxy_factory(backend, tmp_path):
+def proxy_workers() -> int:
+    """The ``workers`` of proxies ``proxy_factory`` starts: 1 (one process) unless the
+    module is marked ``workers_variants``, whose tests run with 1 and with 2."""
+    return 1
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("workers_variants") is None:
+        return
+    if metafunc.definition.get_closest_marker("single_process") is not None:
+        return
+    if "proxy_workers" in metafunc.fixturenames:
+        metafunc.parametrize("proxy_workers", [1, 2], ids=["1worker", "2workers"])
+
+
+@pytest.fixture
+def proxy_factory(backend, tmp_path, proxy_workers):
     """``proxy_factory(route={...}, top={...}, upstreams=[...])`` starts a proxy.
 
     ``route`` and ``top`` add or override keys of the single route and of the top level
@@ -273,6 +289,8 @@ def proxy_factory(backend, tmp_path):
                 "shutdown_timeout": "10s",
                 "admin": f"unix:{tmp_path}/admin{n}.sock",
             }
+            if proxy_workers != 1:
+                top_cfg["workers"] = proxy_workers
             top_cfg.update(top or {})
             path = tmp_path / f"proxy{n}.toml"
             path.write_text(render_config(top_cfg, [route_cfg]))

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 pytest_plugins = ["ws_support"]  # fixtures: ws_backend, routes_proxy
+pytestmark = pytest.mark.workers_variants
 
 TOKEN = "s3cret-token-0123456789"
 WAIT = 30.0
@@ -75,13 +76,16 @@ def bound_unix_file(path: Path) -> None:
 # ---------------------------------------------------------------- status
 
 
-def test_status_shape(admin_proxy, backend):
+def test_status_shape(admin_proxy, backend, proxy_workers):
     proxy = admin_proxy()
     status = proxy.admin.status()
     assert set(status) == {
         "version",
         "pid",
         "uptime_seconds",
+        "workers",
+        "worker_pids",
+        "worker_restarts",
         "listeners",
         "accepting",
         "connections",
@@ -90,6 +94,11 @@ def test_status_shape(admin_proxy, backend):
     }
     assert status["pid"] == proxy.pid
     assert status["uptime_seconds"] >= 0
+    assert (status["workers"], status["worker_restarts"]) == (proxy_workers, 0)
+    if proxy_workers == 1:
+        assert status["worker_pids"] == []  # the proxy process serves
+    else:
+        assert len(set(status["worker_pids"]) - {proxy.pid}) == proxy_workers
     assert status["listeners"] == [proxy.url]
     assert (status["accepting"], status["connections"], status["max_connections"]) == (True, 0, 0)
     [route] = status["routes"]

@@ -34,6 +34,7 @@ from helpers import IncompleteResponse, build_request, free_port
 from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend, ...
+pytestmark = pytest.mark.workers_variants
 
 HEALTH = {"health_path": "/health"}
 PROGRESS = ["checking", "healthy", "switched", "draining", "done"]

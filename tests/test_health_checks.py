@@ -12,11 +12,13 @@ a backend's counters against a deadline; nothing sleeps to synchronize.
 
 from __future__ import annotations
 
+import pytest
 from deploy_support import upstream_entries, wait_for
 from helpers import build_request, free_port
 from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend
+pytestmark = pytest.mark.workers_variants
 
 CHECKS = {
     "health_path": "/health",

@@ -15,6 +15,7 @@ from helpers import build_request, chunked, free_port, payload, payload_sha256, 
 from hold_support import cli_ok, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
+pytestmark = pytest.mark.workers_variants
 
 KiB = 1024
 
@@ -185,6 +186,9 @@ def test_chunked_body_over_max_held_body_gets_503(hold_proxy, backend):
     assert "/too-big" not in backend.stats()["paths"]
 
 
+@pytest.mark.single_process(
+    "exact caps: workers share them (test_workers.py::test_caps_are_shared_between_workers)"
+)
 def test_max_held_bytes_caps_buffered_bodies_proxy_wide(hold_proxy, backend):
     proxy = hold_proxy(top={"max_held_bytes": "100KiB"})
     proxy.admin.pause()

@@ -18,6 +18,7 @@ from helpers import build_request
 from hold_support import cli_ok, metric_value, route_entry, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
+pytestmark = pytest.mark.workers_variants
 
 MESSAGE = "Down for maintenance until 17:00 UTC"
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from helpers import build_request, free_port, payload, payload_sha256
 from hold_support import cli_ok, in_thread, send_held, send_in_order
+from workers_support import serving_workers
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
+pytestmark = pytest.mark.workers_variants
 
 # --------------------------------------------------------------------------- backend down
 
@@ -136,6 +139,19 @@ def assert_released_in_arrival_order(targets: list[str], log: list[dict]) -> Non
     assert log[0]["target"] == targets[0], "the first held request was not released first"
 
 
+def by_worker(proxy, targets: list[str], conns) -> list[list[str]]:
+    """The held targets of each worker, in arrival order (one list without workers):
+    each worker releases its own queue in arrival order; workers release at once."""
+    pids = proxy.admin.status()["worker_pids"]
+    if not pids:
+        return [targets]
+    groups: dict[int, list[str]] = {}
+    workers = serving_workers(pids, [conn.sock for conn in conns])
+    for target, worker in zip(targets, workers, strict=True):
+        groups.setdefault(worker, []).append(target)
+    return list(groups.values())
+
+
 def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold_proxy, recorder):
     proxy = hold_proxy(upstreams=[recorder.address])
     assert proxy.get("/warm-up").status == 200
@@ -148,6 +164,7 @@ def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold
     conns = send_in_order(proxy, proxy.admin, targets)
     assert proxy.admin.metric("fastpause_held", route="app") == 500
     assert recorder.targets() == ["/warm-up"], "a request passed the pause"
+    queues = by_worker(proxy, targets, conns)
 
     done = cli_ok(proxy.admin, "resume", "app")
     assert "500" in done.stdout, done  # says how many it released
@@ -159,7 +176,9 @@ def test_pause_holds_500_requests_and_resume_releases_them_in_arrival_order(hold
     log = recorder.log()[1:]
     seen = [entry["target"] for entry in log]
     assert sorted(seen) == targets, "the backend did not get each held request exactly once"
-    assert_released_in_arrival_order(targets, log)
+    for queue in queues:
+        held = set(queue)
+        assert_released_in_arrival_order(queue, [e for e in log if e["target"] in held])
     entry = proxy.admin.wait_held(0)
     assert entry["mode"] == "running"
     assert proxy.admin.metric("fastpause_released_total") == 500
@@ -174,6 +193,7 @@ def test_paced_resume_spreads_the_release(hold_proxy, recorder):
     proxy.admin.pause()
     targets = [f"/paced/{i:02d}" for i in range(n)]
     conns = send_in_order(proxy, proxy.admin, targets)
+    queues = by_worker(proxy, targets, conns)
 
     cli_ok(proxy.admin, "resume", "app", "--rate", str(rate))
     entry = proxy.admin.wait_until(lambda r: r["held"] < n, "the paced release to start")
@@ -185,8 +205,15 @@ def test_paced_resume_spreads_the_release(hold_proxy, recorder):
         assert resp.status == 200, f"{target}: {resp!r}"
     assert late.result().status == 200
     log = recorder.log()
-    assert [e["target"] for e in log] == [*targets, "/paced/late"]
-    span = log[n - 1]["t"] - log[0]["t"]
+    seen = [e["target"] for e in log]
+    if len(queues) == 1:
+        assert seen == [*targets, "/paced/late"]
+    else:  # each worker paces its own queue, at its share of the rate
+        assert sorted(seen) == [*targets, "/paced/late"]
+        for queue in queues:
+            assert [target for target in seen if target in queue] == queue
+    released = [e["t"] for e in log if e["target"] != "/paced/late"]
+    span = max(released) - min(released)
     assert span >= 0.8 * (n - 1) / rate, (
         f"{n} requests released at --rate {rate} reached the backend within {span:.3f}s"
     )

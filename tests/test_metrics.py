@@ -12,6 +12,8 @@ from admin_support import AdminHttp
 from helpers import build_request, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+pytestmark = pytest.mark.workers_variants
+
 Labels = tuple[tuple[str, str], ...]
 
 FAMILIES = {
@@ -151,6 +153,9 @@ def test_expired_requests_are_counted(metrics_proxy, backend):
     assert value(samples, "fastpause_hold_seconds_count", route="app") == 1
 
 
+@pytest.mark.single_process(
+    "exact caps: workers share them (test_workers.py::test_caps_are_shared_between_workers)"
+)
 def test_rejections_are_counted(metrics_proxy, backend):
     proxy = metrics_proxy(route={"max_held": 1, "max_held_body": "1KiB"})
     admin = proxy.admin

@@ -35,6 +35,7 @@ from helpers import IncompleteResponse, build_request, free_port, request
 from hold_support import in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, late_backend, identity_backend
+pytestmark = pytest.mark.workers_variants
 
 
 def two_free_ports() -> tuple[int, int]:

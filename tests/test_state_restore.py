@@ -25,6 +25,7 @@ from helpers import build_request
 from hold_support import Admin, in_thread
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, identity_backend, ...
+pytestmark = pytest.mark.workers_variants
 
 IGNORING = "fastpause: ignoring state file"
 

@@ -211,7 +211,7 @@ cdef class Upstream:
     cdef long long n_connect_failures
     cdef int n_connecting
     cdef bint available(self, double now)
-    cdef void mark_failed(self, double now, double fail_duration)
+    cdef void mark_failed(self, Engine engine, double now, double fail_duration)
     cdef UpstreamProtocol pop_idle(self)
     cdef void probe(self, Engine engine)
     cdef int release(self, UpstreamProtocol conn) except -1
@@ -276,7 +276,7 @@ cdef class RouteState:
     cdef int mode
     cdef readonly double max_hold
     cdef readonly str stop_message
-    cdef int stop_retry_after
+    cdef readonly int stop_retry_after
     cdef double release_rate
     cdef double release_credit
     cdef object pacer
@@ -341,6 +341,8 @@ cdef class Engine:
     cdef public long long max_held_bytes
     cdef long long _max_connections
     cdef public object on_capacity
+    cdef public object on_upstream_up
+    cdef public object on_upstream_down
     cdef readonly bint at_capacity
     cdef long long n_held_bytes
     cdef set clients
@@ -359,7 +361,7 @@ cdef class Engine:
     cdef void client_opened(self, ClientProtocol c)
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)
-    cdef void upstream_up(self, Upstream up)
+    cdef void upstream_up(self, Upstream up, bint news)
     cdef void _reroute_held(self, RoutingTable old)
 
 

@@ -110,6 +110,7 @@ class RouteState:
     in_flight: int
     max_hold: float
     stop_message: str
+    stop_retry_after: int  # 0: the route's retry_after
     def __init__(self, name: str) -> None: ...
     def pause(self, max_hold: float = 30.0) -> None:
         """Hold new requests (each for at most ``max_hold`` seconds)."""
@@ -241,9 +242,19 @@ class Engine:
     max_connections: int
     """Setting it re-checks the open connections at once (on_capacity if that flips)."""
     on_capacity: Callable[[bool], None] | None
+    # Called with an upstream's address when a connection to it succeeded for the first
+    # time, the first time after a failure, or released held requests (workers only).
+    on_upstream_up: Callable[[str], None] | None
+    # Called with an upstream's address and the route's fail_duration when a connection
+    # to it failed and it was not already marked down (workers only).
+    on_upstream_down: Callable[[str, float], None] | None
     at_capacity: bool
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:
         """An active health check's verdict; healthy releases requests held for it."""
+    def upstream_reachable(self, upstream: Upstream) -> None:
+        """Another worker connected to ``upstream``: release requests held for it."""
+    def upstream_unreachable(self, upstream: Upstream, fail_duration: float) -> None:
+        """Another worker failed to reach ``upstream``: avoid it for ``fail_duration``."""
     def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...
     def shutdown(self) -> None:
         """Graceful: close idle connections now, busy ones after their current response."""

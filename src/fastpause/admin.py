@@ -41,6 +41,7 @@ from fastpause.config import (
 from fastpause.control import ControlPlane, ReloadError
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, DeployRequest, Event
 from fastpause.router import path_prefix
+from fastpause.stats import Stats
 from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
 
 MAX_HEAD = 16 * 1024
@@ -373,11 +374,17 @@ class AdminApi:
         path = _path(reader.request.url)
         if path == "/status":
             _allow(method, "GET")
-            return Response.json(self._status())
+            return Response.json(await self._status())
         if path == "/metrics":
             _allow(method, "GET")
-            engine = self._control.engine
-            return Response(HTTPStatus.OK, metrics.render(engine), metrics.CONTENT_TYPE)
+            control = self._control
+            workers = control.workers
+            text = metrics.render(
+                await control.stats(),
+                workers.count if workers else 1,
+                workers.restarts if workers else 0,
+            )
+            return Response(HTTPStatus.OK, text, metrics.CONTENT_TYPE)
         if path == "/reload":
             _allow(method, "POST")
             return Response.json(await self._reload(await reader.read_body()))
@@ -407,18 +414,23 @@ class AdminApi:
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    def _status(self) -> dict[str, object]:
+    async def _status(self) -> dict[str, object]:
         control = self._control
+        stats = await control.stats()
+        workers = control.workers
         return {
             "version": __version__,
             "pid": os.getpid(),
             "uptime_seconds": round(time.monotonic() - self._started, 3),
+            "workers": workers.count if workers else 1,
+            "worker_pids": workers.pids() if workers else [],
+            "worker_restarts": workers.restarts if workers else 0,
             "listeners": control.listeners.urls(),
             "accepting": control.listeners.accepting,
-            "connections": control.engine.connections(),
-            "max_connections": control.engine.max_connections,
+            "connections": stats["engine"]["connections"],
+            "max_connections": control.config.max_connections,
             "routes": [
-                _route_status(route, control.upstream_weights(route.name))
+                _route_status(route, control.upstream_weights(route.name), stats)
                 for route in control.engine.table.routes
             ],
         }
@@ -470,16 +482,16 @@ class AdminApi:
         outcome = await self._control.command(
             Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD))
         )
-        state = self._control.route_state(route)
         # the loop's clock, the one the drain timeout is counted in: uvloop reads it
         # once per loop iteration, so time.monotonic() may already be ahead of it here
         # and the wait would report less than the timeout it waited for
         loop = asyncio.get_running_loop()
         started = loop.time()
-        drained = await _drain(state, fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+        timeout = fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)
+        drained, in_flight = await self._control.drain(route, timeout)
         return outcome | {
             "drained": drained,
-            "in_flight": state.in_flight,
+            "in_flight": in_flight,
             "waited_seconds": round(loop.time() - started, 3),
         }
 
@@ -519,9 +531,10 @@ def _allow(method: str, allowed: str) -> None:
         )
 
 
-def _route_status(route: _core.Route, weights: list[int]) -> dict[str, object]:
+def _route_status(route: _core.Route, weights: list[int], stats: Stats) -> dict[str, object]:
+    counts = stats["routes"][route.name]
     state = route.state
-    age = state.oldest_held_age
+    age = counts["oldest_held_age"]
     return {
         "name": route.name,
         "hosts": list(route.hosts),
@@ -529,27 +542,16 @@ def _route_status(route: _core.Route, weights: list[int]) -> dict[str, object]:
         "strip_path_prefix": route.strip_path_prefix,
         "lb": route.lb,
         "mode": state.mode_name,
-        "held": state.held,
+        "held": counts["held"],
         "oldest_held_age_seconds": None if age is None else round(age, 3),
-        "in_flight": state.in_flight,
+        "in_flight": counts["in_flight"],
         "max_hold_seconds": state.max_hold,
         "stop_message": state.stop_message or None,
         "upstreams": [
-            upstream.stats() | {"weight": weight}
-            for upstream, weight in zip(route.upstreams, weights, strict=True)
+            upstream | {"weight": weight}
+            for upstream, weight in zip(stats["route_upstreams"][route.name], weights, strict=True)
         ],
     }
-
-
-async def _drain(state: _core.RouteState, timeout: float) -> bool:
-    """True once nothing of the route is in flight, False if ``timeout`` passes first."""
-    if state.in_flight == 0:
-        return True
-    try:
-        await asyncio.wait_for(state.wait_drained(), timeout)
-    except TimeoutError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- the listener

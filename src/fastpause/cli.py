@@ -22,6 +22,7 @@ from fastpause.admin_client import AdminClient, AdminRefused, AdminUnavailable
 from fastpause.config import (
     AdminAddress,
     ConfigError,
+    Overrides,
     default_admin_address,
     default_config,
     load,
@@ -29,7 +30,6 @@ from fastpause.config import (
     parse_admin_address,
     parse_health_path,
     quick_config,
-    with_admin,
 )
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT
 from fastpause.router import build_table, describe_match
@@ -96,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--admin",
         metavar="ADDR",
         help="admin API address: unix:PATH, HOST:PORT or off (overrides the config file)",
+    )
+    run.add_argument(
+        "--workers",
+        metavar="N",
+        help="worker processes serving the data plane: a number or 'auto', one per usable "
+        "CPU (overrides the config file)",
     )
     run.set_defaults(handler=_run, subparser=run)
 
@@ -263,9 +269,9 @@ def _run(args: argparse.Namespace) -> int:
         config = quick_config(args.listen, args.to)
     else:
         config = default_config()
-    if args.admin is not None:
-        config = with_admin(config, args.admin)
-    return Server(config, config_path=args.config, admin_option=args.admin).run()
+    overrides = Overrides(admin=args.admin, workers=args.workers)
+    config = overrides.apply(config)
+    return Server(config, config_path=args.config, overrides=overrides).run()
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -6,10 +6,11 @@ the same objects can later be sent to several worker processes or to a fleet of
 proxies and applied there unchanged (DESIGN.md, "Two planes, one boundary").
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fastpause import _core
+from fastpause.wire import plain
 
 # What a command reports back: plain values, ready to be JSON.
 Outcome = dict[str, Any]
@@ -31,7 +32,12 @@ class Command(Protocol):
 
     def apply(self, state: _core.RouteState) -> Outcome: ...
 
+    def share(self, workers: int) -> "Command":
+        """What each of ``workers`` processes applies so that together they do this."""
+        ...
 
+
+@plain
 @dataclass(frozen=True)
 class Pause:
     """Hold new requests, each for at most ``max_hold`` seconds; in-flight ones finish."""
@@ -43,7 +49,11 @@ class Pause:
         state.pause(self.max_hold)
         return {"route": self.route, "mode": state.mode_name}
 
+    def share(self, workers: int) -> "Pause":
+        return self
 
+
+@plain
 @dataclass(frozen=True)
 class Resume:
     """Release held requests in arrival order, all at once or ``rate`` per second."""
@@ -61,7 +71,13 @@ class Resume:
             "rate": self.rate,
         }
 
+    def share(self, workers: int) -> "Resume":
+        """Each worker releases its own queue: at 1/``workers`` of the rate, the whole
+        proxy releases at the rate asked for."""
+        return self if self.rate is None else replace(self, rate=self.rate / workers)
 
+
+@plain
 @dataclass(frozen=True)
 class Stop:
     """Maintenance: answer held and new requests with 503, ``message`` and ``Retry-After``."""
@@ -75,7 +91,11 @@ class Stop:
         state.stop(self.message, self.retry_after or 0)
         return {"route": self.route, "mode": state.mode_name, "answered": answered}
 
+    def share(self, workers: int) -> "Stop":
+        return self
 
+
+@plain
 @dataclass(frozen=True)
 class Start:
     """Serve normally again after a stop (or a pause)."""
@@ -85,6 +105,9 @@ class Start:
     def apply(self, state: _core.RouteState) -> Outcome:
         state.start()
         return {"route": self.route, "mode": state.mode_name}
+
+    def share(self, workers: int) -> "Start":
+        return self
 
 
 def apply(command: Command, table: _core.RoutingTable) -> Outcome:
@@ -98,3 +121,12 @@ def route_state(table: _core.RoutingTable, name: str) -> _core.RouteState:
         if route.name == name:
             return route.state
     raise UnknownRoute(name)
+
+
+def mode_command(state: _core.RouteState) -> Command:
+    """The command that puts a fresh route state (a new worker's) in ``state``'s mode."""
+    if state.mode_name == "paused":
+        return Pause(state.name, state.max_hold)
+    if state.mode_name == "stopped":
+        return Stop(state.name, state.stop_message, state.stop_retry_after or None)
+    return Start(state.name)

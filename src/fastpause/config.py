@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from fastpause._core import LB_POLICIES, normalize_path
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
+from fastpause.wire import plain
 
 AccessLogFormat = Literal["common", "json"]
 # Turns one TOML value into a config value, or raises ValueError saying what is wrong.
@@ -38,6 +39,7 @@ class ConfigError(Exception):
         return ": ".join(part for part in (self.source, self.path, self.problem) if part)
 
 
+@plain
 @dataclass(frozen=True)
 class Address:
     """A TCP endpoint as written in the config; ``host`` is a name or an IP literal."""
@@ -49,6 +51,7 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+@plain
 @dataclass(frozen=True)
 class UnixAddress:
     """A Unix socket path, written ``unix:/path.sock`` in the config and on the command line."""
@@ -63,6 +66,7 @@ class UnixAddress:
 AdminAddress = UnixAddress | Address
 
 
+@plain
 @dataclass(frozen=True)
 class RouteConfig:
     """One ``[[routes]]`` table: where requests go and the limits on the way."""
@@ -116,6 +120,7 @@ def default_admin_address() -> UnixAddress:
     return UnixAddress(f"/tmp/fastpause-{os.getuid()}.sock")
 
 
+@plain
 @dataclass(frozen=True)
 class Config:
     """The whole proxy configuration; ``source`` names where it came from for errors."""
@@ -134,6 +139,7 @@ class Config:
     access_log_format: AccessLogFormat = "common"
     max_held_bytes: int = 256 << 20
     max_connections: int = 0  # 0: no limit
+    workers: int = 1  # processes serving the data plane; >1 adds a supervisor
     drain_timeout: float = 30.0
     state_file: str | None = None
     admin: AdminAddress | None = field(default_factory=default_admin_address)
@@ -229,6 +235,29 @@ def with_admin(config: Config, text: str) -> Config:
     except ValueError as error:
         raise ConfigError("command line", "--admin", str(error)) from None
     return updated
+
+
+def with_workers(config: Config, text: str) -> Config:
+    """``config`` with the number of workers from ``run --workers``."""
+    try:
+        return replace(config, workers=parse_workers(text))
+    except ValueError as error:
+        raise ConfigError("command line", "--workers", str(error)) from None
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """``run`` options that override the config file, at start and at every reload."""
+
+    admin: str | None = None  # --admin
+    workers: str | None = None  # --workers
+
+    def apply(self, config: Config) -> Config:
+        if self.admin is not None:
+            config = with_admin(config, self.admin)
+        if self.workers is not None:
+            config = with_workers(config, self.workers)
+        return config
 
 
 def parse_admin_address(text: str) -> AdminAddress | None:
@@ -391,6 +420,27 @@ def _integer(low: int, high: int) -> Parser:
         return value
 
     return parse
+
+
+MAX_WORKERS = 256
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as a container sees it)."""
+    return len(os.sched_getaffinity(0))
+
+
+def parse_workers(value: Any) -> int:
+    """``"auto"`` (one worker per usable CPU) or a number of worker processes."""
+    if value == "auto":
+        return usable_cpus()
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 4:
+        value = int(value)  # the command line's --workers 2
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f'expected "auto" or a number of processes, got {describe(value)}')
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"{value} is out of range: expected 1 to {MAX_WORKERS}")
+    return value
 
 
 def _boolean(value: Any) -> bool:
@@ -688,6 +738,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "access_log_format": _access_log_format,
     "max_held_bytes": _size(at_least="0B"),
     "max_connections": _integer(0, 10_000_000),  # 0: no limit
+    "workers": parse_workers,
     "drain_timeout": _duration(allow_zero=True),  # 0s: cut at once
     "state_file": _string,
     "admin": _admin,

@@ -9,7 +9,6 @@ commands only touch a ``RouteState``, which outlives every table.
 """
 
 import asyncio
-import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,16 +16,17 @@ from typing import Any
 
 from fastpause import _core, statefile
 from fastpause.accesslog import AccessLog
-from fastpause.commands import Command, Outcome, UnknownRoute, apply
+from fastpause.commands import Command, Outcome, UnknownRoute, apply, mode_command
 from fastpause.config import (
     Address,
     Config,
     ConfigError,
+    Overrides,
     RouteConfig,
     load,
     parse_address,
-    with_admin,
 )
+from fastpause.console import complain, say
 from fastpause.deploy import (
     DEFAULT_HEALTH_PATH,
     DeployFailed,
@@ -41,6 +41,9 @@ from fastpause.health import Check, CheckSettings, HealthChecks
 from fastpause.listeners import ListenError, Listeners, reason
 from fastpause.router import build_table, dialed, resolve_upstreams, retired
 from fastpause.statefile import RouteRuntime, RuntimeState, StateFileError
+from fastpause.stats import Stats, collect, merge
+from fastpause.wire import encode
+from fastpause.workers import Start, WorkerPool, share_limits
 
 NO_CONFIG_FILE = "no config file to reload; start with --config or pass one"
 # The core has no "upstream idle" event, so a drain looks at ``Upstream.active``
@@ -110,7 +113,7 @@ class ControlPlane:
         config: Config,
         *,
         config_path: str | None,
-        admin_option: str | None,
+        overrides: Overrides,
         listeners: Listeners,
         access_log: AccessLog | None,
         deployments: dict[str, Deployment],
@@ -120,7 +123,7 @@ class ControlPlane:
         self.listeners = listeners
         self.access_log = access_log
         self._config_path = config_path
-        self._admin_option = admin_option
+        self._overrides = overrides
         self._deployments = deployments
         # The config the routing table is built from: the file's, with the deploys.
         self._effective = apply_deployments(config, deployments)[0]
@@ -128,6 +131,10 @@ class ControlPlane:
         self._health = HealthChecks(self._on_verdict)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[_core.Upstream] = set()
+        # With workers, ``engine`` serves no connection: it is the control plane's copy
+        # of the routing table (modes, health verdicts), and every change to it is
+        # sent to the workers, which serve.
+        self.workers: WorkerPool | None = None
         # One thread, so state files are written in the order the changes happened.
         self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-file")
 
@@ -147,10 +154,69 @@ class ControlPlane:
     # ------------------------------------------------------------ route commands
 
     async def command(self, command: Command) -> Outcome:
-        """Apply a route command to the current table and record the new state."""
+        """Apply a route command to the current table (and every worker's), then record
+        the new state. Counts in the outcome are the whole proxy's."""
         outcome = apply(command, self.engine.table)
+        if self.workers is not None:
+            outcomes, failed = await self.workers.command(command)
+            for key in ("released", "answered"):
+                if key in outcome:
+                    outcome[key] = sum(part[key] for part in outcomes)
+            if failed:
+                outcome["workers_failed"] = failed
         await self.save_state()
         return outcome
+
+    async def drain(self, route: str, timeout: float) -> tuple[bool, int]:
+        """Wait until nothing of ``route`` is in flight (in any worker), at most
+        ``timeout``: (drained, requests still in flight)."""
+        state = self.route_state(route)
+        if self.workers is None:
+            return await _drain(state, timeout), state.in_flight
+        answers = await self.workers.broadcast("drain", {"route": route, "timeout": timeout})
+        drained = not answers.failed and all(part["drained"] for part in answers.values)
+        return drained, sum(part["in_flight"] for part in answers.values)
+
+    async def stats(self) -> Stats:
+        """Every counter of the proxy, summed over its workers."""
+        parts = [collect(self.engine)]
+        if self.workers is not None:
+            parts[0]["upstreams"] = []  # the supervisor's own pools never connect
+            parts += (await self.workers.broadcast("stats", {})).values
+        return merge(parts, self.engine.table)
+
+    # ------------------------------------------------------------ workers
+
+    def start_state(self) -> Start:
+        """What a new worker starts from: the snapshot and every route's mode now."""
+        return Start(
+            self.snapshot(),
+            [mode_command(route.state) for route in self.engine.table.routes],
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The routing snapshot as plain values: a worker builds the same table from it
+        without resolving a name, with the health verdicts of this one."""
+        assert self.workers is not None
+        table = self.engine.table
+        return {
+            "config": encode(share_limits(self._effective, self.workers.count)),
+            "resolved": dialed(table),
+            "unhealthy": [
+                [route.name, upstream.address]
+                for route in table.routes
+                for upstream in route.upstreams
+                if not upstream.healthy
+            ],
+        }
+
+    async def _publish(self, *, close_tunnels: bool = False) -> tuple[int, list[str]]:
+        """Send the current snapshot to every worker: (exchanges on the upstreams it
+        retired, workers that failed it)."""
+        if self.workers is None:
+            return 0, []
+        answers = await self.workers.install(self.snapshot(), close_tunnels)
+        return sum(part["in_flight"] for part in answers.values), answers.failed
 
     def route_state(self, name: str) -> _core.RouteState:
         return _route(self.engine.table, name).state
@@ -236,16 +302,19 @@ class ControlPlane:
         self._effective = effective
         self._update_health()
         self._retire_in_background(retired(old, table), config.drain_timeout)
+        _, failed = await self._publish()
+        if self.workers is not None and (opened or closed):
+            failed += (await self.workers.listen()).failed
         await self.save_state()
         notes += [f"listening on {url}" for url in opened]
         notes += [f"no longer listening on {url}" for url in closed]
+        notes += [f"not applied: {problem}" for problem in failed]
         return Reloaded(source, len(table.routes), tuple(notes))
 
     def _read_config(self, path: str) -> tuple[Config, dict[str, str]]:
         """Load, validate and resolve ``path`` (blocking: runs in an executor)."""
         config = load(path)
-        if self._admin_option is not None:
-            config = with_admin(config, self._admin_option)
+        config = self._overrides.apply(config)
         return config, resolve_upstreams(config)
 
     def _check_admin_unchanged(self, config: Config) -> None:
@@ -255,6 +324,12 @@ class ControlPlane:
                 f"{config.source}: admin: the admin address cannot change by reload "
                 f"(running on {_describe_admin(self.config)}, the file says "
                 f"{_describe_admin(config)}); restart fastpause to change it"
+            )
+        if config.workers != self.config.workers:
+            raise ReloadError(
+                f"{config.source}: workers: the number of workers cannot change by reload "
+                f"(running {self.config.workers}, the file says {config.workers}); restart "
+                "fastpause to change it"
             )
         if config.admin_token != self.config.admin_token:
             raise ReloadError(
@@ -301,7 +376,7 @@ class ControlPlane:
         """
         try:
             async with self._lock:
-                old, new = await self._switch_route(request, emit)
+                old, new, in_flight, failed = await self._switch_route(request, emit)
         except DeployFailed as error:
             complain(f"deploy of route {request.route} failed: {error}")
             emit({"event": "failed", "error": str(error)})
@@ -314,18 +389,24 @@ class ControlPlane:
             {
                 "event": "draining",
                 "upstreams": [upstream.address for upstream in leaving],
-                "in_flight": sum(upstream.active for upstream in leaving),
+                "in_flight": in_flight + sum(upstream.active for upstream in leaving),
                 "tunnels_closed": request.close_tunnels,
             }
+            | ({"workers_failed": failed} if failed else {})
         )
         drained = await self._retire(leaving, request.drain_timeout)
+        if self.workers is not None:
+            answers = await self.workers.broadcast("retired", {})
+            drained = drained and not answers.failed and all(a["drained"] for a in answers.values)
         emit({"event": "done", "drained": drained})
         return True
 
     async def _switch_route(
         self, request: DeployRequest, emit: Callable[[Event], None]
-    ) -> tuple[_core.RoutingTable, _core.RoutingTable]:
-        """Everything up to the swap; ``DeployFailed`` means nothing changed."""
+    ) -> tuple[_core.RoutingTable, _core.RoutingTable, int, list[str]]:
+        """Everything up to the swap, in every worker; ``DeployFailed`` means nothing
+        changed. Returns the tables, the exchanges the workers are draining and the
+        workers that failed to switch."""
         route_config = self._route_config(request.route)
         settings = _check_settings(route_config, request.health_path)
         loop = asyncio.get_running_loop()
@@ -345,6 +426,7 @@ class ControlPlane:
         self._deployments = deployments
         self._effective = effective
         self._update_health()
+        in_flight, failed = await self._publish(close_tunnels=request.close_tunnels)
         await self.save_state()
         targets = _route(new, request.route).upstreams
         say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
@@ -356,7 +438,7 @@ class ControlPlane:
                 "held_released": held,
             }
         )
-        return old, new
+        return old, new, in_flight, failed
 
     async def _check_targets(
         self,
@@ -415,15 +497,11 @@ class ControlPlane:
 
         True when every exchange finished in time.
         """
-        for upstream in upstreams:
-            upstream.drain()
-            self._retiring.add(upstream)
+        self._retiring.update(upstreams)
         try:
-            return await _wait_idle(upstreams, timeout)
+            return await retire(upstreams, timeout)
         finally:
-            for upstream in upstreams:
-                upstream.close_all()
-                self._retiring.discard(upstream)
+            self._retiring.difference_update(upstreams)
 
     # ------------------------------------------------------------ health
 
@@ -446,6 +524,8 @@ class ControlPlane:
 
     def _on_verdict(self, check: Check, healthy: bool, problem: str | None) -> None:
         self.engine.set_upstream_health(check.upstream, healthy)
+        if self.workers is not None:
+            self.workers.verdict(check.route, check.upstream.address, healthy)
         where = f"upstream {check.upstream.address} of route {check.route}"
         say(f"{where} is up" if healthy else f"{where} is down ({problem})")
 
@@ -528,6 +608,18 @@ def _check_settings(route: RouteConfig, path: str | None) -> CheckSettings:
     )
 
 
+async def retire(upstreams: list[_core.Upstream], timeout: float) -> bool:
+    """Drain ``upstreams`` (no new exchanges), wait for in-flight ones up to ``timeout``,
+    then cut the rest. True when every exchange finished in time."""
+    for upstream in upstreams:
+        upstream.drain()
+    try:
+        return await _wait_idle(upstreams, timeout)
+    finally:
+        for upstream in upstreams:
+            upstream.close_all()
+
+
 async def _wait_idle(upstreams: Iterable[_core.Upstream], timeout: float) -> bool:
     """True once no exchange is in progress on ``upstreams``; False at ``timeout``."""
     loop = asyncio.get_running_loop()
@@ -537,6 +629,17 @@ async def _wait_idle(upstreams: Iterable[_core.Upstream], timeout: float) -> boo
         if left <= 0:
             return False
         await asyncio.sleep(min(DRAIN_POLL_INTERVAL, left))
+    return True
+
+
+async def _drain(state: _core.RouteState, timeout: float) -> bool:
+    """True once nothing of the route is in flight, False if ``timeout`` passes first."""
+    if state.in_flight == 0:
+        return True
+    try:
+        await asyncio.wait_for(state.wait_drained(), timeout)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -562,13 +665,3 @@ def _describe_admin(config: Config) -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def say(message: str) -> None:
-    """A status line on stdout, flushed at once: supervisors and tests wait for these."""
-    print(f"fastpause: {message}", flush=True)
-
-
-def complain(message: str) -> None:
-    """An error line on stderr."""
-    print(f"fastpause: {message}", file=sys.stderr, flush=True)

@@ -16,6 +16,8 @@ cdef class Engine:
         self.timers = TimerWheel(loop)
         self.max_held_bytes = max_held_bytes
         self.on_capacity = on_capacity
+        self.on_upstream_up = None
+        self.on_upstream_down = None
         self._max_connections = max_connections
         self.access_log = access_log
         self.clients = set()
@@ -65,14 +67,32 @@ cdef class Engine:
         up.healthy = healthy
         if healthy:
             up.down_until = 0.0
-            self.upstream_up(up)
+            self.upstream_up(up, False)
 
-    cdef void upstream_up(self, Upstream up):
-        """A connection to ``up`` succeeded: routes waiting for it release their queues."""
+    def upstream_reachable(self, Upstream up):
+        """Another worker connected to ``up``: release what waits for it here too."""
+        up.down_until = 0.0
+        self.upstream_up(up, False)
+
+    def upstream_unreachable(self, Upstream up, double fail_duration):
+        """Another worker failed to reach ``up``: keep requests away from it here too."""
+        up.down_until = max(up.down_until, _monotonic() + fail_duration)
+
+    cdef void upstream_up(self, Upstream up, bint news):
+        """A connection to ``up`` succeeded: routes waiting for it release their queues.
+
+        ``news``: the first connection to ``up``, or the first after a failure. That,
+        or a queue released here, is what other workers may be waiting for, so it goes
+        to ``on_upstream_up`` (set in worker processes: rare, never per request).
+        """
         cdef Route route
+        cdef bint released = False
         for route in self._table.routes:
             if route.state.unavailable and up in route.upstreams:
                 route.state.upstream_up(up)
+                released = True
+        if (news or released) and self.on_upstream_up is not None:
+            self.on_upstream_up(up.address)
 
     def protocol_factory(self, str scheme="http"):
         """A factory for ``loop.create_server``: one ClientProtocol per connection."""

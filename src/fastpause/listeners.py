@@ -27,6 +27,9 @@ from fastpause.config import Address
 # (each "127.0.0.1:0" is its own free port, so equal entries are distinct sockets).
 ListenKey = tuple[Address, int]
 ProtocolFactory = Callable[[], asyncio.Protocol]
+# The supervisor of worker processes binds listeners without serving them: the
+# workers accept on the sockets it sends them.
+BIND_ONLY = None
 # Connections the kernel queues per socket while nothing accepts (capped by
 # net.core.somaxconn); beyond it, clients retry their SYN.
 BACKLOG = 2048
@@ -39,8 +42,8 @@ class ListenError(Exception):
 class Listener:
     """One bound, listening socket, and the server accepting on it when allowed."""
 
-    def __init__(self, sock: socket.socket, protocol_factory: ProtocolFactory) -> None:
-        self._socket = sock
+    def __init__(self, sock: socket.socket, protocol_factory: ProtocolFactory | None) -> None:
+        self.socket = sock
         self._protocol_factory = protocol_factory
         self._server: asyncio.Server | None = None
         self._opening = False
@@ -55,11 +58,11 @@ class Listener:
     async def accept(self) -> None:
         """Accept connections (those queued meanwhile first) until ``stop``."""
         self._wanted = True
-        if self.serving:
+        if self.serving or self._protocol_factory is None:
             return
         self._opening = True
         try:
-            duplicate = socket.socket(fileno=os.dup(self._socket.fileno()))
+            duplicate = socket.socket(fileno=os.dup(self.socket.fileno()))
             server = await asyncio.get_running_loop().create_server(
                 self._protocol_factory, sock=duplicate, backlog=BACKLOG
             )
@@ -79,7 +82,7 @@ class Listener:
     def close(self) -> None:
         """Stop listening: new connections are refused, queued ones reset."""
         self.stop()
-        self._socket.close()
+        self.socket.close()
 
 
 @dataclass
@@ -93,9 +96,10 @@ class ListenChange:
 class Listeners:
     """The proxy's public listeners, by listen entry, accepting or paused together."""
 
-    def __init__(self, protocol_factory: ProtocolFactory) -> None:
+    def __init__(self, protocol_factory: ProtocolFactory | None) -> None:
         self._protocol_factory = protocol_factory
         self._bound: dict[ListenKey, list[Listener]] = {}
+        self._adopted: dict[str, Listener] = {}  # a worker's, by URL
         self._live: set[Listener] = set()  # bound, or prepared by a reload in progress
         self.accepting = True
         self._resuming: asyncio.Task[None] | None = None
@@ -155,6 +159,28 @@ class Listeners:
         for listeners in change.opened.values():
             self._close(listeners)
         change.opened.clear()
+
+    async def adopt(self, sockets: Sequence[socket.socket]) -> None:
+        """Serve listening sockets bound by another process (a worker's supervisor);
+        adopted listeners not in ``sockets`` any more are closed."""
+        adopted: dict[str, Listener] = {}
+        for sock in sockets:
+            listener = Listener(sock, self._protocol_factory)
+            known = self._adopted.pop(listener.url, None)
+            if known is not None:
+                sock.close()  # a duplicate of one already served
+                adopted[listener.url] = known
+                continue
+            adopted[listener.url] = listener
+            self._live.add(listener)
+            if self.accepting:
+                await listener.accept()
+        self._close(self._adopted.values())
+        self._adopted = adopted
+
+    def sockets(self) -> list[socket.socket]:
+        """The bound listening sockets, in config order (what workers are sent)."""
+        return [listener.socket for listeners in self._bound.values() for listener in listeners]
 
     def urls(self) -> list[str]:
         """``http://HOST:PORT`` per bound socket, in config order, with the real port."""

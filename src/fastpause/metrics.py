@@ -1,11 +1,11 @@
 """Prometheus metrics, read from the data plane's own counters at scrape time.
 
 The hot path counts in C integers (DESIGN.md, "Hot path rules"); nothing in
-Python counts per request. A scrape asks the engine, each route's state and each
-upstream for their ``stats()`` and turns them into metric families.
+Python counts per request. A scrape reads every process's counters
+(``fastpause.stats``), sums them and turns them into metric families.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -16,7 +16,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from fastpause import _core
+from fastpause.stats import Stats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -59,21 +59,30 @@ _UPSTREAM_GAUGES = [
 
 
 class ProxyCollector:
-    """A custom collector over one engine; the routing table is read at each scrape."""
+    """A custom collector over stats already read (``fastpause.stats.merge``)."""
 
-    def __init__(self, engine: _core.Engine) -> None:
-        self._engine = engine
+    def __init__(self, stats: Stats, workers: int, restarts: int) -> None:
+        self._stats = stats
+        self._workers = workers
+        self._restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
-        routes = self._engine.table.routes
-        yield from _engine_metrics(self._engine.stats())
-        yield from _route_metrics({route.name: route.state.stats() for route in routes})
-        yield from _upstream_metrics(route.upstreams for route in routes)
+        yield from _engine_metrics(self._stats["engine"])
+        yield from _route_metrics(self._stats["routes"])
+        yield from _upstream_metrics(self._stats["upstreams"])
+        yield GaugeMetricFamily(
+            "fastpause_workers", "Processes serving the data plane.", value=self._workers
+        )
+        yield CounterMetricFamily(
+            "fastpause_worker_restarts",
+            "Worker processes replaced after they died or stopped answering.",
+            value=self._restarts,
+        )
 
 
-def render(engine: _core.Engine) -> bytes:
-    """The Prometheus text exposition of ``engine``'s metrics now."""
-    return generate_latest(ProxyCollector(engine))
+def render(stats: Stats, workers: int = 1, restarts: int = 0) -> bytes:
+    """The Prometheus text exposition of the whole proxy's ``stats``."""
+    return generate_latest(ProxyCollector(stats, workers, restarts))
 
 
 def _engine_metrics(stats: dict[str, int]) -> Iterator[Metric]:
@@ -153,23 +162,13 @@ def _cumulative(buckets: list[tuple[float, int]]) -> list[tuple[str, float]]:
     return cumulative
 
 
-def _upstream_metrics(upstream_lists: Iterable[list[_core.Upstream]]) -> Iterator[Metric]:
+def _upstream_metrics(totals: dict[str, dict[str, int]]) -> Iterator[Metric]:
     """Per-upstream counters and gauges, labelled by the address as written in the config.
 
     Routes may share an upstream object (counted once) and two pools may serve the
     same address (summed; the address is up when any of its pools is): one series
-    per address either way.
+    per address either way (``fastpause.stats``).
     """
-    unique = {id(upstream): upstream for upstreams in upstream_lists for upstream in upstreams}
-    totals: dict[str, dict[str, int]] = {}
-    for upstream in unique.values():
-        stats = upstream.stats()
-        per_address = totals.setdefault(upstream.address, {"up": 0})
-        for _, key, _ in _UPSTREAM_COUNTERS:
-            per_address[key] = per_address.get(key, 0) + int(stats[key])
-        per_address["active"] = per_address.get("active", 0) + int(stats["active"])
-        takes_requests = bool(stats["healthy"]) and not stats["down"]
-        per_address["up"] = max(per_address["up"], int(takes_requests))
     for metric, key, help_text in _UPSTREAM_COUNTERS:
         counter = CounterMetricFamily(metric, help_text, labels=["upstream"])
         for address, per_address in totals.items():

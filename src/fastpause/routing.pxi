@@ -46,10 +46,17 @@ cdef class Upstream:
         """Eligible for new requests: healthy, not failing, not being drained."""
         return self.healthy and not self.draining and self.down_until <= now
 
-    cdef void mark_failed(self, double now, double fail_duration):
-        """Passive health: a connect failure or reset keeps requests away for a while."""
-        if fail_duration > 0:
-            self.down_until = now + fail_duration
+    cdef void mark_failed(self, Engine engine, double now, double fail_duration):
+        """Passive health: a connect failure or reset keeps requests away for a while.
+
+        The first failure of a spell goes to ``engine.on_upstream_down`` (set in worker
+        processes), so the other workers keep away from it too.
+        """
+        if fail_duration <= 0:
+            return
+        if self.down_until <= now and engine.on_upstream_down is not None:
+            engine.on_upstream_down(self.address, fail_duration)
+        self.down_until = now + fail_duration
 
     cdef int release(self, UpstreamProtocol conn) except -1:
         """Take back a connection whose exchange completed cleanly."""

@@ -17,10 +17,11 @@ import uvloop
 from fastpause import _core
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
-from fastpause.config import Address, Config
+from fastpause.config import Address, Config, Overrides
 from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
-from fastpause.listeners import ListenError, Listeners, reason
+from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
 from fastpause.router import describe_match, path_prefix
+from fastpause.workers import WorkerLost, WorkerPool
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -37,16 +38,18 @@ class Server:
     """One proxy process serving one ``Config`` until SIGTERM or SIGINT; SIGHUP reloads.
 
     ``config_path`` is the file a reload reads again (None for the built-in and
-    command-line configs); ``admin_option`` is ``run --admin``, which overrides
-    the file's ``admin`` at start and at every reload.
+    command-line configs); ``overrides`` are ``run``'s options that override the
+    file's values at start and at every reload (``--admin``, ``--workers``).
+    With ``workers`` > 1 this process is the supervisor of that many worker
+    processes, which serve (``fastpause.workers``).
     """
 
     def __init__(
-        self, config: Config, *, config_path: str | None = None, admin_option: str | None = None
+        self, config: Config, *, config_path: str | None = None, overrides: Overrides | None = None
     ) -> None:
         self.config = config
         self._config_path = config_path
-        self._admin_option = admin_option
+        self._overrides = overrides or Overrides()
         self._stop_signals = 0
         self._stop_requested: asyncio.Event | None = None
         self._cut: asyncio.Event | None = None
@@ -91,18 +94,21 @@ class Server:
             )
             if admin is not None:
                 await _bind_admin(admin)
-            listeners = Listeners(engine.protocol_factory("http"))
+            serving = self.config.workers == 1
+            listeners = Listeners(engine.protocol_factory("http") if serving else BIND_ONLY)
             control = ControlPlane(
                 engine,
                 self.config,
                 config_path=self._config_path,
-                admin_option=self._admin_option,
+                overrides=self._overrides,
                 listeners=listeners,
                 access_log=access_log,
                 deployments=startup.deployments,
             )
             engine.on_capacity = control.on_capacity
             await self._listen(listeners)
+            if not serving:
+                await self._start_workers(control)
             if admin is not None:
                 await admin.serve(AdminApi(control, token=self.config.admin_token))
             if access_log is not None:
@@ -119,6 +125,17 @@ class Server:
             if current_log is not None:
                 current_log.close()
 
+    async def _start_workers(self, control: ControlPlane) -> None:
+        """Start the worker processes on the bound listeners (``workers`` > 1)."""
+        pool = WorkerPool(self.config.workers, control.start_state, control.listeners.sockets)
+        control.workers = pool
+        try:
+            await pool.start()
+        except WorkerLost as error:
+            await pool.stop()
+            raise StartupError(str(error)) from None
+        say(f"{self.config.workers} workers serving: pids {', '.join(map(str, pool.pids()))}")
+
     def _on_stop_signal(self) -> None:
         """First signal: graceful shutdown. Second: stop waiting for connections."""
         assert self._stop_requested is not None and self._cut is not None
@@ -127,6 +144,8 @@ class Server:
             self._stop_requested.set()
         else:
             self._cut.set()
+            if self._control is not None and self._control.workers is not None:
+                self._control.workers.signal_all(signal.SIGTERM)  # a worker's second: cut
 
     def _on_reload_signal(self) -> None:
         """SIGHUP: reload the config file; the outcome is printed by the reload itself."""
@@ -175,27 +194,35 @@ class Server:
         take over the socket while this one drains.
         """
         assert self._cut is not None
-        engine = control.engine
-        engine.on_capacity = None  # connections closing now must not start accepting again
-        control.listeners.close()
         if admin is not None:
             admin.close()
-        engine.shutdown()
-        grace = control.config.shutdown_timeout
-        open_connections = engine.connections()
-        plural = "" if open_connections == 1 else "s"
-        say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
-        drained = engine.wait_drained()
-        cut: asyncio.Future[Any] = asyncio.ensure_future(self._cut.wait())
-        await asyncio.wait(
-            [drained, cut],
-            timeout=grace,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        cut.cancel()
-        engine.close_all()
+        if control.workers is not None:
+            control.listeners.close()  # the workers close their copies as they stop
+            await control.workers.stop()
+        else:
+            await drain_and_close(
+                control.engine, control.listeners, control.config.shutdown_timeout, self._cut
+            )
         control.close()
-        await asyncio.wait([drained], timeout=CUT_WAIT)
+
+
+async def drain_and_close(
+    engine: _core.Engine, listeners: Listeners, grace: float, cut: asyncio.Event
+) -> None:
+    """The graceful end of a data plane: stop accepting, let in-flight requests finish
+    within ``grace`` (or until ``cut`` is set), then cut what is left."""
+    engine.on_capacity = None  # connections closing now must not start accepting again
+    listeners.close()
+    engine.shutdown()
+    open_connections = engine.connections()
+    plural = "" if open_connections == 1 else "s"
+    say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
+    drained = engine.wait_drained()
+    cutting: asyncio.Future[Any] = asyncio.ensure_future(cut.wait())
+    await asyncio.wait([drained, cutting], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    cutting.cancel()
+    engine.close_all()
+    await asyncio.wait([drained], timeout=CUT_WAIT)
 
 
 async def _bind_admin(admin: AdminServer) -> None:

@@ -137,8 +137,7 @@ def _route(entry: Any, where: str) -> RouteRuntime:
         or not 0 < max_hold <= MAX_DURATION
     ):
         raise StateFileError(
-            f"{where}.max_hold: expected a number of seconds above 0 and at most "
-            f"{MAX_DURATION:.0f}"
+            f"{where}.max_hold: expected a number of seconds above 0 and at most {MAX_DURATION:.0f}"
         )
     message = entry.get("stop_message", "")
     if not isinstance(message, str):

@@ -72,12 +72,13 @@ cdef class UpstreamProtocol:
         self.upstream.n_connect_failures += 1
         self.close()
         if c is not None:
-            self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
+            self.upstream.mark_failed(self.engine, _monotonic(), c.route.fail_duration)
             c.upstream_failed(502, why, F_CONNECT, True)
 
     def connection_made(self, transport):
         self.transport = transport
         self.out = SocketWriter(transport)
+        cdef bint news = self.upstream.n_connects == 0 or self.upstream.down_until != 0.0
         try:
             transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
             self.upstream.n_connects += 1
@@ -91,7 +92,7 @@ cdef class UpstreamProtocol:
                 # a probe, or the client left while connecting: pool the connection
                 self.state = U_ACTIVE
                 self.upstream.release(self)
-            self.engine.upstream_up(self.upstream)
+            self.engine.upstream_up(self.upstream, news)
         except BaseException:
             self.out.detach()  # uvloop then closes the socket without a connection_lost
             raise
@@ -481,7 +482,7 @@ cdef class UpstreamProtocol:
                 self.upstream.close_idle()
             else:
                 # a fresh connection reset before any answer: the upstream is in trouble
-                self.upstream.mark_failed(_monotonic(), c.route.fail_duration)
+                self.upstream.mark_failed(self.engine, _monotonic(), c.route.fail_duration)
         # RFC 9110 §9.2.2 / DESIGN invariant 2: bytes went out, so only an idempotent
         # request without a body that saw no response byte may be replayed.
         retryable = (status == 502 and not self.got_response_bytes and c.idempotent

@@ -1,0 +1,335 @@
+"""A worker process: one data plane on the supervisor's listening sockets.
+
+A worker never reads a config file, resolves a name or probes a backend: its
+supervisor (``fastpause.workers``) sends it everything as plain values over the
+command channel (``fastpause.wire``) and waits for the answer to each message.
+What it holds is its own: held requests, client and upstream connections, the
+counters the supervisor sums for ``/status`` and ``/metrics``.
+
+It dies with its supervisor (PR_SET_PDEATHSIG to SIGTERM, the graceful drain),
+so a killed supervisor leaves no process holding the port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from fastpause import _core
+from fastpause.accesslog import AccessLog
+from fastpause.commands import Outcome, UnknownRoute, apply
+from fastpause.config import Config
+from fastpause.console import complain
+from fastpause.control import retire
+from fastpause.listeners import Listeners
+from fastpause.router import build_table, retired
+from fastpause.server import drain_and_close
+from fastpause.stats import Stats, collect
+from fastpause.wire import Channel, WireError, decode
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    """The data plane of one worker process and the answers to its supervisor."""
+
+    def __init__(self, channel_socket: socket.socket, index: int) -> None:
+        self.index = index
+        self._channel_socket = channel_socket
+        self._channel: Channel | None = None
+        self._engine: _core.Engine | None = None
+        self._config: Config | None = None
+        self._listeners: Listeners | None = None
+        self._access_log: AccessLog | None = None
+        self._stop = asyncio.Event()
+        self._cut = asyncio.Event()
+        self._signals = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retiring: set[asyncio.Task[bool]] = set()
+        self._handlers: dict[str, Callable[[dict[str, Any], list[int]], Any]] = {
+            "start": self._start,
+            "install": self._install,
+            "command": self._command,
+            "verdict": self._verdict,
+            "drain": self._drain,
+            "retired": self._retired,
+            "stats": self._stats,
+            "listen": self._listen,
+            "upstream_up": self._upstream_up,
+            "upstream_down": self._upstream_down,
+        }
+
+    async def serve(self) -> int:
+        """Answer the supervisor until told to stop (a signal or the channel closing)."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        # A terminal's ^C reaches the whole process group; the supervisor answers it
+        # by sending SIGTERM, so the first ^C drains here too instead of cutting.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor reloads
+        self._channel = Channel(self._channel_socket, self._on_frame, self._stop.set)
+        await self._stop.wait()
+        if self._engine is not None and self._config is not None:
+            assert self._listeners is not None
+            await drain_and_close(
+                self._engine, self._listeners, self._config.shutdown_timeout, self._cut
+            )
+            for task in self._retiring:
+                task.cancel()
+        if self._access_log is not None:
+            self._access_log.close()
+        self._channel.close()
+        return 0
+
+    def _on_stop_signal(self) -> None:
+        """First signal: graceful shutdown. Second: cut what is left."""
+        self._signals += 1
+        (self._stop if self._signals == 1 else self._cut).set()
+
+    # ------------------------------------------------------------ messages
+
+    def _on_frame(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Apply a message in arrival order; an answer that must wait runs as a task."""
+        handler = self._handlers.get(message.get("op", ""))
+        try:
+            if handler is None:
+                raise WireError(f"unknown operation {message.get('op')!r}")
+            result = handler(message.get("args", {}), fds)
+        except (WireError, UnknownRoute, ValueError) as error:
+            self._reply(message, {"error": str(error)})
+            return
+        if isinstance(result, Awaitable):
+            self._spawn(self._reply_later(message, result))
+        else:
+            self._reply(message, {"ok": result})
+
+    async def _reply_later(self, message: dict[str, Any], result: Awaitable[Any]) -> None:
+        try:
+            value = {"ok": await result}
+        except (WireError, UnknownRoute, ValueError) as error:
+            value = {"error": str(error)}
+        await self._send(message, value)
+
+    def _reply(self, message: dict[str, Any], value: dict[str, Any]) -> None:
+        self._spawn(self._send(message, value))
+
+    async def _send(self, message: dict[str, Any], value: dict[str, Any]) -> None:
+        assert self._channel is not None
+        with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop too
+            await self._channel.send({"id": message.get("id"), **value})
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------ operations
+
+    def _start(self, args: dict[str, Any], fds: list[int]) -> Awaitable[dict[str, Any]]:
+        """The first snapshot, the route modes and the listening sockets."""
+        config: Config = decode(args["snapshot"]["config"])
+        table = build_table(config, resolved=decode(args["snapshot"]["resolved"]))
+        loop = asyncio.get_running_loop()
+        if config.access_log is not None:
+            self._access_log = AccessLog.open(config.access_log, config.access_log_format)
+            self._access_log.start(loop)
+        self._engine = _core.Engine(
+            loop,
+            table,
+            self._access_log,
+            max_held_bytes=config.max_held_bytes,
+            max_connections=config.max_connections,
+        )
+        self._config = config
+        self._set_health(args["snapshot"]["unhealthy"])
+        for command in decode(args["modes"]):
+            apply(command, table)
+        self._listeners = Listeners(self._engine.protocol_factory("http"))
+        self._engine.on_capacity = self._on_capacity
+        self._engine.on_upstream_up = self._tell_upstream_up
+        self._engine.on_upstream_down = self._tell_upstream_down
+        return self._adopt(fds)
+
+    async def _adopt(self, fds: list[int]) -> dict[str, Any]:
+        assert self._listeners is not None
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        await self._listeners.adopt(sockets)
+        return {"pid": os.getpid()}
+
+    def _listen(self, args: dict[str, Any], fds: list[int]) -> Awaitable[dict[str, Any]]:
+        """The supervisor's listeners after a reload: serve these, close the others."""
+        return self._adopt(fds)
+
+    def _install(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """A new routing snapshot (reload, deploy): swap, then drain what left it."""
+        engine, previous = self._running()
+        config: Config = decode(args["snapshot"]["config"])
+        old = engine.table
+        table = build_table(config, previous=old, resolved=decode(args["snapshot"]["resolved"]))
+        engine.table = table
+        engine.max_held_bytes = config.max_held_bytes
+        engine.max_connections = config.max_connections
+        self._switch_access_log(previous, config)
+        self._config = config
+        self._set_health(args["snapshot"]["unhealthy"])
+        leaving = retired(old, table)
+        if args.get("close_tunnels"):
+            for upstream in leaving:
+                upstream.close_tunnels()
+        in_flight = sum(upstream.active for upstream in leaving)
+        if leaving:
+            task = asyncio.ensure_future(retire(leaving, config.drain_timeout))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return {"in_flight": in_flight}
+
+    def _command(self, args: dict[str, Any], fds: list[int]) -> Outcome:
+        engine, _ = self._running()
+        return apply(decode(args["command"]), engine.table)
+
+    def _verdict(self, args: dict[str, Any], fds: list[int]) -> None:
+        """A health check's verdict on one upstream of one route."""
+        engine, _ = self._running()
+        for route in engine.table.routes:
+            if route.name == args["route"]:
+                for upstream in route.upstreams:
+                    if upstream.address == args["address"]:
+                        engine.set_upstream_health(upstream, args["healthy"])
+
+    def _upstream_up(self, args: dict[str, Any], fds: list[int]) -> None:
+        """Another worker reached an upstream: what waits for it here goes now."""
+        for upstream in self._upstreams(args["address"]):
+            self._running()[0].upstream_reachable(upstream)
+
+    def _upstream_down(self, args: dict[str, Any], fds: list[int]) -> None:
+        """Another worker failed to reach an upstream: keep away from it here too."""
+        for upstream in self._upstreams(args["address"]):
+            self._running()[0].upstream_unreachable(upstream, args["fail_duration"])
+
+    def _tell_upstream_up(self, address: str) -> None:
+        """This worker reached an upstream that may have been down: the supervisor tells
+        the others, whose held requests may be waiting for it (their own probes may be
+        a ``try_interval`` away)."""
+        self._tell({"event": "upstream_up", "address": address})
+
+    def _tell_upstream_down(self, address: str, fail_duration: float) -> None:
+        """This worker failed to reach an upstream (passive health): the others avoid it
+        too, as one proxy would."""
+        self._tell({"event": "upstream_down", "address": address, "fail_duration": fail_duration})
+
+    def _tell(self, event: dict[str, Any]) -> None:
+        if self._channel is not None:
+            self._spawn(self._channel.send(event))
+
+    async def _drain(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Wait (bounded) until nothing of a route is in flight here."""
+        engine, _ = self._running()
+        state = _route_state(engine, args["route"])
+        drained = True
+        if state.in_flight:
+            try:
+                await asyncio.wait_for(state.wait_drained(), args["timeout"])
+            except TimeoutError:
+                drained = False
+        return {"drained": drained, "in_flight": state.in_flight}
+
+    async def _retired(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Wait for the upstreams earlier snapshots retired; True if all drained in time."""
+        results = await asyncio.gather(*self._retiring) if self._retiring else []
+        return {"drained": all(results)}
+
+    def _stats(self, args: dict[str, Any], fds: list[int]) -> Stats:
+        engine, _ = self._running()
+        return collect(engine)
+
+    # ------------------------------------------------------------ helpers
+
+    def _running(self) -> tuple[_core.Engine, Config]:
+        if self._engine is None or self._config is None:
+            raise WireError("the worker has not started")
+        return self._engine, self._config
+
+    def _upstreams(self, address: str) -> list[_core.Upstream]:
+        """The upstreams of the current table at ``address`` (once each)."""
+        engine, _ = self._running()
+        found = {
+            id(upstream): upstream
+            for route in engine.table.routes
+            for upstream in route.upstreams
+            if upstream.address == address
+        }
+        return list(found.values())
+
+    def _set_health(self, unhealthy: list[list[str]]) -> None:
+        """Match the supervisor's health verdicts (it alone probes the backends)."""
+        engine, _ = self._running()
+        down = {(route, address) for route, address in unhealthy}
+        for route in engine.table.routes:
+            for upstream in route.upstreams:
+                healthy = (route.name, upstream.address) not in down
+                if upstream.healthy != healthy:
+                    engine.set_upstream_health(upstream, healthy)
+
+    def _switch_access_log(self, previous: Config, config: Config) -> None:
+        target = (config.access_log, config.access_log_format)
+        if target == (previous.access_log, previous.access_log_format):
+            return
+        engine, _ = self._running()
+        old, self._access_log = self._access_log, None
+        if config.access_log is not None:
+            try:
+                self._access_log = AccessLog.open(config.access_log, config.access_log_format)
+                self._access_log.start(asyncio.get_running_loop())
+            except OSError as error:  # the supervisor opened it a moment ago
+                complain(f"worker {self.index}: cannot open access log: {error}")
+        engine.access_log = self._access_log
+        if old is not None:
+            old.close()
+
+    def _on_capacity(self, at_capacity: bool) -> None:
+        """This worker's share of ``max_connections``: the others go on accepting
+        from the shared socket meanwhile."""
+        assert self._listeners is not None
+        if at_capacity:
+            self._listeners.stop_accepting()
+        else:
+            self._listeners.accept_again()
+
+
+def _route_state(engine: _core.Engine, name: str) -> _core.RouteState:
+    for route in engine.table.routes:
+        if route.name == name:
+            return route.state
+    raise UnknownRoute(name)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the supervisor dies (however it dies), so no worker is orphaned."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        complain(f"worker: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != parent:  # it died before the prctl
+        sys.exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fastpause.worker CHANNEL_FD SUPERVISOR_PID INDEX`` (the supervisor's
+    command line for it, never a user's)."""
+    channel_fd, parent, index = (int(arg) for arg in (argv or sys.argv)[1:4])
+    _die_with_parent(parent)
+    channel = socket.socket(fileno=channel_fd)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(Worker(channel, index).serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

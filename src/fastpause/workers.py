@@ -1,0 +1,341 @@
+"""The supervisor's worker processes: started, told every change, replaced when lost.
+
+With ``workers = N`` (N > 1) the process ``fastpause run`` starts is a supervisor:
+it binds the listeners, runs the control plane (config, admin API, health checks,
+state file, deploys) and N worker processes (``fastpause.worker``) serve the
+data plane on the listening sockets it sends them. Every change is a message to
+every worker, and the caller gets its answer only once each live worker has
+applied it (DESIGN.md, "Process model").
+
+A worker that exits is replaced at once with the current snapshot and route
+modes (a paused route stays paused in the new worker); one that does not answer
+within ``COMMAND_TIMEOUT`` is reported in the answer, killed and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fastpause.commands import Command, Outcome
+from fastpause.config import Config
+from fastpause.console import complain, say
+from fastpause.wire import Channel, encode
+
+# A worker answers from its event loop; one that has not answered a command in this
+# long is stuck (or the machine is), and holding the operator longer helps nobody.
+COMMAND_TIMEOUT = 10.0
+# Interpreter start and imports, then the first snapshot.
+START_TIMEOUT = 30.0
+# A worker that dies this soon after starting is crashing: wait before the next try.
+CRASH_WINDOW = 1.0
+MAX_BACKOFF = 5.0
+
+
+class WorkerLost(Exception):
+    """A worker did not answer: it exited or stopped responding."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a new worker starts from: the current snapshot and every route's mode."""
+
+    snapshot: dict[str, Any]
+    modes: list[Command]
+
+
+@dataclass
+class Answers:
+    """A message's answers from every live worker, and the workers that failed it."""
+
+    values: list[Any]
+    failed: list[str]
+
+
+def share_limits(config: Config, workers: int) -> Config:
+    """The proxy-wide caps divided between ``workers``, rounded up: the real total can
+    exceed a cap by at most ``workers - 1`` (connections, held requests, held bytes)."""
+
+    def part(limit: int) -> int:
+        return math.ceil(limit / workers)
+
+    routes = tuple(replace(route, max_held=part(route.max_held)) for route in config.routes)
+    return replace(
+        config,
+        routes=routes,
+        max_held_bytes=part(config.max_held_bytes),
+        max_connections=part(config.max_connections),
+    )
+
+
+class WorkerProcess:
+    """One worker: its process, its command channel and the answers it owes."""
+
+    def __init__(
+        self,
+        index: int,
+        process: asyncio.subprocess.Process,
+        sock: socket.socket,
+        on_event: Callable[[WorkerProcess, dict[str, Any]], None],
+    ):
+        self.index = index
+        self._on_event = on_event
+        self.process = process
+        self.started = asyncio.get_running_loop().time()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._channel = Channel(sock, self._on_frame, self._on_close)
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.index} (pid {self.process.pid})"
+
+    async def request(
+        self,
+        op: str,
+        args: dict[str, Any],
+        fds: list[int] | tuple[int, ...] = (),
+        timeout: float = COMMAND_TIMEOUT,
+    ) -> Any:
+        """Send one message and wait for its answer; ``WorkerLost`` if none comes."""
+        ident = next(self._ids)
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[ident] = answer
+        try:
+            await self._channel.send({"id": ident, "op": op, "args": args}, fds)
+            async with asyncio.timeout(timeout):
+                reply = await answer
+        except ConnectionError:
+            raise WorkerLost(f"{self.name} is gone") from None
+        except TimeoutError:
+            raise WorkerLost(f"{self.name} did not answer within {timeout:g}s") from None
+        finally:
+            self._waiting.pop(ident, None)
+        if "error" in reply:
+            raise ValueError(reply["error"])
+        return reply.get("ok")
+
+    def _on_frame(self, message: dict[str, Any], fds: list[int]) -> None:
+        for fd in fds:  # workers send none
+            os.close(fd)
+        if "event" in message:
+            self._on_event(self, message)
+            return
+        answer = self._waiting.get(message.get("id", 0))
+        if answer is not None and not answer.done():
+            answer.set_result(message)
+
+    def _on_close(self) -> None:
+        for answer in self._waiting.values():
+            if not answer.done():
+                answer.set_exception(ConnectionResetError("the worker closed its channel"))
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class WorkerPool:
+    """N workers fed the same messages; ``start_state`` says what a new one starts from."""
+
+    def __init__(
+        self,
+        count: int,
+        start_state: Callable[[], Start],
+        sockets: Callable[[], list[socket.socket]],
+    ) -> None:
+        self.count = count
+        self.restarts = 0
+        self._start_state = start_state
+        self._sockets = sockets
+        self._live: dict[int, WorkerProcess] = {}
+        self._watchers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Start every worker; raises ``WorkerLost`` if one cannot start."""
+        workers = await asyncio.gather(*(self._spawn(index) for index in range(self.count)))
+        for worker in workers:
+            self._watch(worker)
+
+    async def _spawn(self, index: int) -> WorkerProcess:
+        """A new worker process, sent its start state; returns once it serves."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "fastpause.worker",
+                str(theirs.fileno()),
+                str(os.getpid()),
+                str(index),
+                pass_fds=[theirs.fileno()],
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        worker = WorkerProcess(index, process, ours, self._on_event)
+        state = self._start_state()  # read now: messages sent after this one follow it
+        self._live[index] = worker
+        sockets = self._sockets()
+        try:
+            await worker.request(
+                "start",
+                {"snapshot": state.snapshot, "modes": encode(state.modes)},
+                [sock.fileno() for sock in sockets],
+                timeout=START_TIMEOUT,
+            )
+        except (WorkerLost, ValueError) as error:
+            self._live.pop(index, None)
+            worker.kill()
+            raise WorkerLost(f"worker {index} could not start: {error}") from None
+        return worker
+
+    def _watch(self, worker: WorkerProcess) -> None:
+        task = asyncio.get_running_loop().create_task(self._supervise(worker))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _supervise(self, worker: WorkerProcess) -> None:
+        """Wait for ``worker`` to exit; unless the proxy is stopping, replace it."""
+        status = await worker.process.wait()
+        worker.close()
+        if self._live.get(worker.index) is worker:
+            del self._live[worker.index]
+        if self._stopping:
+            return
+        lived = asyncio.get_running_loop().time() - worker.started
+        complain(
+            f"{worker.name} {_describe_exit(status)}; its client connections were lost; "
+            "starting a replacement"
+        )
+        self.restarts += 1
+        delay = 0.0 if lived > CRASH_WINDOW else min(MAX_BACKOFF, CRASH_WINDOW * 2)
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                replacement = await self._spawn(worker.index)
+            except WorkerLost as error:
+                complain(str(error))
+                delay = min(MAX_BACKOFF, max(delay * 2, CRASH_WINDOW))
+                continue
+            say(f"{replacement.name} started in place of pid {worker.process.pid}")
+            self._watch(replacement)
+            return
+
+    async def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Signal every worker (SIGTERM drains, a second one cuts) and wait for them."""
+        self._stopping = True
+        for worker in list(self._live.values()):
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signum)
+        if self._watchers:
+            await asyncio.wait(list(self._watchers))
+
+    def signal_all(self, signum: int) -> None:
+        for worker in list(self._live.values()):
+            with contextlib.suppress(ProcessLookupError):
+                worker.process.send_signal(signum)
+
+    def pids(self) -> list[int]:
+        return [worker.process.pid for worker in self._live.values()]
+
+    # ------------------------------------------------------------ messages
+
+    async def broadcast(
+        self,
+        op: str,
+        args: dict[str, Any],
+        fds: list[int] | tuple[int, ...] = (),
+    ) -> Answers:
+        """Send a message to every live worker and wait for every answer.
+
+        A worker that fails it is named in ``failed``; one that does not answer in
+        time is killed, so a replacement starts from the state the others have.
+        """
+        return await self._broadcast_to(list(self._live.values()), op, args, fds)
+
+    async def _broadcast_to(
+        self,
+        workers: list[WorkerProcess],
+        op: str,
+        args: dict[str, Any],
+        fds: list[int] | tuple[int, ...] = (),
+    ) -> Answers:
+        results = await asyncio.gather(
+            *(worker.request(op, args, fds) for worker in workers),
+            return_exceptions=True,
+        )
+        answers = Answers([], [])
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, WorkerLost):
+                answers.failed.append(str(result))
+                worker.kill()
+            elif isinstance(result, ValueError):
+                answers.failed.append(f"{worker.name}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answers.values.append(result)
+        for problem in answers.failed:
+            complain(problem)
+        return answers
+
+    async def command(self, command: Command) -> tuple[list[Outcome], list[str]]:
+        """A route command, applied by every worker to its part of the proxy."""
+        shared = encode(command.share(self.count))
+        answers = await self.broadcast("command", {"command": shared})
+        return answers.values, answers.failed
+
+    async def install(self, snapshot: dict[str, Any], close_tunnels: bool = False) -> Answers:
+        """A new routing snapshot; each answer says how many exchanges it retired."""
+        return await self.broadcast(
+            "install", {"snapshot": snapshot, "close_tunnels": close_tunnels}
+        )
+
+    def verdict(self, route: str, address: str, healthy: bool) -> None:
+        """A health verdict, sent in order with every other message, not waited for."""
+        self._send_soon("verdict", {"route": route, "address": address, "healthy": healthy}, None)
+
+    def _on_event(self, worker: WorkerProcess, event: dict[str, Any]) -> None:
+        """What a worker saw that the others act on: an upstream it reached or failed to
+        reach (passive health is the whole proxy's, as in one process)."""
+        if event["event"] in ("upstream_up", "upstream_down"):
+            args = {key: value for key, value in event.items() if key != "event"}
+            self._send_soon(event["event"], args, worker)
+
+    def _send_soon(self, op: str, args: dict[str, Any], source: WorkerProcess | None) -> None:
+        """Send to every live worker but ``source`` without waiting for the answers."""
+        workers = [worker for worker in self._live.values() if worker is not source]
+        task = asyncio.get_running_loop().create_task(self._broadcast_to(workers, op, args))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def listen(self) -> Answers:
+        """The supervisor's listeners changed: every worker serves the new set."""
+        return await self.broadcast("listen", {}, [sock.fileno() for sock in self._sockets()])
+
+
+def _describe_exit(status: int) -> str:
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
