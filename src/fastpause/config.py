@@ -140,6 +140,7 @@ class Config:
     max_held_bytes: int = 256 << 20
     max_connections: int = 0  # 0: no limit
     workers: int = 1  # processes serving the data plane; >1 adds a supervisor
+    worker_timeout: float = 10.0  # a worker that has not answered a command by then is replaced
     drain_timeout: float = 30.0
     state_file: str | None = None
     admin: AdminAddress | None = field(default_factory=default_admin_address)
@@ -739,6 +740,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "max_held_bytes": _size(at_least="0B"),
     "max_connections": _integer(0, 10_000_000),  # 0: no limit
     "workers": parse_workers,
+    "worker_timeout": _duration(allow_zero=False),
     "drain_timeout": _duration(allow_zero=True),  # 0s: cut at once
     "state_file": _string,
     "admin": _admin,

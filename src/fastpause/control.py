@@ -296,6 +296,8 @@ class ControlPlane:
         self._switch_access_log(access_log)
         self.engine.max_held_bytes = config.max_held_bytes
         self._set_connection_limit(config.max_connections)
+        if self.workers is not None:
+            self.workers.timeout = config.worker_timeout
         self.config = config
         self._config_path = source
         self._deployments = deployments

@@ -40,10 +40,22 @@ class ListenError(Exception):
 
 
 class Listener:
-    """One bound, listening socket, and the server accepting on it when allowed."""
+    """One bound, listening socket, and the server accepting on it when allowed.
 
-    def __init__(self, sock: socket.socket, protocol_factory: ProtocolFactory | None) -> None:
+    For a supervisor of N workers, ``group`` is N sockets on the same address in
+    one SO_REUSEPORT group: worker i accepts on socket i, so the kernel spreads
+    connections evenly, and since the supervisor keeps them open, connections
+    queued for a worker that dies wait for its replacement instead of being reset.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: ProtocolFactory | None,
+        group: list[socket.socket] | None = None,
+    ) -> None:
         self.socket = sock
+        self.group = group or [sock]
         self._protocol_factory = protocol_factory
         self._server: asyncio.Server | None = None
         self._opening = False
@@ -82,7 +94,8 @@ class Listener:
     def close(self) -> None:
         """Stop listening: new connections are refused, queued ones reset."""
         self.stop()
-        self.socket.close()
+        for sock in self.group:
+            sock.close()
 
 
 @dataclass
@@ -96,8 +109,9 @@ class ListenChange:
 class Listeners:
     """The proxy's public listeners, by listen entry, accepting or paused together."""
 
-    def __init__(self, protocol_factory: ProtocolFactory | None) -> None:
+    def __init__(self, protocol_factory: ProtocolFactory | None, group_size: int = 1) -> None:
         self._protocol_factory = protocol_factory
+        self._group_size = group_size  # sockets per address (one per worker)
         self._bound: dict[ListenKey, list[Listener]] = {}
         self._adopted: dict[str, Listener] = {}  # a worker's, by URL
         self._live: set[Listener] = set()  # bound, or prepared by a reload in progress
@@ -131,7 +145,8 @@ class Listeners:
         opened: list[Listener] = []
         try:
             for family, sockaddr in _distinct(infos):
-                listener = Listener(_bind(family, sockaddr), self._protocol_factory)
+                group = _bind_group(family, sockaddr, self._group_size)
+                listener = Listener(group[0], self._protocol_factory, group)
                 opened.append(listener)
                 if self.accepting:
                     await listener.accept()
@@ -178,9 +193,11 @@ class Listeners:
         self._close(self._adopted.values())
         self._adopted = adopted
 
-    def sockets(self) -> list[socket.socket]:
-        """The bound listening sockets, in config order (what workers are sent)."""
-        return [listener.socket for listeners in self._bound.values() for listener in listeners]
+    def sockets(self, index: int) -> list[socket.socket]:
+        """Worker ``index``'s socket of every bound address, in config order."""
+        return [
+            listener.group[index] for listeners in self._bound.values() for listener in listeners
+        ]
 
     def urls(self) -> list[str]:
         """``http://HOST:PORT`` per bound socket, in config order, with the real port."""
@@ -221,11 +238,30 @@ class Listeners:
             self._live.discard(listener)
 
 
-def _bind(family: int, sockaddr: tuple[object, ...]) -> socket.socket:
+def _bind_group(family: int, sockaddr: tuple[object, ...], size: int) -> list[socket.socket]:
+    """``size`` listening sockets on one address: one plain socket, or an SO_REUSEPORT
+    group (port 0 picks a free port for the first; the others join it)."""
+    if size == 1:
+        return [_bind(family, sockaddr)]
+    group = [_bind(family, sockaddr, reuse_port=True)]
+    port = group[0].getsockname()[1]
+    try:
+        while len(group) < size:
+            group.append(_bind(family, (sockaddr[0], port, *sockaddr[2:]), reuse_port=True))
+    except OSError:
+        for sock in group:
+            sock.close()
+        raise
+    return group
+
+
+def _bind(family: int, sockaddr: tuple[object, ...], reuse_port: bool = False) -> socket.socket:
     """A listening socket, as ``loop.create_server`` would make it."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:  # "[::]:80" takes IPv6 only; IPv4 is its own entry
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)

@@ -95,7 +95,10 @@ class Server:
             if admin is not None:
                 await _bind_admin(admin)
             serving = self.config.workers == 1
-            listeners = Listeners(engine.protocol_factory("http") if serving else BIND_ONLY)
+            if serving:
+                listeners = Listeners(engine.protocol_factory("http"))
+            else:
+                listeners = Listeners(BIND_ONLY, group_size=self.config.workers)
             control = ControlPlane(
                 engine,
                 self.config,
@@ -127,7 +130,12 @@ class Server:
 
     async def _start_workers(self, control: ControlPlane) -> None:
         """Start the worker processes on the bound listeners (``workers`` > 1)."""
-        pool = WorkerPool(self.config.workers, control.start_state, control.listeners.sockets)
+        pool = WorkerPool(
+            self.config.workers,
+            control.start_state,
+            control.listeners.sockets,
+            self.config.worker_timeout,
+        )
         control.workers = pool
         try:
             await pool.start()

@@ -9,7 +9,7 @@ applied it (DESIGN.md, "Process model").
 
 A worker that exits is replaced at once with the current snapshot and route
 modes (a paused route stays paused in the new worker); one that does not answer
-within ``COMMAND_TIMEOUT`` is reported in the answer, killed and replaced.
+within ``worker_timeout`` is reported in the answer, killed and replaced.
 """
 
 from __future__ import annotations
@@ -31,9 +31,6 @@ from fastpause.config import Config
 from fastpause.console import complain, say
 from fastpause.wire import Channel, encode
 
-# A worker answers from its event loop; one that has not answered a command in this
-# long is stuck (or the machine is), and holding the operator longer helps nobody.
-COMMAND_TIMEOUT = 10.0
 # Interpreter start and imports, then the first snapshot.
 START_TIMEOUT = 30.0
 # A worker that dies this soon after starting is crashing: wait before the next try.
@@ -103,21 +100,21 @@ class WorkerProcess:
         self,
         op: str,
         args: dict[str, Any],
-        fds: list[int] | tuple[int, ...] = (),
-        timeout: float = COMMAND_TIMEOUT,
+        fds: list[int],
+        timeout: float,
     ) -> Any:
         """Send one message and wait for its answer; ``WorkerLost`` if none comes."""
         ident = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[ident] = answer
         try:
-            await self._channel.send({"id": ident, "op": op, "args": args}, fds)
             async with asyncio.timeout(timeout):
+                await self._channel.send({"id": ident, "op": op, "args": args}, fds)
                 reply = await answer
-        except ConnectionError:
-            raise WorkerLost(f"{self.name} is gone") from None
         except TimeoutError:
             raise WorkerLost(f"{self.name} did not answer within {timeout:g}s") from None
+        except OSError:  # the channel closed under the send (ConnectionError, EBADF)
+            raise WorkerLost(f"{self.name} is gone") from None
         finally:
             self._waiting.pop(ident, None)
         if "error" in reply:
@@ -154,9 +151,13 @@ class WorkerPool:
         self,
         count: int,
         start_state: Callable[[], Start],
-        sockets: Callable[[], list[socket.socket]],
+        sockets: Callable[[int], list[socket.socket]],
+        timeout: float,
     ) -> None:
         self.count = count
+        # A worker answers from its event loop; one that has not answered in this long
+        # is stuck (or the machine is), and holding the operator longer helps nobody.
+        self.timeout = timeout
         self.restarts = 0
         self._start_state = start_state
         self._sockets = sockets
@@ -191,7 +192,7 @@ class WorkerPool:
         worker = WorkerProcess(index, process, ours, self._on_event)
         state = self._start_state()  # read now: messages sent after this one follow it
         self._live[index] = worker
-        sockets = self._sockets()
+        sockets = self._sockets(index)
         try:
             await worker.request(
                 "start",
@@ -261,7 +262,7 @@ class WorkerPool:
         self,
         op: str,
         args: dict[str, Any],
-        fds: list[int] | tuple[int, ...] = (),
+        fds: Callable[[WorkerProcess], list[int]] | None = None,
     ) -> Answers:
         """Send a message to every live worker and wait for every answer.
 
@@ -275,10 +276,13 @@ class WorkerPool:
         workers: list[WorkerProcess],
         op: str,
         args: dict[str, Any],
-        fds: list[int] | tuple[int, ...] = (),
+        fds: Callable[[WorkerProcess], list[int]] | None = None,
     ) -> Answers:
         results = await asyncio.gather(
-            *(worker.request(op, args, fds) for worker in workers),
+            *(
+                worker.request(op, args, fds(worker) if fds else [], self.timeout)
+                for worker in workers
+            ),
             return_exceptions=True,
         )
         answers = Answers([], [])
@@ -328,7 +332,9 @@ class WorkerPool:
 
     async def listen(self) -> Answers:
         """The supervisor's listeners changed: every worker serves the new set."""
-        return await self.broadcast("listen", {}, [sock.fileno() for sock in self._sockets()])
+        return await self.broadcast(
+            "listen", {}, lambda worker: [sock.fileno() for sock in self._sockets(worker.index)]
+        )
 
 
 def _describe_exit(status: int) -> str:

@@ -1,0 +1,288 @@
+"""Worker processes under a supervisor, end to end: one proxy to the operator.
+
+Each test runs ``fastpause run`` with ``workers = 2`` and finds out which worker
+serves which client connection from the kernel (``workers_support``), so it can
+check that a pause, a reload or a kill reaches every worker, not only the one a
+connection happened to land on. (The hold, reload, deploy, admin, health and
+metrics suites also run whole with 2 workers: ``workers_variants``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+from deploy_support import proxy_output
+from helpers import RawConn, build_request, wait_for
+from hold_support import cli_ok, route_entry
+from workers_support import serving_workers
+
+pytest_plugins = ["hold_support", "deploy_support"]
+
+WORKERS = 2
+# Enough connections that each worker gets some: a shared listening socket hands
+# most connections to one worker when the proxy is idle (README, "Workers").
+SPREAD = 60
+
+
+def spread_connections(proxy, n: int = SPREAD) -> dict[int, list[RawConn]]:
+    """``n`` open client connections, by the pid of the worker that serves each;
+    every worker serves at least one."""
+    conns = [proxy.conn() for _ in range(n)]
+    for conn in conns:  # a request answered: the worker has accepted the connection
+        conn.send(build_request("GET", "/inspect?warm"))
+        assert conn.read_response().status == 200
+    pids = proxy.admin.status()["worker_pids"]
+    by_worker: dict[int, list[RawConn]] = {pid: [] for pid in pids}
+    for conn, pid in zip(conns, serving_workers(pids, [c.sock for c in conns]), strict=True):
+        by_worker[pid].append(conn)
+    assert all(by_worker.values()), f"a worker got none of {n} connections: {by_worker}"
+    return by_worker
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture
+def workers_proxy(hold_proxy):
+    def start(route=None, top=None, upstreams=None):
+        return hold_proxy(route=route, top={"workers": WORKERS, **(top or {})}, upstreams=upstreams)
+
+    return start
+
+
+def test_pause_reaches_every_worker_and_waits_for_their_in_flight_requests(workers_proxy, backend):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    first = [conns[0] for conns in by_worker.values()]
+    for index, conn in enumerate(first):  # one request in flight in each worker
+        conn.send(build_request("GET", f"/hold?key=w{index}"))
+        backend.wait_held(f"w{index}")
+
+    answer = proxy.admin.pause(drain_timeout=0.2).json()
+    assert (answer["mode"], answer["drained"], answer["in_flight"]) == ("paused", False, WORKERS)
+
+    for index in range(WORKERS):
+        backend.release(f"w{index}")
+    for conn in first:
+        assert conn.read_response().status == 200
+    answer = proxy.admin.pause().json()
+    assert (answer["drained"], answer["in_flight"]) == (True, 0)
+
+    # after the pause answered, no worker lets a request through
+    conns = [conn for group in by_worker.values() for conn in group]
+    before = backend.stats()["paths"].get("/inspect", 0)
+    for index, conn in enumerate(conns):
+        conn.send(build_request("GET", f"/inspect?held={index}"))
+    proxy.admin.wait_held(len(conns))
+    assert backend.stats()["paths"].get("/inspect", 0) == before, "a request passed the pause"
+
+    done = cli_ok(proxy.admin, "resume", "app")
+    assert f"released {len(conns)} held requests" in done.stdout, done
+    for index, conn in enumerate(conns):
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        assert resp.json()["target"] == f"/inspect?held={index}"
+        conn.close()
+    assert backend.stats()["paths"]["/inspect"] == before + len(conns)  # each exactly once
+
+
+def test_status_and_metrics_count_every_worker(workers_proxy, backend):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    conns = [conn for group in by_worker.values() for conn in group]
+    for conn in conns:  # a second request on each: 2 per connection in all
+        conn.send(build_request("GET", "/status/404"))
+        assert conn.read_response().status == 404
+    proxy.admin.pause()
+    for conn in conns[:10]:
+        conn.send(build_request("GET", "/inspect?held"))
+    entry = proxy.admin.wait_held(10)
+    assert entry["held"] == 10
+    status = proxy.admin.status()
+    assert status["connections"] == len(conns)
+    [upstream] = route_entry(status, "app")["upstreams"]
+    assert upstream["requests"] == 2 * len(conns)
+
+    text = proxy.admin.metrics()
+    assert proxy.admin.metric("fastpause_requests_total") == 2 * len(conns) + 10
+    assert proxy.admin.metric("fastpause_responses_total", **{"class": "2xx"}) == len(conns)
+    assert proxy.admin.metric("fastpause_responses_total", **{"class": "4xx"}) == len(conns)
+    assert proxy.admin.metric("fastpause_held", route="app") == 10
+    assert proxy.admin.metric("fastpause_connections") == len(conns)
+    assert proxy.admin.metric("fastpause_workers") == WORKERS, text
+    assert proxy.admin.metric("fastpause_worker_restarts_total") == 0
+    proxy.admin.resume()
+    for conn in conns[:10]:
+        assert conn.read_response().status == 200
+    for conn in conns:
+        conn.close()
+
+
+def test_a_killed_worker_is_replaced_with_the_route_still_paused(workers_proxy, backend):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    supervisor_fds = fd_count(proxy.pid)
+    passed = backend.stats()["paths"]["/inspect"]
+    proxy.admin.pause()
+    victim, survivor = list(by_worker)
+    held = by_worker[survivor][0]
+    held.send(build_request("GET", "/inspect?survivor"))
+    proxy.admin.wait_held(1)
+
+    os.kill(victim, signal.SIGKILL)
+    status = wait_for(
+        lambda: (
+            (s := proxy.admin.status())["worker_restarts"] == 1
+            and len(s["worker_pids"]) == WORKERS
+            and s
+        ),
+        what="a replacement worker",
+    )
+    [replacement] = set(status["worker_pids"]) - {survivor}
+    assert f"(pid {victim}) was killed by SIGKILL" in proxy.stderr(), proxy_output(proxy)
+    for conn in by_worker[victim]:  # only the killed worker's connections are lost
+        assert conn.is_closed_by_peer()
+        conn.close()
+
+    # the replacement holds too: open connections until it serves one
+    fresh: list[RawConn] = []
+    for _ in range(200):
+        conn = proxy.conn()
+        fresh.append(conn)
+        conn.send(build_request("GET", "/inspect?new"))
+        proxy.admin.wait_held(1 + len(fresh))
+        if serving_workers(status["worker_pids"], [conn.sock]) == [replacement]:
+            break
+    else:
+        raise AssertionError(f"200 new connections and none reached worker {replacement}")
+    assert backend.stats()["paths"]["/inspect"] == passed, "a request passed the pause"
+    assert route_entry(proxy.admin.status(), "app")["mode"] == "paused"
+    # (an admin connection may still be closing: its lingering end is not a leak)
+    wait_for(lambda: fd_count(proxy.pid) <= supervisor_fds, what="the supervisor's fds")
+
+    proxy.admin.resume()
+    for conn in [held, *fresh]:
+        assert conn.read_response().status == 200
+        conn.close()
+    for conn in by_worker[survivor][1:]:
+        conn.close()
+
+
+def test_a_worker_that_does_not_answer_is_reported_and_replaced(workers_proxy):
+    proxy = workers_proxy(top={"worker_timeout": "500ms"})
+    stuck, other = proxy.admin.status()["worker_pids"]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        answer = proxy.admin.pause(drain_timeout=0).json()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # killed and replaced by now
+            os.kill(stuck, signal.SIGCONT)
+    assert answer["mode"] == "paused"
+    assert any(f"pid {stuck}" in problem for problem in answer["workers_failed"]), answer
+    status = wait_for(
+        lambda: (
+            (s := proxy.admin.status())["worker_restarts"] == 1
+            and len(s["worker_pids"]) == WORKERS
+            and s
+        ),
+        what="a replacement for the stuck worker",
+    )
+    assert stuck not in status["worker_pids"] and other in status["worker_pids"]
+    assert route_entry(status, "app")["mode"] == "paused"  # the new one started paused
+
+
+def test_caps_are_shared_between_workers(workers_proxy, backend):
+    """``max_held = 3`` with 2 workers: each worker holds at most 2 (3/2 rounded up),
+    so the proxy holds at most 4, the cap plus one (README, "Workers")."""
+    proxy = workers_proxy(route={"max_held": 3})
+    by_worker = spread_connections(proxy)
+    proxy.admin.pause()
+    held = 0
+    for conns in by_worker.values():
+        for index, conn in enumerate(conns[:3]):
+            conn.send(build_request("GET", "/inspect?capped"))
+            if index < 2:
+                held += 1
+                proxy.admin.wait_held(held)
+            else:
+                resp = conn.read_response()
+                assert resp.status == 503, resp
+                assert "too many requests are waiting" in resp.text, resp
+    assert held <= 3 + WORKERS - 1
+    proxy.admin.resume()
+    for conns in by_worker.values():
+        for conn in conns[:2]:
+            assert conn.read_response().status == 200
+
+
+def test_supervisor_killed_takes_its_workers_along(workers_proxy):
+    proxy = workers_proxy()
+    pids = proxy.admin.status()["worker_pids"]
+    os.kill(proxy.pid, signal.SIGKILL)
+    proxy.proc.wait(timeout=30)
+    for pid in pids:
+        wait_for(lambda pid=pid: not _alive(pid), what=f"worker {pid} to exit")
+    with socket.socket() as sock:  # nothing holds the port any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", proxy.port))
+
+
+def test_sigterm_lets_every_worker_finish_its_requests(workers_proxy, backend):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    first = [conns[0] for conns in by_worker.values()]
+    for index, conn in enumerate(first):
+        conn.send(build_request("GET", f"/hold?key=t{index}"))
+        backend.wait_held(f"t{index}")
+    proxy.terminate()
+    wait_for(
+        lambda: proxy_output(proxy).count("shutting down: ") == WORKERS,
+        what="every worker to start shutting down",
+    )
+    for index in range(WORKERS):
+        backend.release(f"t{index}")
+    for conn in first:
+        assert conn.read_response().status == 200
+    assert proxy.wait() == 0
+    assert "fastpause: stopped" in proxy_output(proxy)
+
+
+def test_sighup_reloads_every_worker(workers_proxy, backend, start_backend):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    second = start_backend("second")
+    config = proxy.config_path.read_text()
+    proxy.config_path.write_text(config.replace(backend.address, second.address))
+    proxy.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reloaded" in proxy_output(proxy), what="the reload")
+    sent = 0
+    for conns in by_worker.values():
+        for conn in conns[:3]:
+            conn.send(build_request("GET", "/inspect?after-reload"))
+            assert conn.read_response().status == 200
+            sent += 1
+    assert second.stats()["paths"]["/inspect"] == sent, "a worker still routes to the old backend"
+    for conns in by_worker.values():
+        for conn in conns:
+            conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
