@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from deploy_support import proxy_output
+from deploy_support import fastpause, proxy_output
 from helpers import RawConn, build_request, wait_for
 from hold_support import cli_ok, route_entry
 from workers_support import serving_workers
@@ -286,3 +286,64 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
     except (OSError, IndexError):
         return "zombie"
+
+
+def test_the_number_of_workers_changes_only_by_a_restart(workers_proxy):
+    proxy = workers_proxy()
+    config = proxy.config_path.read_text()
+    proxy.config_path.write_text(config.replace(f"workers = {WORKERS}", "workers = 3"))
+    result = fastpause("reload", "--admin", proxy.admin.spec)
+    assert result.returncode == 1, result
+    assert "workers: the number of workers cannot change by reload" in result.stderr, result
+    assert len(proxy.admin.status()["worker_pids"]) == WORKERS
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "workers: 0 is out of range: expected 1 to 256"),
+        ("257", "workers: 257 is out of range: expected 1 to 256"),
+        ('"many"', "workers: expected \"auto\" or a number of processes, got string 'many'"),
+        ("true", 'workers: expected "auto" or a number of processes, got boolean true'),
+        ('"0s"', "worker_timeout"),
+    ],
+)
+def test_bad_workers_values_are_config_errors(tmp_path: Path, value: str, problem: str):
+    key = "worker_timeout" if value == '"0s"' else "workers"
+    path = tmp_path / "bad.toml"
+    path.write_text(f'{key} = {value}\n[[routes]]\nname = "app"\nupstreams = ["127.0.0.1:1"]\n')
+    result = fastpause("validate", str(path))
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"{path}: {problem}"), result.stderr
+
+
+def test_run_workers_option(tmp_path: Path):
+    result = fastpause("run", "--workers", "0", "--admin", f"unix:{tmp_path}/a.sock")
+    assert result.returncode == 2, result
+    assert result.stderr == ("command line: --workers: 0 is out of range: expected 1 to 256\n"), (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize("target", ["file", "stdout"])
+def test_access_log_lines_stay_whole_with_every_worker_writing(workers_proxy, tmp_path, target):
+    log = tmp_path / "access.log"
+    proxy = workers_proxy(top={"access_log": str(log) if target == "file" else "stdout"})
+    by_worker = spread_connections(proxy)
+    sent = SPREAD  # spread_connections sent one request per connection
+    for conns in by_worker.values():
+        for conn in conns:
+            for index in range(20):
+                conn.send(build_request("GET", f"/inspect?{'x' * 200}={index}"))
+                assert conn.read_response().status == 200
+                sent += 1
+            conn.close()
+    proxy.terminate()
+    assert proxy.wait() == 0
+    if target == "file":
+        lines = log.read_text().splitlines()
+    else:
+        lines = [line for line in proxy.output.snapshot() if '"GET /inspect?' in line]
+    assert len(lines) == sent
+    for line in lines:  # whole lines: one request each, nothing of another in it
+        assert line.count('"GET /inspect?') == 1 and line.endswith(tuple("0123456789-")), line

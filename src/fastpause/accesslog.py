@@ -9,6 +9,9 @@ and the lines dropped.
 
 import asyncio
 import json
+import os
+import select
+import stat
 import sys
 import time
 from datetime import UTC, datetime
@@ -34,6 +37,7 @@ class AccessLog:
     def __init__(self, stream: TextIO, log_format: AccessLogFormat, *, owns_stream: bool) -> None:
         self._stream = stream
         self._owns_stream = owns_stream
+        self._whole_writes = _is_regular_file(stream)
         self._format = self._json if log_format == "json" else self._common
         self._lines: list[str] = []
         self._buffered = 0
@@ -73,12 +77,30 @@ class AccessLog:
         self._lines.clear()
         self._buffered = 0
         try:
-            self._stream.write(chunk)
-            self._stream.flush()
+            for piece in self._pieces(chunk):
+                self._stream.write(piece)
+                self._stream.flush()
         except (OSError, ValueError) as error:  # ValueError: the stream was closed
             if not self._failed:
                 self._failed = True
                 print(f"fastpause: access log write failed: {error}", file=sys.stderr, flush=True)
+
+    def _pieces(self, chunk: str) -> list[str]:
+        """``chunk`` as written at once: whole to a file (opened for appending, each
+        write lands whole at the end, even with several workers writing), in runs of
+        whole lines of at most ``PIPE_BUF`` bytes to a pipe, the most a pipe takes
+        without interleaving another writer's bytes (lines are ASCII: both formats
+        escape everything else, so characters are bytes)."""
+        if self._whole_writes:
+            return [chunk]
+        pieces: list[str] = []
+        start = 0
+        while start < len(chunk):
+            end = chunk.rfind("\n", start, start + select.PIPE_BUF)
+            end = len(chunk) if end < 0 else end + 1
+            pieces.append(chunk[start:end])
+            start = end
+        return pieces
 
     def close(self) -> None:
         """Stop the timer, write what is left and close the file if this log opened it."""
@@ -115,3 +137,10 @@ class AccessLog:
             "upstream": upstream or None,
         }
         return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
+def _is_regular_file(stream: TextIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError):  # no descriptor (a test's StringIO): write whole
+        return True
