@@ -940,7 +940,9 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
 def test_directory_is_not_a_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)
-    assert str(caught.value) == f"{tmp_path}: cannot read file: Is a directory"
+    assert str(caught.value) == (
+        f"{tmp_path}: cannot read file: it is a directory, not a regular file"
+    )
 
 
 def test_non_utf8_file_is_named(tmp_path: Path) -> None:

@@ -11,13 +11,22 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-from helpers import build_request, chunked, free_port, payload, payload_sha256, sha256
+from helpers import (
+    build_request,
+    chunked,
+    free_port,
+    payload,
+    payload_sha256,
+    sha256,
+    wait_for,
+)
 from hold_support import cli_ok, send_held, send_in_order
 
 pytest_plugins = ["hold_support"]  # fixtures: hold_proxy, recorder, late_backend
 pytestmark = pytest.mark.workers_variants
 
 KiB = 1024
+MiB = 1024 * KiB
 
 
 def assert_503_retry_after(resp, retry_after: str = "5") -> None:
@@ -96,6 +105,9 @@ def test_try_duration_zero_answers_502_at_once(hold_proxy):
 # --------------------------------------------------------------------------- queue cap
 
 
+@pytest.mark.single_process(
+    "an exact cap: workers share it (test_workers.py::test_caps_are_shared_between_workers)"
+)
 def test_queue_full_answers_503_at_once_and_keeps_the_held(hold_proxy, backend):
     proxy = hold_proxy(route={"max_held": 3, "retry_after": "9s"})
     proxy.admin.pause()
@@ -231,3 +243,53 @@ def test_client_that_leaves_while_held_is_gone(hold_proxy, backend, how):
     assert resp.json()["target"] == "/inspect?stays"
     assert proxy.get("/inspect?after").status == 200
     assert "/gone" not in backend.stats()["paths"], "a request whose client left was forwarded"
+
+
+# --------------------------------------------------------------------------- held bodies
+
+
+@pytest.mark.single_process("reads the RSS of the process that holds the bodies")
+def test_held_bodies_of_tiny_chunks_cost_what_the_gauge_counts(hold_proxy, backend):
+    """Issue 17 finding 3: a body of 110,000 one-byte chunks, held, was counted as
+    9 bytes a chunk but kept as several Python objects a chunk (~8x the count). It is
+    now held re-framed in one buffer: the gauge counts the bytes held, exactly, and
+    the proxy's memory grows by about that much."""
+    chunks, clients = 110_000, 4
+    proxy = hold_proxy(route={"max_held_body": "8MiB"})
+    proxy.admin.pause()
+    with open(f"/proc/{proxy.pid}/clear_refs", "w") as f:  # VmHWM := current RSS
+        f.write("5")
+    before = _status_kib(proxy.pid, "VmRSS")
+    conns = []
+    for index in range(clients):
+        conn = proxy.conn()
+        head = build_request("POST", f"/inspect?tiny={index}", [("Transfer-Encoding", "chunked")])
+        conn.send(head + b"1\r\nx\r\n" * chunks)  # no last chunk: the body stays held
+        conns.append(conn)
+    held = clients * chunks * len(b"1\r\nx\r\n")  # re-framed as sent
+    proxy.admin.wait_held(clients)
+    wait_for(
+        lambda: proxy.admin.metric("fastpause_held_bytes") == held,
+        what=f"{held} held body bytes (last: {proxy.admin.metric('fastpause_held_bytes')})",
+    )
+    growth = _status_kib(proxy.pid, "VmHWM") - before
+    assert growth * KiB < 2 * held + 8 * MiB, (
+        f"holding {held} body bytes grew the proxy by {growth} KiB"
+    )
+    proxy.admin.resume()
+    for index, conn in enumerate(conns):
+        conn.send(b"0\r\n\r\n")
+        resp = conn.read_response()
+        conn.close()
+        assert resp.status == 200, resp
+        seen = resp.json()
+        assert (seen["target"], seen["body_length"]) == (f"/inspect?tiny={index}", chunks)
+        assert seen["body_sha256"] == sha256(b"x" * chunks)
+
+
+def _status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {key} line")

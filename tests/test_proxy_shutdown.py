@@ -4,9 +4,19 @@ new connections are refused, the process exits 0 and says so."""
 from __future__ import annotations
 
 import hashlib
+import signal
 import socket
+import subprocess
+import sys
 
-from helpers import IncompleteResponse, build_request, payload, payload_sha256, wait_for
+from helpers import (
+    IncompleteResponse,
+    build_request,
+    free_port,
+    payload,
+    payload_sha256,
+    wait_for,
+)
 
 
 def connection_refused(port: int) -> bool:
@@ -142,3 +152,39 @@ def test_shutdown_timeout_cuts_stuck_request(proxy_factory, backend):
     else:
         assert resp.status >= 500, f"a request cut at shutdown must not look successful: {resp!r}"
     busy.close()
+
+
+def test_shutdown_is_graceful_when_the_reader_of_its_output_is_gone(tmp_path, backend):
+    """A supervisor that stops reading the proxy's stdout (closed pipe) must not turn
+    the next status line - "shutting down: ..." - into a traceback and exit 1."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpause",
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--to",
+            backend.address,
+            "--admin",
+            f"unix:{tmp_path}/admin.sock",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        while b"listening on" not in proc.stdout.readline():
+            assert proc.poll() is None, proc.stderr.read()
+        proc.stdout.close()  # the reader is gone: the next status line meets EPIPE
+        proc.stderr.close()
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # still serving
+            sock.sendall(build_request("GET", "/inspect"))
+            assert sock.recv(12) == b"HTTP/1.1 200"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

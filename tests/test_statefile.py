@@ -79,7 +79,7 @@ def assert_unusable(path: Path, problem: str) -> None:
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
-    assert_unusable(tmp_path, "cannot read: Is a directory")
+    assert_unusable(tmp_path, "cannot read file: it is a directory, not a regular file")
 
 
 @pytest.mark.parametrize("content", ['{"version": 1, "routes": {', b"\xff\xfe", "", "null garbage"])
@@ -106,8 +106,8 @@ def test_wrong_version(tmp_path: Path, version: str) -> None:
         ('{"max_hold": 0}', "routes.app.max_hold: expected a number of seconds above 0"),
         ('{"max_hold": "30s"}', "routes.app.max_hold: expected a number of seconds"),
         ('{"max_hold": true}', "routes.app.max_hold: expected a number of seconds"),
-        ('{"max_hold": NaN}', "routes.app.max_hold: expected a number of seconds"),
-        ('{"max_hold": Infinity}', "routes.app.max_hold: expected a number of seconds"),
+        ('{"max_hold": NaN}', "not valid JSON: NaN is not a JSON value"),
+        ('{"max_hold": Infinity}', "not valid JSON: Infinity is not a JSON value"),
         ('{"max_hold": 1e18}', "routes.app.max_hold: expected a number of seconds above 0 and"),
         ('{"stop_message": 5}', "routes.app.stop_message: expected a string"),
         (

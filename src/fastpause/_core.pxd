@@ -457,7 +457,7 @@ cdef class ClientProtocol:
     cdef Upstream last_upstream
     cdef UpstreamProtocol upstream
     cdef object upstream_head
-    cdef list pending
+    cdef bytearray pending  # the body while it waits for an upstream, re-framed
     cdef Py_ssize_t pending_bytes
     cdef int version
     cdef int attempts

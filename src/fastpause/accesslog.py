@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from fastpause.config import AccessLogFormat
+from fastpause.console import complain
 
 if TYPE_CHECKING:
     from fastpause._core import AccessRecord
@@ -83,7 +84,7 @@ class AccessLog:
         except (OSError, ValueError) as error:  # ValueError: the stream was closed
             if not self._failed:
                 self._failed = True
-                print(f"fastpause: access log write failed: {error}", file=sys.stderr, flush=True)
+                complain(f"access log write failed: {error}")
 
     def _pieces(self, chunk: str) -> list[str]:
         """``chunk`` as written at once: whole to a file (opened for appending, each

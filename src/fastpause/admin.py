@@ -20,7 +20,6 @@ import math
 import os
 import socket
 import stat
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,8 +37,10 @@ from fastpause.config import (
     parse_address,
     parse_health_path,
 )
+from fastpause.console import complain
 from fastpause.control import ControlPlane, ReloadError
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, DeployRequest, Event
+from fastpause.inputs import InputError, parse_json
 from fastpause.router import path_prefix
 from fastpause.stats import Stats
 from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
@@ -327,8 +328,8 @@ def _fields(body: bytes, parsers: Mapping[str, FieldParser]) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        document = parse_json(body)
+    except InputError as error:
         raise AdminError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise AdminError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
@@ -633,7 +634,7 @@ class AdminServer:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the caller left; nothing to answer
         except Exception as error:  # a bug: say so in one line, keep serving
-            print(f"fastpause: admin: internal error: {error!r}", file=sys.stderr, flush=True)
+            complain(f"admin: internal error: {error!r}")
         finally:
             writer.close()
 

@@ -10,7 +10,6 @@ import difflib
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ from os import PathLike
 from typing import Any, Literal
 
 from fastpause._core import LB_POLICIES, normalize_path
+from fastpause.inputs import InputError, parse_toml, read_file
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 from fastpause.wire import plain
 
@@ -178,18 +178,19 @@ def load(path: str | PathLike[str]) -> Config:
     """Read and validate a TOML config file; every failure is a ``ConfigError``."""
     source = str(path)
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
-    except OSError as error:
-        raise ConfigError(source, "", f"cannot read file: {error.strerror or error}") from None
+        raw = read_file(path)
+    except FileNotFoundError as error:
+        raise ConfigError(source, "", f"cannot read file: {error.strerror}") from None
+    except InputError as error:
+        raise ConfigError(source, "", str(error)) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(source, "", f"not UTF-8 text (byte {error.start})") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(source, "", f"invalid TOML: {error}") from None
+        data = parse_toml(text)
+    except InputError as error:
+        raise ConfigError(source, "", str(error)) from None
     return parse(data, source)
 
 

@@ -1,13 +1,39 @@
-"""The proxy's own status and error lines (not the access log)."""
+"""The proxy's own status and error lines (not the access log).
 
+They go to stdout and stderr, which are often pipes to a supervisor (systemd, a
+container runtime, a test): if the reader goes away, a write fails with EPIPE.
+That must never stop the proxy - it once turned a graceful shutdown into a
+traceback - so a stream that cannot be written is pointed at /dev/null and the
+proxy carries on without its lines.
+"""
+
+import os
 import sys
+from typing import TextIO
 
 
 def say(message: str) -> None:
     """A status line on stdout, flushed at once: supervisors and tests wait for these."""
-    print(f"fastpause: {message}", flush=True)
+    _write(sys.stdout, message)
 
 
 def complain(message: str) -> None:
     """An error line on stderr."""
-    print(f"fastpause: {message}", file=sys.stderr, flush=True)
+    _write(sys.stderr, message)
+
+
+def _write(stream: TextIO, message: str) -> None:
+    try:
+        print(f"fastpause: {message}", file=stream, flush=True)
+    except OSError:  # EPIPE, EIO: whoever read our output is gone
+        _silence(stream)
+
+
+def _silence(stream: TextIO) -> None:
+    """Send ``stream``'s descriptor to /dev/null, so nothing written later (nor the
+    flush at exit) fails again; what was buffered is dropped."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)

@@ -17,11 +17,11 @@ the connections it accepted carry on.
 import asyncio
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from fastpause.config import Address
+from fastpause.console import complain
 
 # A listen entry: the address as written, and which of several equal entries it is
 # (each "127.0.0.1:0" is its own free port, so equal entries are distinct sockets).
@@ -225,11 +225,7 @@ class Listeners:
             try:
                 await idle[0].accept()
             except OSError as error:  # no file descriptor left for the duplicate, say
-                print(
-                    f"fastpause: cannot accept on {idle[0].url} again: {reason(error)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                complain(f"cannot accept on {idle[0].url} again: {reason(error)}")
                 return
 
     def _close(self, listeners: Iterable[Listener]) -> None:

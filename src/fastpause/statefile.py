@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fastpause.config import parse_address
+from fastpause.inputs import InputError, parse_json, read_file
 from fastpause.units import MAX_DURATION
 
 VERSION = 1
@@ -96,14 +97,14 @@ def _sync_directory(directory: Path) -> None:
 def load(path: str | os.PathLike[str]) -> RuntimeState | None:
     """The saved state, None when there is no file yet; StateFileError when unusable."""
     try:
-        raw = Path(path).read_bytes()
+        raw = read_file(path)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise StateFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except InputError as exc:
+        raise StateFileError(f"{path}: {exc}") from None
     try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = parse_json(raw)
+    except InputError as exc:
         raise StateFileError(f"{path}: not valid JSON: {exc}") from None
     return _parse(doc, str(path))
 

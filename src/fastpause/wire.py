@@ -21,9 +21,10 @@ import json
 import os
 import socket
 import struct
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from fastpause.console import complain
 
 HEADER = struct.Struct(">I")
 # A frame carries a routing snapshot at most (a config with thousands of routes is
@@ -223,7 +224,7 @@ class Channel:
         try:
             frames, closed = self._reader.feed()
         except WireError as error:
-            print(f"fastpause: command channel: {error}", file=sys.stderr, flush=True)
+            complain(f"command channel: {error}")
             frames, closed = [], True
         for message, fds in frames:
             self._on_frame(message, fds)
