@@ -265,6 +265,9 @@ cdef class Route:
     cdef readonly bytes path_prefix
     cdef readonly bint strip_path_prefix
     cdef readonly bint underscores_in_headers
+    # request_buffering: 0 streams a body to the upstream as it arrives; N > 0 reads
+    # the whole body (at most N bytes) before an upstream is chosen
+    cdef readonly long long request_buffer
     cdef readonly Balancer balancer
     cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
                        RequestHead* h)
@@ -466,6 +469,7 @@ cdef class ClientProtocol:
     cdef bint is_head
     cdef bint idempotent
     cdef bint expect_continue
+    cdef bint buffering  # reading the whole body before dispatch (request_buffering)
     cdef bint upgrade
     cdef int body_kind
     cdef long long body_left
@@ -512,6 +516,8 @@ cdef class ClientProtocol:
     cdef void _forward_pieces(self, list pieces, Py_ssize_t n)
     cdef void _hold_pending(self, Py_ssize_t n)
     cdef void _body_complete(self)
+    cdef void _buffer_body(self)
+    cdef int _route_buffered(self) except -1
     cdef void _request_broken(self, int status, str why)
     cdef int _release_may_go_on(self) except -1
     cdef int upstream_ready(self, UpstreamProtocol up) except -1

@@ -160,6 +160,7 @@ class Route:
         path_prefix: str | None = None,
         strip_path_prefix: bool = False,
         underscores_in_headers: bool = False,
+        request_buffer: int = 0,
         lb: str = "round_robin",
         weights: Sequence[int] | None = None,
     ) -> None:
@@ -169,6 +170,7 @@ class Route:
     path_prefix: bytes | None
     strip_path_prefix: bool
     underscores_in_headers: bool
+    request_buffer: int  # 0: bodies stream; N: read whole (at most N bytes) before dispatch
     lb: str
 
 # Upgrade requests (WebSocket and others; h2c is refused by forwarding the request

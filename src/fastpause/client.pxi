@@ -252,6 +252,12 @@ cdef class ClientProtocol:
                 and h.content_length > route.max_body_size):
             self._send_error(413, f"request body larger than {route.max_body_size} bytes", True, 0)
             return 0
+        if (h.body_kind == BODY_LENGTH and route.request_buffer
+                and h.content_length > route.request_buffer):
+            self._send_error(413, f"request body larger than {route.request_buffer} bytes, "
+                                  f"the most this service buffers", True, 0)
+            return 0
+        self.buffering = False
         if h.body_kind == BODY_CHUNKED:
             # made on first use: most connections never carry a chunked request body
             if self.chunks is None:
@@ -287,6 +293,9 @@ cdef class ClientProtocol:
         if rs.mode == MODE_PAUSED or (not released and (rs.pacer is not None or rs.draining)):
             # paused, or others are still being released: wait behind them (FIFO)
             self._hold(_monotonic() + rs.max_hold)
+            return 0
+        if route.request_buffer and not self.req_done:
+            self._buffer_body()
             return 0
         up = route.pick(_monotonic(), self, p, h)
         if up is None:
@@ -421,6 +430,11 @@ cdef class ClientProtocol:
                         self._request_broken(413, f"request body larger than "
                                                   f"{self.route.max_body_size} bytes")
                         return
+                    if self.buffering and self.body_seen > self.route.request_buffer:
+                        self._request_broken(413, f"request body larger than "
+                                                  f"{self.route.request_buffer} bytes, the "
+                                                  f"most this service buffers")
+                        return
                     out.append(chunk_header(dl))
                     out.append(_slice(buf, ds, ds + dl))
                     out.append(b"\r\n")
@@ -485,15 +499,38 @@ cdef class ClientProtocol:
                 self._reject_held_body()
             elif self._held_bytes_over():
                 pass
-        elif self.pending_bytes > PENDING_LIMIT:
+        elif self.pending_bytes > PENDING_LIMIT and not self.buffering:
             self._pause(P_CONNECTING)
 
     cdef void _body_complete(self):
         self.req_done = True
         self.state = C_WAIT
         self._rearm()
-        if self.upstream is not None and self.pending is None:
+        if self.buffering:
+            self._route_buffered()
+        elif self.upstream is not None and self.pending is None:
             self.upstream.request_complete()
+
+    cdef void _buffer_body(self):
+        """request_buffering: read the whole body before taking an upstream connection
+        (as NGINX's proxy_request_buffering does), so a client that sends its body
+        slowly never ties up a backend worker. The body waits re-framed in ``pending``,
+        bounded by the route's ``request_buffer``; ``client_body_timeout`` still bounds
+        each pause in it. A client waiting for ``100 Continue`` gets it from the proxy."""
+        self.buffering = True
+        if self.expect_continue:
+            self.expect_continue = False
+            self.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._resume(P_CONNECTING)
+
+    cdef int _route_buffered(self) except -1:
+        """The whole body is here: route the request as if it had just arrived with it
+        (the route may have been paused or reloaded meanwhile: late binding)."""
+        cdef RequestHead h
+        cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
+        self.buffering = False
+        parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
+        self._route_request(p, &h, False)
 
     cdef void _request_broken(self, int status, str why):
         """The client's body is invalid or too large: the upstream exchange is void."""

@@ -82,6 +82,8 @@ class RouteConfig:
     underscores_in_headers: bool = False
     lb: str = "round_robin"
     max_body_size: int = 1 << 30
+    request_buffering: str = "off"  # "memory": whole bodies read before an upstream is chosen
+    request_buffer_size: int = 1 << 20
     host_header: str | None = None
     request_id: bool = False
     connect_timeout: float = 5.0
@@ -556,6 +558,16 @@ def _lb(value: Any) -> str:
     return value
 
 
+REQUEST_BUFFERING = ("off", "memory")
+
+
+def _request_buffering(value: Any) -> str:
+    """Whether request bodies are read whole before an upstream is chosen."""
+    if not isinstance(value, str) or value not in REQUEST_BUFFERING:
+        raise ValueError(f"expected 'off' or 'memory', got {describe(value)}")
+    return value
+
+
 def _hold_time_header(value: Any) -> str:
     """A response header name; framing headers would break the response they are added to."""
     name = _string(value)
@@ -757,6 +769,8 @@ _ROUTE: dict[str, Parser] = {
     "underscores_in_headers": _boolean,
     "lb": _lb,
     "max_body_size": _size(at_least="0B"),  # 0: unlimited
+    "request_buffering": _request_buffering,
+    "request_buffer_size": _size(at_least="1B", at_most="1GiB"),
     "host_header": _host_header,
     "request_id": _boolean,
     "connect_timeout": _duration(allow_zero=False),

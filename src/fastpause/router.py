@@ -195,6 +195,7 @@ def _route(
         path_prefix=route.path_prefix,
         strip_path_prefix=route.strip_path_prefix,
         underscores_in_headers=route.underscores_in_headers,
+        request_buffer=route.request_buffer_size if route.request_buffering == "memory" else 0,
         lb=route.lb,
         weights=route.upstream_weights(),
     )

@@ -142,14 +142,15 @@ cdef class Route:
                  int max_held=10000, long long max_held_body=1 << 20, str health_path=None,
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
                  hosts=(), str path_prefix=None, bint strip_path_prefix=False,
-                 bint underscores_in_headers=False, str lb="round_robin", weights=None):
+                 bint underscores_in_headers=False, long long request_buffer=0,
+                 str lb="round_robin", weights=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
             if not isinstance(u, Upstream):
                 raise TypeError("upstreams must be Upstream objects")
-        if max_body_size < 0:
-            raise ValueError("max_body_size must be >= 0")
+        if max_body_size < 0 or request_buffer < 0:
+            raise ValueError("max_body_size and request_buffer must be >= 0")
         self.name = name
         self.upstreams = list(upstreams)
         self.max_body_size = max_body_size
@@ -175,6 +176,7 @@ cdef class Route:
         self.path_prefix = _normal_prefix(name, path_prefix) if path_prefix else None
         self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
         self.underscores_in_headers = underscores_in_headers
+        self.request_buffer = request_buffer
         self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
 
     def __repr__(self):

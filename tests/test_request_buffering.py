@@ -1,0 +1,123 @@
+"""Request buffering (issue 17 finding 5): ``request_buffering = "memory"`` reads a
+request's whole body before an upstream is chosen, so clients that send their bodies
+slowly hold no upstream connection - 500 of them held 500 before (NGINX: 0).
+
+The backend counts the connections it accepts; every wait is on an event (the
+proxy's request counter, an answer), never a sleep.
+"""
+
+from __future__ import annotations
+
+import pytest
+from deploy_support import fastpause
+from helpers import build_request, chunked, payload, payload_sha256, wait_for
+
+pytest_plugins = ["hold_support", "deploy_support"]
+
+KiB = 1024
+SLOW_CLIENTS = 30
+
+
+def head(target: str, length: int | None = None, extra=()) -> bytes:
+    fields = list(extra)
+    if length is not None:
+        fields.append(("Content-Length", str(length)))
+    else:
+        fields.append(("Transfer-Encoding", "chunked"))
+    return build_request("POST", target, fields)
+
+
+@pytest.mark.parametrize("buffering", ["memory", "off"])
+def test_slow_bodies_hold_no_upstream_connection(hold_proxy, backend, buffering):
+    proxy = hold_proxy(route={"request_buffering": buffering})
+    body = payload(1000)
+    conns = []
+    for index in range(SLOW_CLIENTS):  # each sends its head and 10 bytes, then stalls
+        conn = proxy.conn()
+        conn.send(head(f"/inspect?slow={index}", len(body)) + body[:10])
+        conns.append(conn)
+    wait_for(
+        lambda: proxy.admin.metric("fastpause_requests_total") == SLOW_CLIENTS,
+        what="the proxy to read every head",
+    )
+    if buffering == "off":  # each request took an upstream connection at once
+        wait_for(lambda: backend.stats()["connections"] >= SLOW_CLIENTS, what="the connections")
+    else:
+        assert proxy.get("/inspect?fast").status == 200  # a request without a body goes
+        assert backend.stats()["connections"] == 1, "a slow body took an upstream connection"
+        assert proxy.admin.metric("fastpause_in_flight", route="app") == 0
+    for index, conn in enumerate(conns):
+        conn.send(body[10:])
+        resp = conn.read_response()
+        conn.close()
+        assert resp.status == 200, resp
+        seen = resp.json()
+        assert (seen["target"], seen["body_sha256"]) == (
+            f"/inspect?slow={index}",
+            payload_sha256(1000),
+        )
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_buffered_bodies_arrive_intact_up_to_the_limit_and_413_beyond(hold_proxy, backend, framing):
+    limit = 64 * KiB
+    proxy = hold_proxy(route={"request_buffering": "memory", "request_buffer_size": "64KiB"})
+    for size, status in [(limit, 200), (limit + 1, 413), (0, 200), (1, 200)]:
+        body = payload(size)
+        with proxy.conn() as conn:
+            if framing == "length":
+                conn.send(head("/inspect", size) + body)
+            else:
+                pieces = [body[i : i + 4000] for i in range(0, size, 4000)]
+                conn.send(head("/inspect") + chunked(*pieces))
+            resp = conn.read_response()
+        assert resp.status == status, (size, resp)
+        if status == 200:
+            assert resp.json()["body_sha256"] == payload_sha256(size)
+        else:
+            assert "the most this service buffers" in resp.text, resp
+    assert backend.stats()["paths"].get("/inspect", 0) == 3  # the 413 never went upstream
+
+
+def test_expect_continue_is_answered_by_the_proxy_while_it_buffers(hold_proxy, backend):
+    proxy = hold_proxy(route={"request_buffering": "memory"})
+    body = payload(5000)
+    with proxy.conn() as conn:
+        conn.send(head("/inspect", len(body), [("Expect", "100-continue")]))
+        assert conn.read_interim().status == 100  # from the proxy: no upstream yet
+        assert backend.stats()["connections"] == 0
+        conn.send(body)
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    assert resp.json()["body_sha256"] == payload_sha256(5000)
+
+
+def test_a_buffered_body_is_held_while_paused_and_sent_whole_on_resume(hold_proxy, backend):
+    proxy = hold_proxy(route={"request_buffering": "memory"})
+    proxy.admin.pause()
+    body = payload(20 * KiB)
+    with proxy.conn() as conn:
+        conn.send(head("/inspect?held", len(body)) + body[:100])
+        proxy.admin.wait_held(1)
+        conn.send(body[100:])
+        proxy.admin.resume()
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    assert resp.json()["body_sha256"] == payload_sha256(20 * KiB)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('request_buffering = "disk"', "routes[0].request_buffering: expected 'off' or 'memory'"),
+        ("request_buffering = true", "routes[0].request_buffering: expected 'off' or 'memory'"),
+        ('request_buffer_size = "0B"', "routes[0].request_buffer_size: invalid size '0B'"),
+        ('request_buffer_size = "2GiB"', "routes[0].request_buffer_size: invalid size '2GiB'"),
+    ],
+)
+def test_bad_request_buffering_settings_are_config_errors(tmp_path, line, problem):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[[routes]]\nname = "app"\nupstreams = ["127.0.0.1:1"]\n{line}\n')
+    result = fastpause("validate", str(path))
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(f"{path}: {problem}"), result.stderr
