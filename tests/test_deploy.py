@@ -176,7 +176,8 @@ def test_deploy_releases_requests_held_for_a_dead_backend(hold_proxy, identity_b
     for i in range(2):
         pending.append(in_thread(proxy.port, build_request("GET", f"/held/{i}"), timeout=90))
         proxy.admin.wait_held(i + 1)
-    deploy_ok(proxy, b.address)
+    done = deploy_ok(proxy, b.address)
+    assert "(2 held requests released)" in done.stdout, describe(done)  # in every worker
     for p in pending:
         resp = p.result(timeout=30)
         assert resp.status == 200, resp

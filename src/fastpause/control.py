@@ -11,7 +11,7 @@ commands only touch a ``RouteState``, which outlives every table.
 import asyncio
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastpause import _core, statefile
@@ -62,6 +62,16 @@ class Reloaded:
     path: str
     routes: int
     notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the workers answered to a new snapshot: exchanges left on the upstreams it
+    retired, the held requests it released per route, the workers that failed it."""
+
+    in_flight: int = 0
+    held: dict[str, int] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -210,13 +220,17 @@ class ControlPlane:
             ],
         }
 
-    async def _publish(self, *, close_tunnels: bool = False) -> tuple[int, list[str]]:
-        """Send the current snapshot to every worker: (exchanges on the upstreams it
-        retired, workers that failed it)."""
+    async def _publish(self, *, close_tunnels: bool = False) -> Published:
+        """Send the current snapshot to every worker and sum up their answers."""
         if self.workers is None:
-            return 0, []
+            return Published()
         answers = await self.workers.install(self.snapshot(), close_tunnels)
-        return sum(part["in_flight"] for part in answers.values), answers.failed
+        held: dict[str, int] = {}
+        for part in answers.values:
+            for route, count in part["held"].items():
+                held[route] = held.get(route, 0) + count
+        in_flight = sum(part["in_flight"] for part in answers.values)
+        return Published(in_flight, held, answers.failed)
 
     def route_state(self, name: str) -> _core.RouteState:
         return _route(self.engine.table, name).state
@@ -304,7 +318,7 @@ class ControlPlane:
         self._effective = effective
         self._update_health()
         self._retire_in_background(retired(old, table), config.drain_timeout)
-        _, failed = await self._publish()
+        failed = (await self._publish()).failed
         if self.workers is not None and (opened or closed):
             failed += (await self.workers.listen()).failed
         await self.save_state()
@@ -378,7 +392,7 @@ class ControlPlane:
         """
         try:
             async with self._lock:
-                old, new, in_flight, failed = await self._switch_route(request, emit)
+                old, new, published = await self._switch_route(request, emit)
         except DeployFailed as error:
             complain(f"deploy of route {request.route} failed: {error}")
             emit({"event": "failed", "error": str(error)})
@@ -391,10 +405,10 @@ class ControlPlane:
             {
                 "event": "draining",
                 "upstreams": [upstream.address for upstream in leaving],
-                "in_flight": in_flight + sum(upstream.active for upstream in leaving),
+                "in_flight": published.in_flight + sum(upstream.active for upstream in leaving),
                 "tunnels_closed": request.close_tunnels,
             }
-            | ({"workers_failed": failed} if failed else {})
+            | ({"workers_failed": published.failed} if published.failed else {})
         )
         drained = await self._retire(leaving, request.drain_timeout)
         if self.workers is not None:
@@ -405,10 +419,9 @@ class ControlPlane:
 
     async def _switch_route(
         self, request: DeployRequest, emit: Callable[[Event], None]
-    ) -> tuple[_core.RoutingTable, _core.RoutingTable, int, list[str]]:
+    ) -> tuple[_core.RoutingTable, _core.RoutingTable, Published]:
         """Everything up to the swap, in every worker; ``DeployFailed`` means nothing
-        changed. Returns the tables, the exchanges the workers are draining and the
-        workers that failed to switch."""
+        changed. Returns the tables and what the workers answered."""
         route_config = self._route_config(request.route)
         settings = _check_settings(route_config, request.health_path)
         loop = asyncio.get_running_loop()
@@ -428,7 +441,9 @@ class ControlPlane:
         self._deployments = deployments
         self._effective = effective
         self._update_health()
-        in_flight, failed = await self._publish(close_tunnels=request.close_tunnels)
+        published = await self._publish(close_tunnels=request.close_tunnels)
+        if self.workers is not None:
+            held = published.held.get(request.route, 0)
         await self.save_state()
         targets = _route(new, request.route).upstreams
         say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
@@ -440,7 +455,7 @@ class ControlPlane:
                 "held_released": held,
             }
         )
-        return old, new, in_flight, failed
+        return old, new, published
 
     async def _check_targets(
         self,

@@ -37,6 +37,7 @@ from fastpause.stats import Stats, collect
 from fastpause.wire import Channel, WireError, decode
 
 _PR_SET_PDEATHSIG = 1
+PARENT_POLL = 1.0
 
 
 class Worker:
@@ -170,10 +171,14 @@ class Worker:
         return self._adopt(fds)
 
     def _install(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        """A new routing snapshot (reload, deploy): swap, then drain what left it."""
+        """A new routing snapshot (reload, deploy): swap, then drain what left it.
+        Answers the exchanges left on retired upstreams and, per route, the held
+        requests the swap released."""
         engine, previous = self._running()
         config: Config = decode(args["snapshot"]["config"])
         old = engine.table
+        # what the swap releases: requests held in running routes, routed again
+        held = {r.name: r.state.held for r in old.routes if r.state.mode_name == "running"}
         table = build_table(config, previous=old, resolved=decode(args["snapshot"]["resolved"]))
         engine.table = table
         engine.max_held_bytes = config.max_held_bytes
@@ -190,7 +195,7 @@ class Worker:
             task = asyncio.ensure_future(retire(leaving, config.drain_timeout))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
-        return {"in_flight": in_flight}
+        return {"in_flight": in_flight, "held": held}
 
     def _command(self, args: dict[str, Any], fds: list[int]) -> Outcome:
         engine, _ = self._running()
@@ -313,12 +318,23 @@ def _route_state(engine: _core.Engine, name: str) -> _core.RouteState:
 
 
 def _die_with_parent(parent: int) -> None:
-    """SIGTERM when the supervisor dies (however it dies), so no worker is orphaned."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    """SIGTERM when the supervisor dies (however it dies), so no worker is orphaned.
+
+    Linux's PR_SET_PDEATHSIG; elsewhere ``_watch_parent`` polls for it instead.
+    """
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None and prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         complain(f"worker: prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
     if os.getppid() != parent:  # it died before the prctl
         sys.exit(0)
+
+
+def _watch_parent(loop: asyncio.AbstractEventLoop, parent: int) -> None:
+    """Without PR_SET_PDEATHSIG: once a second, stop when the supervisor is gone."""
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    loop.call_later(PARENT_POLL, _watch_parent, loop, parent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(parent)
     channel = socket.socket(fileno=channel_fd)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if not sys.platform.startswith("linux"):
+            _watch_parent(runner.get_loop(), parent)
         return runner.run(Worker(channel, index).serve())
 
 
