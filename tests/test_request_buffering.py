@@ -8,9 +8,11 @@ proxy's request counter, an answer), never a sleep.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from deploy_support import fastpause
-from helpers import build_request, chunked, payload, payload_sha256, wait_for
+from helpers import build_request, chunked, free_port, payload, payload_sha256, wait_for
 
 pytest_plugins = ["hold_support", "deploy_support"]
 
@@ -27,7 +29,7 @@ def head(target: str, length: int | None = None, extra=()) -> bytes:
     return build_request("POST", target, fields)
 
 
-@pytest.mark.parametrize("buffering", ["memory", "off"])
+@pytest.mark.parametrize("buffering", ["memory", "disk", "off"])
 def test_slow_bodies_hold_no_upstream_connection(hold_proxy, backend, buffering):
     proxy = hold_proxy(route={"request_buffering": buffering})
     body = payload(1000)
@@ -59,9 +61,13 @@ def test_slow_bodies_hold_no_upstream_connection(hold_proxy, backend, buffering)
 
 
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_buffered_bodies_arrive_intact_up_to_the_limit_and_413_beyond(hold_proxy, backend, framing):
-    limit = 64 * KiB
-    proxy = hold_proxy(route={"request_buffering": "memory", "request_buffer_size": "64KiB"})
+@pytest.mark.parametrize(("buffering", "limit"), [("memory", 64 * KiB), ("disk", 1024 * KiB)])
+def test_buffered_bodies_arrive_intact_up_to_the_limit_and_413_beyond(
+    hold_proxy, backend, framing, buffering, limit
+):
+    proxy = hold_proxy(
+        route={"request_buffering": buffering, "request_buffer_size": f"{limit // KiB}KiB"}
+    )
     for size, status in [(limit, 200), (limit + 1, 413), (0, 200), (1, 200)]:
         body = payload(size)
         with proxy.conn() as conn:
@@ -109,8 +115,8 @@ def test_a_buffered_body_is_held_while_paused_and_sent_whole_on_resume(hold_prox
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
-        ('request_buffering = "disk"', "routes[0].request_buffering: expected 'off' or 'memory'"),
-        ("request_buffering = true", "routes[0].request_buffering: expected 'off' or 'memory'"),
+        ('request_buffering = "file"', "routes[0].request_buffering: expected 'off', 'memory'"),
+        ("request_buffering = true", "routes[0].request_buffering: expected 'off', 'memory'"),
         ('request_buffer_size = "0B"', "routes[0].request_buffer_size: invalid size '0B'"),
         ('request_buffer_size = "2GiB"', "routes[0].request_buffer_size: invalid size '2GiB'"),
     ],
@@ -121,3 +127,88 @@ def test_bad_request_buffering_settings_are_config_errors(tmp_path, line, proble
     result = fastpause("validate", str(path))
     assert result.returncode == 2, result
     assert result.stderr.startswith(f"{path}: {problem}"), result.stderr
+
+
+def _spool_fds(pid: int, directory) -> list[str]:
+    """The proxy's open files in ``directory`` (its unlinked body files)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/"):
+            found.append(target)
+    return found
+
+
+@pytest.mark.single_process("reads the memory and files of the process that buffers")
+def test_disk_buffered_bodies_wait_in_an_unlinked_file_not_in_memory(hold_proxy, backend, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    size = 8 * 1024 * KiB
+    proxy = hold_proxy(
+        route={"request_buffering": "disk", "request_buffer_size": "16MiB"},
+        top={"request_buffer_dir": str(spool)},
+    )
+    with open(f"/proc/{proxy.pid}/clear_refs", "w") as f:  # VmHWM := current RSS
+        f.write("5")
+    before = _status_kib(proxy.pid, "VmRSS")
+    body = payload(size)
+    with proxy.conn() as conn:
+        conn.send(head("/inspect?big", size) + body[: size - 1])
+        files = wait_for(lambda: _spool_fds(proxy.pid, spool), what="the body file")
+        assert all(name.endswith("(deleted)") for name in files), files
+        assert list(spool.iterdir()) == []  # never linked: nothing to clean up, ever
+        conn.send(body[size - 1 :])
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    assert resp.json()["body_sha256"] == payload_sha256(size)
+    growth = _status_kib(proxy.pid, "VmHWM") - before
+    assert growth < 4 * 1024, f"buffering an 8 MiB body to disk grew the proxy by {growth} KiB"
+    wait_for(lambda: not _spool_fds(proxy.pid, spool), what="the body file to be closed")
+
+    # a client that leaves mid-body leaves no file open either
+    conn = proxy.conn()
+    conn.send(head("/inspect?gone", size) + body[: size // 2])
+    wait_for(lambda: _spool_fds(proxy.pid, spool), what="the body file")
+    conn.abort()
+    wait_for(lambda: not _spool_fds(proxy.pid, spool), what="the abandoned body's file to go")
+    assert backend.stats()["paths"].get("/inspect", 0) == 1
+
+
+def test_a_missing_request_buffer_dir_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        f'request_buffer_dir = "{tmp_path}/nowhere"\n'
+        '[[routes]]\nname = "app"\nupstreams = ["127.0.0.1:1"]\n'
+    )
+    result = fastpause("validate", str(path))
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(
+        f"{path}: request_buffer_dir: '{tmp_path}/nowhere' is not a directory"
+    ), result.stderr
+
+
+def _status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {key} line")
+
+
+def test_a_disk_buffered_body_goes_whole_to_the_next_upstream_after_a_refused_connect(
+    hold_proxy, backend
+):
+    dead = f"127.0.0.1:{free_port()}"
+    proxy = hold_proxy(
+        route={"request_buffering": "disk", "request_buffer_size": "4MiB", "lb": "first"},
+        upstreams=[dead, backend.address],
+    )
+    size = 3 * 1024 * KiB
+    with proxy.conn() as conn:
+        conn.send(head("/inspect?replayed", size) + payload(size))
+        resp = conn.read_response()
+    assert resp.status == 200, resp
+    assert resp.json()["body_sha256"] == payload_sha256(size)

@@ -268,6 +268,7 @@ cdef class Route:
     # request_buffering: 0 streams a body to the upstream as it arrives; N > 0 reads
     # the whole body (at most N bytes) before an upstream is chosen
     cdef readonly long long request_buffer
+    cdef readonly str spool_dir  # request_buffering = "disk": where bodies wait; else None
     cdef readonly Balancer balancer
     cdef Upstream pick(self, double now, ClientProtocol c, const unsigned char* p,
                        RequestHead* h)
@@ -470,6 +471,8 @@ cdef class ClientProtocol:
     cdef bint idempotent
     cdef bint expect_continue
     cdef bint buffering  # reading the whole body before dispatch (request_buffering)
+    cdef object spool  # the body's unlinked temporary file ("disk"), until the request ends
+    cdef bint spooling  # the file is being copied to the upstream
     cdef bint upgrade
     cdef int body_kind
     cdef long long body_left
@@ -518,6 +521,9 @@ cdef class ClientProtocol:
     cdef void _body_complete(self)
     cdef void _buffer_body(self)
     cdef int _route_buffered(self) except -1
+    cdef bint _spool_pending(self)
+    cdef int pump_spool(self, UpstreamProtocol up) except -1
+    cdef void _close_spool(self)
     cdef void _request_broken(self, int status, str why)
     cdef int _release_may_go_on(self) except -1
     cdef int upstream_ready(self, UpstreamProtocol up) except -1

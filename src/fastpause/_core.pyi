@@ -161,6 +161,7 @@ class Route:
         strip_path_prefix: bool = False,
         underscores_in_headers: bool = False,
         request_buffer: int = 0,
+        spool_dir: str | None = None,
         lb: str = "round_robin",
         weights: Sequence[int] | None = None,
     ) -> None:
@@ -171,6 +172,7 @@ class Route:
     strip_path_prefix: bool
     underscores_in_headers: bool
     request_buffer: int  # 0: bodies stream; N: read whole (at most N bytes) before dispatch
+    spool_dir: str | None  # with request_buffer: bodies past 64 KiB wait in a file here
     lb: str
 
 # Upgrade requests (WebSocket and others; h2c is refused by forwarding the request

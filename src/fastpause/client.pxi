@@ -6,6 +6,9 @@
 # are answered in order: bytes of the next request wait in ``rbuf`` (bounded:
 # reading pauses) until the current response is complete.
 
+import tempfile
+
+
 cdef enum ClientState:
     C_IDLE    # between requests; nothing of the next one received
     C_HEAD    # part of a request head received
@@ -22,6 +25,8 @@ cdef enum PauseReason:
 
 cdef enum:
     PENDING_LIMIT = 256 * 1024
+    SPOOL_AT = 64 * 1024  # request_buffering = "disk": bodies past this wait in a file
+    SPOOL_BLOCK = 256 * 1024  # read from the file per write to the upstream
     MAX_SENDS = 4  # fresh-connection sends of a replayable request left unanswered
 
 
@@ -499,7 +504,10 @@ cdef class ClientProtocol:
                 self._reject_held_body()
             elif self._held_bytes_over():
                 pass
-        elif self.pending_bytes > PENDING_LIMIT and not self.buffering:
+        elif self.buffering:
+            if self.route.spool_dir is not None and len(self.pending) >= SPOOL_AT:
+                self._spool_pending()
+        elif self.pending_bytes > PENDING_LIMIT:
             self._pause(P_CONNECTING)
 
     cdef void _body_complete(self):
@@ -529,8 +537,55 @@ cdef class ClientProtocol:
         cdef RequestHead h
         cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
         self.buffering = False
+        if self.spool is not None and self.pending and not self._spool_pending():
+            return 0
         parse_request(p, self.head_len, &h, _fields, MAX_FIELDS_CAP, self.head_len)
         self._route_request(p, &h, False)
+
+    cdef bint _spool_pending(self):
+        """Move the body bytes in memory to the request's file (made on first use,
+        unlinked at once: nothing is left behind however the request or the proxy
+        ends). A local write, blocking as NGINX's are; False (and 500) if it fails."""
+        try:
+            if self.spool is None:
+                self.spool = tempfile.TemporaryFile(dir=self.route.spool_dir)
+            self.spool.write(self.pending)
+        except OSError as error:
+            self._request_broken(500, f"cannot buffer the request body: "
+                                      f"{error.strerror or error}")
+            return False
+        self.pending = bytearray()
+        return True
+
+    cdef int pump_spool(self, UpstreamProtocol up) except -1:
+        """Copy the body from its file to ``up`` while ``up`` takes writes; called at
+        the start and again on each ``resume_writing``. At the end of the file the
+        request is complete."""
+        cdef bytes block
+        if not self.spooling or self.upstream is not up:
+            return 0
+        while not up.write_stalled:
+            try:
+                block = self.spool.read(SPOOL_BLOCK)
+            except OSError as error:
+                self.spooling = False
+                self._request_broken(500, f"cannot read the buffered request body: "
+                                          f"{error.strerror or error}")
+                return 0
+            if not block:
+                self.spooling = False
+                up.request_complete()
+                return 0
+            up.out.write(block)
+
+    cdef void _close_spool(self):
+        """The request ended: its body file goes (it was never linked in a directory)."""
+        self.spooling = False
+        try:
+            self.spool.close()
+        except OSError:
+            pass
+        self.spool = None
 
     cdef void _request_broken(self, int status, str why):
         """The client's body is invalid or too large: the upstream exchange is void."""
@@ -554,6 +609,13 @@ cdef class ClientProtocol:
         """An upstream connection is ours: write the head and whatever body arrived."""
         cdef bytearray pending = self.pending
         self.pending = None
+        if self.spool is not None:  # a whole body in its file (request_buffering "disk")
+            up.out.write(self.upstream_head)
+            self.spool.seek(0)  # from the start, also when a failed send is replayed
+            self.spooling = True
+            self.pump_spool(up)
+            self._release_may_go_on()
+            return 0
         if self.expect_continue and not self.req_done:
             self.expect_continue = False
             self.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -754,6 +816,8 @@ cdef class ClientProtocol:
     cdef int _end_request(self) except -1:
         """Count and log the request that just ended (also rejected heads)."""
         self._release_may_go_on()
+        if self.spool is not None:
+            self._close_spool()
         self.engine.count_response(self.status)
         if self.held_queue is not None:
             self.engine.n_held_bytes -= self.pending_bytes

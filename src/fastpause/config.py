@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -82,7 +83,9 @@ class RouteConfig:
     underscores_in_headers: bool = False
     lb: str = "round_robin"
     max_body_size: int = 1 << 30
-    request_buffering: str = "off"  # "memory": whole bodies read before an upstream is chosen
+    # "memory" or "disk": whole bodies are read before an upstream is chosen ("disk":
+    # bodies past 64 KiB wait in an unlinked file in the config's request_buffer_dir)
+    request_buffering: str = "off"
     request_buffer_size: int = 1 << 20
     host_header: str | None = None
     request_id: bool = False
@@ -145,6 +148,7 @@ class Config:
     worker_timeout: float = 10.0  # a worker that has not answered a command by then is replaced
     drain_timeout: float = 30.0
     state_file: str | None = None
+    request_buffer_dir: str = field(default_factory=tempfile.gettempdir)
     admin: AdminAddress | None = field(default_factory=default_admin_address)
     admin_token: str | None = None
     source: str | None = field(default=None, compare=False)
@@ -558,14 +562,25 @@ def _lb(value: Any) -> str:
     return value
 
 
-REQUEST_BUFFERING = ("off", "memory")
+REQUEST_BUFFERING = ("off", "memory", "disk")
 
 
 def _request_buffering(value: Any) -> str:
-    """Whether request bodies are read whole before an upstream is chosen."""
+    """Whether request bodies are read whole before an upstream is chosen, and where."""
     if not isinstance(value, str) or value not in REQUEST_BUFFERING:
-        raise ValueError(f"expected 'off' or 'memory', got {describe(value)}")
+        raise ValueError(f"expected 'off', 'memory' or 'disk', got {describe(value)}")
     return value
+
+
+def _writable_directory(value: Any) -> str:
+    """A directory the proxy can create files in (checked at load: a reload that names
+    a missing one is refused, not discovered at the first upload)."""
+    path = _string(value)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{path!r} is not writable by this user")
+    return os.path.abspath(path)
 
 
 def _hold_time_header(value: Any) -> str:
@@ -756,6 +771,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "worker_timeout": _duration(allow_zero=False),
     "drain_timeout": _duration(allow_zero=True),  # 0s: cut at once
     "state_file": _string,
+    "request_buffer_dir": _writable_directory,
     "admin": _admin,
     "admin_token": _admin_token,
 }

@@ -56,7 +56,7 @@ def build_table(
             upstreams.append(built[key])
         state = states.get(route.name) or _core.RouteState(route.name)
         with _refused_by_core(config, f"routes[{index}]"):
-            routes.append(_route(route, upstreams, state))
+            routes.append(_route(config, route, upstreams, state))
     with _refused_by_core(config, "routes"):
         return _core.RoutingTable(
             routes,
@@ -169,7 +169,7 @@ def _new_upstream(key: UpstreamKey) -> _core.Upstream:
 
 
 def _route(
-    route: RouteConfig, upstreams: list[_core.Upstream], state: _core.RouteState
+    config: Config, route: RouteConfig, upstreams: list[_core.Upstream], state: _core.RouteState
 ) -> _core.Route:
     """The data plane's view of one route."""
     return _core.Route(
@@ -195,7 +195,8 @@ def _route(
         path_prefix=route.path_prefix,
         strip_path_prefix=route.strip_path_prefix,
         underscores_in_headers=route.underscores_in_headers,
-        request_buffer=route.request_buffer_size if route.request_buffering == "memory" else 0,
+        request_buffer=route.request_buffer_size if route.request_buffering != "off" else 0,
+        spool_dir=config.request_buffer_dir if route.request_buffering == "disk" else None,
         lb=route.lb,
         weights=route.upstream_weights(),
     )

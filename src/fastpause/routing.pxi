@@ -143,7 +143,7 @@ cdef class Route:
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
                  hosts=(), str path_prefix=None, bint strip_path_prefix=False,
                  bint underscores_in_headers=False, long long request_buffer=0,
-                 str lb="round_robin", weights=None):
+                 str spool_dir=None, str lb="round_robin", weights=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -177,6 +177,7 @@ cdef class Route:
         self.strip_path_prefix = strip_path_prefix and self.path_prefix is not None
         self.underscores_in_headers = underscores_in_headers
         self.request_buffer = request_buffer
+        self.spool_dir = spool_dir if request_buffer else None
         self.balancer = Balancer(lb, self.upstreams, weights, f"fp_{name}")
 
     def __repr__(self):

@@ -267,7 +267,10 @@ cdef class UpstreamProtocol:
         self.write_stalled = False
         if self.client is not None:
             self.client._resume(P_UPSTREAM)
-            if self.state == U_TUNNEL:
+            if self.client.spooling:  # the body comes from its file, not the client
+                self.deadline.clear()
+                self.client.pump_spool(self)
+            elif self.state == U_TUNNEL:
                 self._arm_tunnel_idle()
             elif not self.head_done and self.request_done:
                 self.request_complete()
