@@ -347,3 +347,11 @@ def test_access_log_lines_stay_whole_with_every_worker_writing(workers_proxy, tm
     assert len(lines) == sent
     for line in lines:  # whole lines: one request each, nothing of another in it
         assert line.count('"GET /inspect?') == 1 and line.endswith(tuple("0123456789-")), line
+
+
+def test_status_says_how_many_workers_serve(workers_proxy):
+    proxy = workers_proxy()
+    result = fastpause("status", "--admin", proxy.admin.spec)
+    assert result.returncode == 0, result
+    first = result.stdout.splitlines()[0]
+    assert f"(pid {proxy.pid}, {WORKERS} workers), up " in first, result.stdout

@@ -417,10 +417,15 @@ def _seconds(option: str | None, default: float) -> float:
 def _status_text(status: dict[str, Any]) -> str:
     """A summary line, then one table row per route."""
     listeners = ", ".join(status["listeners"]) or "nothing"
+    workers = status.get("workers", 1)
+    processes = f"pid {status['pid']}" + (f", {workers} workers" if workers > 1 else "")
     summary = (
-        f"fastpause {status['version']} (pid {status['pid']}), "
+        f"fastpause {status['version']} ({processes}), "
         f"up {_age(status['uptime_seconds'])}, listening on {listeners}"
     )
+    restarts = status.get("worker_restarts", 0)
+    if restarts:
+        summary += f"; {_count(restarts, 'worker restart')}"
     if not status.get("accepting", True):
         summary += (
             f"; connection limit {status['max_connections']} reached, not accepting "
