@@ -7,7 +7,7 @@ here except through the classes that _core.pyi documents.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from posix.unistd cimport close as fd_close, dup as fd_dup
 
 include "timers.pxi"
