@@ -97,6 +97,9 @@ class Running:
 class Peer:
     name = ""
     label = ""
+    # Processes or threads serving requests (NGINX worker_processes, HAProxy nbthread,
+    # fastpause workers, Caddy GOMAXPROCS): 1 everywhere but the workers scenario.
+    workers = 1
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -129,7 +132,7 @@ class Backend:
         base.mkdir(exist_ok=True)
         conf = base / "nginx.conf"
         conf.write_text(
-            _nginx_common(base)
+            _nginx_common(base, self.workers)
             + f"""
 http {{
     access_log off;
@@ -158,11 +161,11 @@ http {{
         return proc
 
 
-def _nginx_common(base: Path) -> str:
+def _nginx_common(base: Path, workers: int = 1) -> str:
     return f"""
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
 pid {base}/nginx.pid;
 error_log {base}/error.log warn;
@@ -222,6 +225,7 @@ class Fastpause(Peer):
         path.write_text(
             f"""listen = ["127.0.0.1:{port}"]
 admin = "{admin}"
+{f"workers = {self.workers}" if self.workers > 1 else ""}
 
 [[routes]]
 name = "app"
@@ -288,7 +292,7 @@ class Nginx(Peer):
         base.mkdir(exist_ok=True)
         conf = base / "nginx.conf"
         conf.write_text(
-            _nginx_common(base)
+            _nginx_common(base, self.workers)
             + f"""
 http {{
     access_log off;
@@ -331,7 +335,7 @@ class Haproxy(Peer):
         conf = self.workdir / f"haproxy-{port}.cfg"
         conf.write_text(
             f"""global
-    nbthread 1
+    nbthread {self.workers}
     maxconn 9000
 
 defaults
@@ -386,7 +390,7 @@ class Caddy(Peer):
         home = self.workdir / "caddy-home"
         home.mkdir(exist_ok=True)
         return {
-            "GOMAXPROCS": "1",
+            "GOMAXPROCS": str(self.workers),
             "HOME": str(home),
             "XDG_DATA_HOME": str(home / "data"),
             "XDG_CONFIG_HOME": str(home / "config"),

@@ -1,0 +1,102 @@
+"""Throughput with 2 workers: fastpause ``workers = 2`` against NGINX
+``worker_processes 2``, HAProxy ``nbthread 2`` and Caddy ``GOMAXPROCS=2``.
+
+``python -m benchmarks.workers`` runs the small-body scenarios (keep-alive and a
+new connection per request) the way the throughput group does - every proxy
+against one NGINX backend, interleaved rounds, CPU of every process of each
+proxy (a supervisor and its workers for fastpause, master and workers for NGINX)
+- and prints each round's CPU-per-request ratio against NGINX, then writes
+``benchmarks/results/workers.json``. On a 2-core machine wrk and the backend
+share the cores with the proxy: the ratios compare the proxies under the same
+squeeze, the requests/s figures are the machine's, not the proxies'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import machine, peers, throughput
+from benchmarks.processes import HarnessError, Supervisor, free_port
+
+RESULTS = Path(__file__).resolve().parent / "results" / "workers.json"
+SCENARIOS = ("small-ka", "small-close")
+WORKERS = 2
+
+
+def _with_workers(cls: type[peers.Peer]) -> type[peers.Peer]:
+    """``cls`` with ``WORKERS`` processes or threads, under the same name."""
+    return type(f"{cls.__name__}{WORKERS}", (cls,), {"workers": WORKERS})
+
+
+REGISTRY = {name: _with_workers(cls) for name, cls in peers.PEERS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.workers", description=__doc__)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--peers", default="fastpause,nginx,haproxy")
+    args = parser.parse_args(argv)
+    names = [name for name in args.peers.split(",") if name]
+    workdir = Path(tempfile.mkdtemp(prefix="fastpause-bench-workers-"))
+    rows: list[dict] = []
+    try:
+        with Supervisor(workdir) as sup:
+            peers.ensure_tools(names)
+            load_before = machine.load_now()
+            backend_port = free_port()
+            backend = peers.Backend(workdir).start(sup, backend_port)
+            for scenario in SCENARIOS:
+                print(f"{scenario} with {WORKERS} workers each", flush=True)
+                rows += throughput.run_scenario(
+                    sup,
+                    workdir,
+                    backend_port,
+                    scenario,
+                    duration=args.duration,
+                    rounds=args.rounds,
+                    peers=names,
+                    registry=REGISTRY,
+                )
+            sup.stop(backend)
+    except HarnessError as error:
+        print(f"benchmarks: {error}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    summary = throughput.summarize(rows)
+    for scenario in SCENARIOS:
+        by_round: dict[int, dict[str, dict]] = {}
+        for row in rows:
+            if row["scenario"] == scenario:
+                by_round.setdefault(row["round"], {})[row["proxy"]] = row
+        for name in names:
+            if name == "nginx":
+                continue
+            ratios = [
+                r[name]["cpu_us_per_request"] / r["nginx"]["cpu_us_per_request"]
+                for r in by_round.values()
+            ]
+            rps = [r[name]["rps"] / r["nginx"]["rps"] for r in by_round.values()]
+            print(
+                f"{scenario} {name} vs NGINX: CPU/request "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + "; requests/s "
+                + ", ".join(f"{x:.2f}" for x in rps)
+            )
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"load_before": load_before, "rows": rows, "summary": summary}, indent=1, default=str
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
