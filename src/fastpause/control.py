@@ -9,7 +9,7 @@ commands only touch a ``RouteState``, which outlives every table.
 """
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,11 +540,18 @@ class ControlPlane:
                 self.engine.set_upstream_health(upstream, True)
 
     def _on_verdict(self, check: Check, healthy: bool, problem: str | None) -> None:
+        """Put a verdict in force, then say so: with workers, once every worker applied
+        it (verdicts are sent in the order they came, each after the one before)."""
         self.engine.set_upstream_health(check.upstream, healthy)
-        if self.workers is not None:
-            self.workers.verdict(check.route, check.upstream.address, healthy)
         where = f"upstream {check.upstream.address} of route {check.route}"
-        say(f"{where} is up" if healthy else f"{where} is down ({problem})")
+        line = f"{where} is up" if healthy else f"{where} is down ({problem})"
+        if self.workers is None:
+            say(line)
+            return
+        sent = self.workers.verdict(check.route, check.upstream.address, healthy)
+        task = asyncio.get_running_loop().create_task(_say_when_sent(sent, line))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------ state file
 
@@ -647,6 +654,11 @@ async def _wait_idle(upstreams: Iterable[_core.Upstream], timeout: float) -> boo
             return False
         await asyncio.sleep(min(DRAIN_POLL_INTERVAL, left))
     return True
+
+
+async def _say_when_sent(sent: Awaitable[object], line: str) -> None:
+    await sent
+    say(line)
 
 
 async def _drain(state: _core.RouteState, timeout: float) -> bool:

@@ -312,9 +312,12 @@ class WorkerPool:
             "install", {"snapshot": snapshot, "close_tunnels": close_tunnels}
         )
 
-    def verdict(self, route: str, address: str, healthy: bool) -> None:
-        """A health verdict, sent in order with every other message, not waited for."""
-        self._send_soon("verdict", {"route": route, "address": address, "healthy": healthy}, None)
+    def verdict(self, route: str, address: str, healthy: bool) -> asyncio.Task[Answers]:
+        """A health verdict, sent now in order with every other message; the task ends
+        once every live worker applied it."""
+        return self._send_soon(
+            "verdict", {"route": route, "address": address, "healthy": healthy}, None
+        )
 
     def _on_event(self, worker: WorkerProcess, event: dict[str, Any]) -> None:
         """What a worker saw that the others act on: an upstream it reached or failed to
@@ -323,12 +326,16 @@ class WorkerPool:
             args = {key: value for key, value in event.items() if key != "event"}
             self._send_soon(event["event"], args, worker)
 
-    def _send_soon(self, op: str, args: dict[str, Any], source: WorkerProcess | None) -> None:
-        """Send to every live worker but ``source`` without waiting for the answers."""
+    def _send_soon(
+        self, op: str, args: dict[str, Any], source: WorkerProcess | None
+    ) -> asyncio.Task[Answers]:
+        """Send to every live worker but ``source``, the caller not waiting: the task
+        started now keeps the messages in the order of the calls."""
         workers = [worker for worker in self._live.values() if worker is not source]
         task = asyncio.get_running_loop().create_task(self._broadcast_to(workers, op, args))
         self._watchers.add(task)
         task.add_done_callback(self._watchers.discard)
+        return task
 
     async def listen(self) -> Answers:
         """The supervisor's listeners changed: every worker serves the new set."""
