@@ -132,7 +132,7 @@ class Backend:
         base.mkdir(exist_ok=True)
         conf = base / "nginx.conf"
         conf.write_text(
-            _nginx_common(base, self.workers)
+            _nginx_common(base)
             + f"""
 http {{
     access_log off;
