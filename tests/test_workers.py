@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,22 @@ def test_status_says_how_many_workers_serve(workers_proxy):
     assert result.returncode == 0, result
     first = result.stdout.splitlines()[0]
     assert f"(pid {proxy.pid}, {WORKERS} workers), up " in first, result.stdout
+
+
+def test_connections_made_while_a_worker_is_replaced_wait_for_it_and_are_served(
+    workers_proxy, backend
+):
+    """The supervisor keeps every worker's listening socket: connections the kernel
+    hashes to a dead worker's socket queue there until its replacement accepts them,
+    so a kill loses only the connections that worker had, never a new one."""
+    proxy = workers_proxy()
+    victim, survivor = proxy.admin.status()["worker_pids"]
+    os.kill(victim, signal.SIGKILL)
+    answers = Counter()
+    for index in range(40):  # made at once: the replacement is still starting
+        with proxy.conn() as conn:
+            conn.send(build_request("GET", f"/inspect?during-restart={index}"))
+            answers[conn.read_response().status] += 1
+    assert answers == {200: 40}, answers
+    status = proxy.admin.status()
+    assert status["worker_restarts"] == 1 and survivor in status["worker_pids"], status
