@@ -113,6 +113,20 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str
         time.sleep(interval)
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start a new peak: ``VmHWM`` is set back to the current RSS (Linux clear_refs 5)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM line")
+
+
 # --------------------------------------------------------------------------- responses
 
 

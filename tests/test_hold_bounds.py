@@ -17,6 +17,8 @@ from helpers import (
     free_port,
     payload,
     payload_sha256,
+    peak_rss_kib,
+    reset_peak_rss,
     sha256,
     wait_for,
 )
@@ -257,9 +259,8 @@ def test_held_bodies_of_tiny_chunks_cost_what_the_gauge_counts(hold_proxy, backe
     chunks, clients = 110_000, 4
     proxy = hold_proxy(route={"max_held_body": "8MiB"})
     proxy.admin.pause()
-    with open(f"/proc/{proxy.pid}/clear_refs", "w") as f:  # VmHWM := current RSS
-        f.write("5")
-    before = _status_kib(proxy.pid, "VmRSS")
+    reset_peak_rss(proxy.pid)
+    before = peak_rss_kib(proxy.pid)
     conns = []
     for index in range(clients):
         conn = proxy.conn()
@@ -272,7 +273,7 @@ def test_held_bodies_of_tiny_chunks_cost_what_the_gauge_counts(hold_proxy, backe
         lambda: proxy.admin.metric("fastpause_held_bytes") == held,
         what=f"{held} held body bytes (last: {proxy.admin.metric('fastpause_held_bytes')})",
     )
-    growth = _status_kib(proxy.pid, "VmHWM") - before
+    growth = peak_rss_kib(proxy.pid) - before
     assert growth * KiB < 2 * held + 8 * MiB, (
         f"holding {held} body bytes grew the proxy by {growth} KiB"
     )
@@ -285,11 +286,3 @@ def test_held_bodies_of_tiny_chunks_cost_what_the_gauge_counts(hold_proxy, backe
         seen = resp.json()
         assert (seen["target"], seen["body_length"]) == (f"/inspect?tiny={index}", chunks)
         assert seen["body_sha256"] == sha256(b"x" * chunks)
-
-
-def _status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {key} line")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from admin_support import AdminHttp
-from deploy_support import proxy_output, wait_for
+from deploy_support import fastpause, proxy_output, wait_for
 
 pytest_plugins = ["hold_support", "deploy_support"]
 
@@ -72,23 +70,13 @@ HOSTILE = {
 }
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fastpause", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("kind", HOSTILE)
 @pytest.mark.parametrize("command", ["run", "validate"])
 def test_run_and_validate_refuse_a_hostile_config_in_one_line(tmp_path, command, kind):
     path = tmp_path / "hostile.toml"
     problem = HOSTILE[kind](path)
     args = ["run", "--config", str(path), "--admin", "off"] if command == "run" else [command]
-    result = run(*args, *([] if command == "run" else [str(path)]))
+    result = fastpause(*args, *([] if command == "run" else [str(path)]))
     assert result.returncode == 2, result
     [line] = result.stderr.splitlines()
     assert line.startswith(f"{path}: ") and problem in line, result.stderr
@@ -139,7 +127,7 @@ def test_a_hostile_config_on_reload_is_refused_and_the_proxy_keeps_serving(
         assert reply.status == 400, reply
         assert problem in reply.json()["error"], reply
     else:
-        result = run("reload", "--config", str(hostile), "--admin", proxy.admin.spec)
+        result = fastpause("reload", "--config", str(hostile), "--admin", proxy.admin.spec)
         assert result.returncode == 1, result
         assert problem in result.stderr and "Traceback" not in result.stderr, result
     _still_serving(proxy)

@@ -12,7 +12,16 @@ import os
 
 import pytest
 from deploy_support import fastpause
-from helpers import build_request, chunked, free_port, payload, payload_sha256, wait_for
+from helpers import (
+    build_request,
+    chunked,
+    free_port,
+    payload,
+    payload_sha256,
+    peak_rss_kib,
+    reset_peak_rss,
+    wait_for,
+)
 
 pytest_plugins = ["hold_support", "deploy_support"]
 
@@ -151,9 +160,8 @@ def test_disk_buffered_bodies_wait_in_an_unlinked_file_not_in_memory(hold_proxy,
         route={"request_buffering": "disk", "request_buffer_size": "16MiB"},
         top={"request_buffer_dir": str(spool)},
     )
-    with open(f"/proc/{proxy.pid}/clear_refs", "w") as f:  # VmHWM := current RSS
-        f.write("5")
-    before = _status_kib(proxy.pid, "VmRSS")
+    reset_peak_rss(proxy.pid)
+    before = peak_rss_kib(proxy.pid)
     body = payload(size)
     with proxy.conn() as conn:
         conn.send(head("/inspect?big", size) + body[: size - 1])
@@ -164,7 +172,7 @@ def test_disk_buffered_bodies_wait_in_an_unlinked_file_not_in_memory(hold_proxy,
         resp = conn.read_response()
     assert resp.status == 200, resp
     assert resp.json()["body_sha256"] == payload_sha256(size)
-    growth = _status_kib(proxy.pid, "VmHWM") - before
+    growth = peak_rss_kib(proxy.pid) - before
     assert growth < 4 * 1024, f"buffering an 8 MiB body to disk grew the proxy by {growth} KiB"
     wait_for(lambda: not _spool_fds(proxy.pid, spool), what="the body file to be closed")
 
@@ -188,14 +196,6 @@ def test_a_missing_request_buffer_dir_is_a_config_error(tmp_path):
     assert result.stderr.startswith(
         f"{path}: request_buffer_dir: '{tmp_path}/nowhere' is not a directory"
     ), result.stderr
-
-
-def _status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(f"{key}:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {key} line")
 
 
 def test_a_disk_buffered_body_goes_whole_to_the_next_upstream_after_a_refused_connect(

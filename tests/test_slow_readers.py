@@ -21,7 +21,7 @@ import socket
 import threading
 
 import pytest
-from helpers import build_request
+from helpers import build_request, peak_rss_kib, reset_peak_rss
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -29,20 +29,6 @@ SEND_TIMEOUT = "2s"
 # Far above what the fixed proxy keeps (the write high-water mark, one response, the
 # unread pipelined bytes per connection), far below what serving every request costs.
 PEAK_GROWTH_LIMIT_KIB = 48 * KiB
-
-
-def reset_peak_rss(pid: int) -> None:
-    """Start a new peak: ``VmHWM`` is set back to the current RSS (Linux clear_refs 5)."""
-    with open(f"/proc/{pid}/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM line")
 
 
 def non_reader(port: int) -> socket.socket:

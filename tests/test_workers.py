@@ -45,6 +45,18 @@ def spread_connections(proxy, n: int = SPREAD) -> dict[int, list[RawConn]]:
     return by_worker
 
 
+def wait_for_replacement(proxy) -> dict:
+    """The status once the first replacement worker serves: every worker is live again."""
+    return wait_for(
+        lambda: (
+            (s := proxy.admin.status())["worker_restarts"] == 1
+            and len(s["worker_pids"]) == WORKERS
+            and s
+        ),
+        what="a replacement worker",
+    )
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -137,14 +149,7 @@ def test_a_killed_worker_is_replaced_with_the_route_still_paused(workers_proxy, 
     proxy.admin.wait_held(1)
 
     os.kill(victim, signal.SIGKILL)
-    status = wait_for(
-        lambda: (
-            (s := proxy.admin.status())["worker_restarts"] == 1
-            and len(s["worker_pids"]) == WORKERS
-            and s
-        ),
-        what="a replacement worker",
-    )
+    status = wait_for_replacement(proxy)
     [replacement] = set(status["worker_pids"]) - {survivor}
     assert f"(pid {victim}) was killed by SIGKILL" in proxy.stderr(), proxy_output(proxy)
     for conn in by_worker[victim]:  # only the killed worker's connections are lost
@@ -186,14 +191,7 @@ def test_a_worker_that_does_not_answer_is_reported_and_replaced(workers_proxy):
             os.kill(stuck, signal.SIGCONT)
     assert answer["mode"] == "paused"
     assert any(f"pid {stuck}" in problem for problem in answer["workers_failed"]), answer
-    status = wait_for(
-        lambda: (
-            (s := proxy.admin.status())["worker_restarts"] == 1
-            and len(s["worker_pids"]) == WORKERS
-            and s
-        ),
-        what="a replacement for the stuck worker",
-    )
+    status = wait_for_replacement(proxy)
     assert stuck not in status["worker_pids"] and other in status["worker_pids"]
     assert route_entry(status, "app")["mode"] == "paused"  # the new one started paused
 

@@ -36,6 +36,10 @@ cdef inline bytearray _body_buffer():
     return PyByteArray_FromStringAndSize(NULL, 0)
 
 
+cdef str _too_large_to_buffer(long long limit):
+    return f"request body larger than {limit} bytes, the most this service buffers"
+
+
 cdef class ClientProtocol:
     """asyncio protocol for one client connection."""
 
@@ -265,8 +269,7 @@ cdef class ClientProtocol:
             return 0
         if (h.body_kind == BODY_LENGTH and route.request_buffer
                 and h.content_length > route.request_buffer):
-            self._send_error(413, f"request body larger than {route.request_buffer} bytes, "
-                                  f"the most this service buffers", True, 0)
+            self._send_error(413, _too_large_to_buffer(route.request_buffer), True, 0)
             return 0
         self.buffering = False
         if h.body_kind == BODY_CHUNKED:
@@ -442,9 +445,8 @@ cdef class ClientProtocol:
                                                   f"{self.route.max_body_size} bytes")
                         return
                     if self.buffering and self.body_seen > self.route.request_buffer:
-                        self._request_broken(413, f"request body larger than "
-                                                  f"{self.route.request_buffer} bytes, the "
-                                                  f"most this service buffers")
+                        self._request_broken(413,
+                                             _too_large_to_buffer(self.route.request_buffer))
                         return
                     out.append(chunk_header(dl))
                     out.append(_slice(buf, ds, ds + dl))

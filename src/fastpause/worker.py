@@ -26,7 +26,7 @@ import uvloop
 
 from fastpause import _core
 from fastpause.accesslog import AccessLog
-from fastpause.commands import Outcome, UnknownRoute, apply
+from fastpause.commands import Outcome, UnknownRoute, apply, route_state
 from fastpause.config import Config
 from fastpause.console import complain
 from fastpause.control import retire
@@ -238,7 +238,7 @@ class Worker:
     async def _drain(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         """Wait (bounded) until nothing of a route is in flight here."""
         engine, _ = self._running()
-        state = _route_state(engine, args["route"])
+        state = route_state(engine.table, args["route"])
         drained = True
         if state.in_flight:
             try:
@@ -308,13 +308,6 @@ class Worker:
             self._listeners.stop_accepting()
         else:
             self._listeners.accept_again()
-
-
-def _route_state(engine: _core.Engine, name: str) -> _core.RouteState:
-    for route in engine.table.routes:
-        if route.name == name:
-            return route.state
-    raise UnknownRoute(name)
 
 
 def _die_with_parent(parent: int) -> None:

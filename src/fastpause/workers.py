@@ -239,12 +239,10 @@ class WorkerPool:
             self._watch(replacement)
             return
 
-    async def stop(self, signum: int = signal.SIGTERM) -> None:
-        """Signal every worker (SIGTERM drains, a second one cuts) and wait for them."""
+    async def stop(self) -> None:
+        """SIGTERM every worker (it drains; a second SIGTERM cuts) and wait for them."""
         self._stopping = True
-        for worker in list(self._live.values()):
-            with contextlib.suppress(ProcessLookupError):
-                worker.process.send_signal(signum)
+        self.signal_all(signal.SIGTERM)
         if self._watchers:
             await asyncio.wait(list(self._watchers))
 
