@@ -61,6 +61,11 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 @pytest.fixture
 def workers_proxy(hold_proxy):
     def start(route=None, top=None, upstreams=None):
@@ -137,10 +142,38 @@ def test_status_and_metrics_count_every_worker(workers_proxy, backend):
         conn.close()
 
 
+def test_counters_keep_what_a_killed_worker_counted(workers_proxy, backend):
+    """A replaced worker's counts stay in the sums (as of the last scrape before it
+    died): a Prometheus counter of the proxy never goes back."""
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    sent = sum(len(conns) for conns in by_worker.values())
+    victim = next(iter(by_worker))
+    killed = len(by_worker[victim])
+    assert proxy.admin.metric("fastpause_requests_total") == sent
+    assert proxy.admin.metric("fastpause_connections") == sent
+
+    os.kill(victim, signal.SIGKILL)
+    wait_for_replacement(proxy)
+    assert proxy.admin.metric("fastpause_requests_total") == sent
+    assert proxy.admin.metric("fastpause_responses_total", **{"class": "2xx"}) == sent
+    assert proxy.admin.metric("fastpause_connections") == sent - killed  # a gauge: gone
+    [upstream] = route_entry(proxy.admin.status(), "app")["upstreams"]
+    assert upstream["requests"] == sent and upstream["healthy"], upstream
+    with proxy.conn() as conn:
+        conn.send(build_request("GET", "/inspect?after"))
+        assert conn.read_response().status == 200
+    assert proxy.admin.metric("fastpause_requests_total") == sent + 1
+    for conns in by_worker.values():
+        for conn in conns:
+            conn.close()
+
+
 def test_a_killed_worker_is_replaced_with_the_route_still_paused(workers_proxy, backend):
     proxy = workers_proxy()
     by_worker = spread_connections(proxy)
     supervisor_fds = fd_count(proxy.pid)
+    supervisor_rss = rss_kib(proxy.pid)
     passed = backend.stats()["paths"]["/inspect"]
     proxy.admin.pause()
     victim, survivor = list(by_worker)
@@ -171,6 +204,8 @@ def test_a_killed_worker_is_replaced_with_the_route_still_paused(workers_proxy, 
     assert route_entry(proxy.admin.status(), "app")["mode"] == "paused"
     # (an admin connection may still be closing: its lingering end is not a leak)
     wait_for(lambda: fd_count(proxy.pid) <= supervisor_fds, what="the supervisor's fds")
+    # a replacement costs the supervisor a process handle, not memory that stays
+    assert rss_kib(proxy.pid) - supervisor_rss < 2048, "the supervisor kept what it spent"
 
     proxy.admin.resume()
     for conn in [held, *fresh]:

@@ -192,7 +192,7 @@ class ControlPlane:
         parts = [collect(self.engine)]
         if self.workers is not None:
             parts[0]["upstreams"] = []  # the supervisor's own pools never connect
-            parts += (await self.workers.broadcast("stats", {})).values
+            parts += await self.workers.stats()
         return merge(parts, self.engine.table)
 
     # ------------------------------------------------------------ workers

@@ -4,7 +4,8 @@
 its supervisor); ``merge`` sums them into the view of one proxy, with the route
 modes and health verdicts of the control plane's own table. ``/status`` and
 ``/metrics`` read only merged stats, so a single process and N workers answer
-the same way.
+the same way. ``retire`` keeps what a worker that died had counted, so the
+proxy's counters never go back when a worker is replaced.
 """
 
 from typing import Any
@@ -13,6 +14,9 @@ from fastpause import _core
 
 # One process's counters (``collect``) or the whole proxy's (``merge``).
 Stats = dict[str, Any]
+
+# What a process has now rather than has counted: a retired worker has none of it.
+GAUGES = frozenset({"connections", "in_flight", "held_bytes", "held", "active", "idle"})
 
 
 def collect(engine: _core.Engine) -> Stats:
@@ -104,3 +108,58 @@ def _sum_buckets(parts: list[list[Any]]) -> list[tuple[float, int]]:
         (float(bounds[0][0]), sum(int(bucket[1]) for bucket in bounds))
         for bounds in zip(*parts, strict=True)
     ]
+
+
+def retire(total: Stats | None, last: Stats) -> Stats:
+    """``total`` (the counts of workers gone before) plus the counters of ``last``,
+    the last stats of a worker that is gone: its gauges are not the proxy's any more.
+
+    The result is one more part for ``merge``; an upstream in it counts as neither
+    healthy nor down, so it changes no verdict.
+    """
+    total = total or {"engine": {}, "routes": {}, "route_upstreams": {}, "upstreams": []}
+    return {
+        "engine": _add_counters(total["engine"], last["engine"]) | {"at_capacity": False},
+        "routes": {
+            name: _add_route(total["routes"].get(name), last["routes"].get(name))
+            for name in total["routes"].keys() | last["routes"].keys()
+        },
+        "route_upstreams": {
+            name: _add_pools(
+                total["route_upstreams"].get(name, []), last["route_upstreams"].get(name, [])
+            )
+            for name in total["route_upstreams"].keys() | last["route_upstreams"].keys()
+        },
+        "upstreams": _add_pools(total["upstreams"], last["upstreams"]),
+    }
+
+
+def _add_counters(total: Stats, part: Stats) -> Stats:
+    """``total`` plus the counters of ``part``; its gauges are 0."""
+    added = dict(total)
+    for key, value in _sum_numbers([part]).items():
+        added[key] = added.get(key, 0) + (0 if key in GAUGES else value)
+    return added
+
+
+def _add_route(total: Stats | None, part: Stats | None) -> Stats:
+    parts = [one for one in (total, part) if one is not None]
+    added: Stats = {}
+    for one in parts:
+        added = _add_counters(added, one)
+    buckets = _sum_buckets([one["hold_seconds_buckets"] for one in parts])
+    return added | {"oldest_held_age": None, "hold_seconds_buckets": buckets}
+
+
+def _add_pools(total: list[Stats], pools: list[Stats]) -> list[Stats]:
+    """Pools of the same address added up, as pools that neither take requests nor fail."""
+    by_address: dict[str, Stats] = {}
+    for pool in [*total, *pools]:
+        seen = by_address.get(pool["address"], {})
+        by_address[pool["address"]] = _add_counters(seen, pool) | {
+            "address": pool["address"],
+            "healthy": False,
+            "down": False,
+            "draining": False,
+        }
+    return list(by_address.values())

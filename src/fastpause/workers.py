@@ -23,12 +23,13 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastpause.commands import Command, Outcome
 from fastpause.config import Config
 from fastpause.console import complain, say
+from fastpause.stats import Stats, retire
 from fastpause.wire import Channel, encode
 
 # Interpreter start and imports, then the first snapshot.
@@ -56,6 +57,7 @@ class Answers:
 
     values: list[Any]
     failed: list[str]
+    answered: list[WorkerProcess] = field(default_factory=list)  # who gave each value
 
 
 def share_limits(config: Config, workers: int) -> Config:
@@ -87,6 +89,7 @@ class WorkerProcess:
         self.index = index
         self._on_event = on_event
         self.process = process
+        self.last_stats: Stats | None = None  # what it had counted when last asked
         self.started = asyncio.get_running_loop().time()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -159,6 +162,7 @@ class WorkerPool:
         # is stuck (or the machine is), and holding the operator longer helps nobody.
         self.timeout = timeout
         self.restarts = 0
+        self._departed: Stats | None = None  # what the workers gone had counted
         self._start_state = start_state
         self._sockets = sockets
         self._live: dict[int, WorkerProcess] = {}
@@ -217,6 +221,8 @@ class WorkerPool:
         worker.close()
         if self._live.get(worker.index) is worker:
             del self._live[worker.index]
+        if worker.last_stats is not None:
+            self._departed = retire(self._departed, worker.last_stats)
         if self._stopping:
             return
         lived = asyncio.get_running_loop().time() - worker.started
@@ -294,6 +300,7 @@ class WorkerPool:
                 raise result
             else:
                 answers.values.append(result)
+                answers.answered.append(worker)
         for problem in answers.failed:
             complain(problem)
         return answers
@@ -303,6 +310,14 @@ class WorkerPool:
         shared = encode(command.share(self.count))
         answers = await self.broadcast("command", {"command": shared})
         return answers.values, answers.failed
+
+    async def stats(self) -> list[Stats]:
+        """Every live worker's counters, and what the workers gone had counted when
+        last asked: the proxy's counters never go back when a worker is replaced."""
+        answers = await self.broadcast("stats", {})
+        for worker, part in zip(answers.answered, answers.values, strict=True):
+            worker.last_stats = part
+        return answers.values + ([self._departed] if self._departed else [])
 
     async def install(self, snapshot: dict[str, Any], close_tunnels: bool = False) -> Answers:
         """A new routing snapshot; each answer says how many exchanges it retired."""
