@@ -605,6 +605,9 @@ def test_status_table_and_json(tmp_path: Path, backend, requester: ThreadPoolExe
         [entry] = status["routes"]
         assert (entry["name"], entry["mode"], entry["held"]) == ("app", "paused", 1)
         assert status["listeners"] == [f"http://127.0.0.1:{proxy.port}"]
+        assert status["worker_details"] == []
+        workers = admin_ok("status", "--workers").splitlines()[-1]
+        assert workers == f"one process serves (pid {status['pid']}): no workers", workers
         admin_ok("resume", "app")
         assert held.result(WAIT)[0] == 200
 

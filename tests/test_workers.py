@@ -391,6 +391,43 @@ def test_status_says_how_many_workers_serve(workers_proxy):
     assert f"(pid {proxy.pid}, {WORKERS} workers), up " in first, result.stdout
 
 
+def test_status_workers_shows_what_each_worker_serves_and_holds(workers_proxy):
+    proxy = workers_proxy()
+    by_worker = spread_connections(proxy)
+    proxy.admin.pause()
+    held = {pid: conns[: index + 1] for index, (pid, conns) in enumerate(by_worker.items())}
+    for conns in held.values():
+        for conn in conns:
+            conn.send(build_request("GET", "/inspect?held"))
+    proxy.admin.wait_held(sum(len(conns) for conns in held.values()))
+
+    details = {d["pid"]: d for d in proxy.admin.status()["worker_details"]}
+    assert sorted(details) == sorted(by_worker)
+    assert sorted(d["index"] for d in details.values()) == list(range(WORKERS))
+    for pid, conns in by_worker.items():
+        assert details[pid]["connections"] == len(conns), details[pid]
+        assert details[pid]["held"] == len(held[pid]), details[pid]
+        assert details[pid]["requests"] == len(conns) + len(held[pid]), details[pid]
+
+    result = fastpause("status", "--workers", "--admin", proxy.admin.spec)
+    assert result.returncode == 0, result
+    rows = {
+        int(cells[1]): cells
+        for line in result.stdout.splitlines()
+        if (cells := line.split()) and cells[0].isdigit()
+    }
+    assert sorted(rows) == sorted(by_worker), result.stdout
+    for pid, conns in by_worker.items():  # WORKER PID UP CONNECTIONS HELD IN-FLIGHT REQUESTS
+        assert rows[pid][3:5] == [str(len(conns)), str(len(held[pid]))], result.stdout
+    proxy.admin.resume()
+    for conns in held.values():
+        for conn in conns:
+            assert conn.read_response().status == 200
+    for conns in by_worker.values():
+        for conn in conns:
+            conn.close()
+
+
 def test_connections_made_while_a_worker_is_replaced_wait_for_it_and_are_served(
     workers_proxy, backend
 ):

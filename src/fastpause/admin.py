@@ -426,6 +426,7 @@ class AdminApi:
             "workers": workers.count if workers else 1,
             "worker_pids": workers.pids() if workers else [],
             "worker_restarts": workers.restarts if workers else 0,
+            "worker_details": workers.details() if workers else [],
             "listeners": control.listeners.urls(),
             "accepting": control.listeners.accepting,
             "connections": stats["engine"]["connections"],

@@ -196,6 +196,11 @@ def _add_admin_commands(commands: Any) -> None:
         description="Show each route's mode, held and in-flight requests and upstreams.",
     )
     status.add_argument("--json", action="store_true", help="print the admin API's JSON")
+    status.add_argument(
+        "--workers",
+        action="store_true",
+        help="also show each worker process: its connections, held and in-flight requests",
+    )
     status.set_defaults(handler=_status)
 
     reload = commands.add_parser(
@@ -341,6 +346,9 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
     else:
         print(_status_text(status))
+        if args.workers:
+            print()
+            print(_workers_text(status))
     return 0
 
 
@@ -431,7 +439,8 @@ def _status_text(status: dict[str, Any]) -> str:
             f"; connection limit {status['max_connections']} reached, not accepting "
             f"({status['connections']} open)"
         )
-    rows = [["ROUTE", "MATCH", "MODE", "HELD", "OLDEST HELD", "IN FLIGHT", "LB", "UPSTREAMS"]]
+    header = ["ROUTE", "MATCH", "MODE", "HELD", "OLDEST HELD", "IN FLIGHT", "LB", "UPSTREAMS"]
+    rows = [header]
     for route in status["routes"]:
         age = route["oldest_held_age_seconds"]
         rows.append(
@@ -446,12 +455,38 @@ def _status_text(status: dict[str, Any]) -> str:
                 ", ".join(_upstream_text(upstream) for upstream in route["upstreams"]),
             ]
         )
+    return "\n".join([summary, "", _table(rows)])
+
+
+def _workers_text(status: dict[str, Any]) -> str:
+    """One row per worker process; a single process says it serves alone."""
+    details = status.get("worker_details", [])
+    if not details:
+        return f"one process serves (pid {status['pid']}): no workers"
+    rows = [["WORKER", "PID", "UP", "CONNECTIONS", "HELD", "IN FLIGHT", "REQUESTS"]]
+    for worker in details:
+        rows.append(
+            [
+                str(worker["index"]),
+                str(worker["pid"]),
+                _age(worker["uptime_seconds"]),
+                str(worker["connections"]),
+                str(worker["held"]),
+                str(worker["in_flight"]),
+                str(worker["requests"]),
+            ]
+        )
+    return _table(rows)
+
+
+def _table(rows: list[list[str]]) -> str:
+    """Columns left-aligned to their widest cell."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in rows
     ]
-    return "\n".join([summary, "", *(line.rstrip() for line in lines)])
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _upstream_text(upstream: dict[str, Any]) -> str:

@@ -319,6 +319,25 @@ class WorkerPool:
             worker.last_stats = part
         return answers.values + ([self._departed] if self._departed else [])
 
+    def details(self) -> list[dict[str, Any]]:
+        """Each live worker as of the last ``stats``: what it serves and holds now."""
+        now = asyncio.get_running_loop().time()
+        details = []
+        for index, worker in sorted(self._live.items()):
+            part = worker.last_stats or {"engine": {}, "routes": {}}
+            details.append(
+                {
+                    "index": index,
+                    "pid": worker.process.pid,
+                    "uptime_seconds": round(now - worker.started, 3),
+                    "connections": part["engine"].get("connections", 0),
+                    "in_flight": part["engine"].get("in_flight", 0),
+                    "held": sum(route["held"] for route in part["routes"].values()),
+                    "requests": part["engine"].get("requests_total", 0),
+                }
+            )
+        return details
+
     async def install(self, snapshot: dict[str, Any], close_tunnels: bool = False) -> Answers:
         """A new routing snapshot; each answer says how many exchanges it retired."""
         return await self.broadcast(
