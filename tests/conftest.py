@@ -289,8 +289,7 @@ def proxy_factory(backend, tmp_path, proxy_workers):
                 "shutdown_timeout": "10s",
                 "admin": f"unix:{tmp_path}/admin{n}.sock",
             }
-            if proxy_workers != 1:
-                top_cfg["workers"] = proxy_workers
+            top_cfg["workers"] = proxy_workers
             top_cfg.update(top or {})
             path = tmp_path / f"proxy{n}.toml"
             path.write_text(render_config(top_cfg, [route_cfg]))

@@ -86,7 +86,14 @@ def toml_value(value) -> str:
 
 def render_config(top: dict, routes: list[dict]) -> str:
     """A proxy config file: ``top`` keys, then one ``[[routes]]`` table per route (keys
-    whose value is None are left out)."""
+    whose value is None are left out).
+
+    One process (``workers = 1``) unless ``top`` says otherwise: what a test observes
+    of one process (its fds, its balancing) is then what it checks. The suites marked
+    ``workers_variants`` and ``test_workers`` run with workers; the CLI tests run the
+    default (``auto``).
+    """
+    top = {"workers": 1, **top}
     out = [f"{k} = {toml_value(v)}" for k, v in top.items() if v is not None]
     for route in routes:
         out += ["", "[[routes]]"]

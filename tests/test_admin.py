@@ -86,6 +86,7 @@ def test_status_shape(admin_proxy, backend, proxy_workers):
         "workers",
         "worker_pids",
         "worker_restarts",
+        "worker_details",
         "listeners",
         "accepting",
         "connections",
@@ -96,9 +97,13 @@ def test_status_shape(admin_proxy, backend, proxy_workers):
     assert status["uptime_seconds"] >= 0
     assert (status["workers"], status["worker_restarts"]) == (proxy_workers, 0)
     if proxy_workers == 1:
-        assert status["worker_pids"] == []  # the proxy process serves
+        assert status["worker_pids"] == status["worker_details"] == []  # the proxy serves
     else:
         assert len(set(status["worker_pids"]) - {proxy.pid}) == proxy_workers
+        details = status["worker_details"]
+        assert [(d["index"], d["pid"]) for d in details] == list(
+            enumerate(status["worker_pids"])
+        ), details
     assert status["listeners"] == [proxy.url]
     assert (status["accepting"], status["connections"], status["max_connections"]) == (True, 0, 0)
     [route] = status["routes"]
@@ -619,7 +624,7 @@ def test_deploy_to_an_unknown_route_is_404(admin_proxy, backend):
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        (b"", "to: required: the new targets (HOST:PORT)"),
+        (b"", "to: required: new target (HOST:PORT)"),
         (b"[]", "the body must be a JSON object"),
         (b'{"to": []}', "to: expected a non-empty list of HOST:PORT strings, got []"),
         (b'{"to": "127.0.0.1:1"}', "to: expected a non-empty list of HOST:PORT strings"),

@@ -420,12 +420,16 @@ def test_graceful_stop_lets_in_flight_requests_finish(
     assert stdout.endswith("fastpause: stopped")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_second_signal_cuts_the_grace_period(
-    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor
+    tmp_path: Path, held_backend: HeldBackend, requester: ThreadPoolExecutor, workers: int
 ) -> None:
+    """With workers the supervisor passes the cut on as a message: a second SIGTERM
+    reaching a worker before it handled the first would be lost in it."""
     config = write_config(
         tmp_path,
-        f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "10m"\n{route_to(held_backend.port)}',
+        f'listen = ["127.0.0.1:0"]\nshutdown_timeout = "10m"\nworkers = {workers}\n'
+        f"{route_to(held_backend.port)}",
     )
     with running_proxy("--config", str(config)) as running:
         host, port = running.started()
@@ -567,7 +571,7 @@ def test_stop_and_start(tmp_path: Path, backend, requester: ThreadPoolExecutor) 
 
 
 def test_status_table_and_json(tmp_path: Path, backend, requester: ThreadPoolExecutor) -> None:
-    with admin_proxy(tmp_path, backend.port) as proxy:
+    with admin_proxy(tmp_path, backend.port, "workers = 1\n") as proxy:
         admin_ok("pause", "app")
         held = requester.submit(get, proxy.host, proxy.port, "/inspect")
         proxy.api.wait_held(1)

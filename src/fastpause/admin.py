@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import hmac
 import json
-import math
 import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -29,21 +28,19 @@ from typing import Any
 import httptools
 
 from fastpause import __version__, _core, metrics
-from fastpause.commands import Outcome, Pause, Resume, Start, Stop, UnknownRoute
+from fastpause.arguments import Declared, read_values
+from fastpause.commands import Outcome, Pause, Reload, Resume, Start, Stop, UnknownRoute
 from fastpause.config import (
     Address,
     AdminAddress,
     UnixAddress,
-    parse_address,
-    parse_health_path,
 )
 from fastpause.console import complain
 from fastpause.control import ControlPlane, ReloadError
-from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, DeployRequest, Event
+from fastpause.deploy import Deploy, Event
 from fastpause.inputs import InputError, parse_json
 from fastpause.router import path_prefix
 from fastpause.stats import Stats
-from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 64 * 1024
@@ -54,12 +51,6 @@ READ_TIMEOUT = 10.0
 # before closing (see ``_linger``).
 LINGER_TIMEOUT = 1.0
 LINGER_BYTES = 1 << 20
-MAX_MESSAGE = 4096
-DEFAULT_DRAIN_TIMEOUT = 30.0
-DEFAULT_MAX_HOLD = 30.0
-
-# A field parser turns one JSON value into a command argument or raises ValueError.
-FieldParser = Callable[[Any], Any]
 
 
 class AdminError(Exception):
@@ -240,117 +231,31 @@ class RequestReader:
 # ---------------------------------------------------------------- request fields
 
 
-def _duration(*, allow_zero: bool) -> FieldParser:
-    """A duration as in the config ("30s") or a number of seconds."""
-
-    def parse(value: Any) -> float:
-        if isinstance(value, str):
-            seconds = parse_duration(value)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            seconds = float(value)
-            if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
-                raise ValueError(f"{value!r} is out of range: expected 0 to {MAX_DURATION:.0f}")
-        else:
-            raise ValueError(
-                f"expected a duration like '30s' or a number of seconds, got {value!r}"
-            )
-        if seconds == 0 and not allow_zero:
-            raise ValueError("must be greater than 0")
-        return seconds
-
-    return parse
-
-
-def _rate(value: Any) -> float | None:
-    """Requests per second for a paced release; null releases everything at once."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number of requests per second, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a number greater than 0, got {value!r}")
-    return float(value)
-
-
-def _message(value: Any) -> str:
-    """The text of the 503 answered while a route is stopped."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {value!r}")
-    if len(value) > MAX_MESSAGE:
-        raise ValueError(f"longer than {MAX_MESSAGE} characters")
-    return value
-
-
-def _retry_after(value: Any) -> int:
-    """Whole seconds for ``Retry-After``: a duration string or an integer."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 1 <= value <= MAX_DURATION:
-            raise ValueError(f"{value} is out of range: expected at least 1 second")
-        return value
-    return parse_whole_seconds(value)
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _config_path(value: Any) -> str:
-    """The config file to reload: absolute, since the proxy's working directory is
-    not the caller's."""
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"expected a file path, got {value!r}")
-    if "\0" in value:
-        raise ValueError("the path contains a NUL byte")
-    if not os.path.isabs(value):
-        raise ValueError(f"{value!r} is not an absolute path")
-    return value
-
-
-def _targets(value: Any) -> tuple[Address, ...]:
-    """A deploy's new targets: a non-empty list of distinct ``HOST:PORT`` strings."""
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a non-empty list of HOST:PORT strings, got {value!r}")
-    targets: list[Address] = []
-    for item in value:
-        if not isinstance(item, str):
-            raise ValueError(f"expected a HOST:PORT string, got {item!r}")
-        target = parse_address(item)
-        if target in targets:
-            raise ValueError(f"duplicate target {item!r}")
-        targets.append(target)
-    return tuple(targets)
-
-
-def _fields(body: bytes, parsers: Mapping[str, FieldParser]) -> dict[str, Any]:
-    """Decode a JSON object body and parse its fields; an empty body is ``{}``."""
-    if not body.strip():
-        return {}
-    try:
-        document = parse_json(body)
-    except InputError as error:
-        raise AdminError(HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}") from None
+def _values(command: type, body: bytes) -> dict[str, Any]:
+    """The arguments of ``command`` from a JSON object body; an empty body is ``{}``."""
+    document: Any = {}
+    if body.strip():
+        try:
+            document = parse_json(body)
+        except InputError as error:
+            raise AdminError(
+                HTTPStatus.BAD_REQUEST, f"the body is not valid JSON: {error}"
+            ) from None
     if not isinstance(document, dict):
         raise AdminError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
-    values = {}
-    for key, value in document.items():
-        parser = parsers.get(key)
-        if parser is None:
-            known = ", ".join(parsers) or "none"
-            raise AdminError(HTTPStatus.BAD_REQUEST, f"unknown field {key!r} (known: {known})")
-        try:
-            values[key] = parser(value)
-        except ValueError as error:
-            raise AdminError(HTTPStatus.BAD_REQUEST, f"{key}: {error}") from None
-    return values
+    try:
+        return read_values(command, document)
+    except ValueError as error:
+        raise AdminError(HTTPStatus.BAD_REQUEST, str(error)) from None
 
 
 # ---------------------------------------------------------------- the API
 
 
-# An endpoint answers a route action: (route name, request body) -> response fields.
-Action = Callable[[str, bytes], Awaitable[Outcome]]
+# ``POST /routes/ROUTE/VERB``: what each verb is.
+ROUTE_COMMANDS: dict[str, type[Declared]] = {
+    command.verb: command for command in (Pause, Resume, Stop, Start, Deploy)
+}
 
 
 class AdminApi:
@@ -360,12 +265,6 @@ class AdminApi:
         self._control = control
         self._token = token
         self._started = time.monotonic()
-        self._actions: dict[str, Action] = {
-            "pause": self._pause,
-            "resume": self._resume,
-            "stop": self._stop,
-            "start": self._start,
-        }
 
     async def respond(self, reader: RequestReader) -> Response | EventStream:
         """Authenticate, route, then read the body: a refused caller never sends one."""
@@ -389,15 +288,18 @@ class AdminApi:
         if path == "/reload":
             _allow(method, "POST")
             return Response.json(await self._reload(await reader.read_body()))
-        route, action = _route_action(path)
-        if action != "deploy" and action not in self._actions:
+        route, verb = _route_action(path)
+        command_type = ROUTE_COMMANDS.get(verb)
+        if command_type is None:
             raise AdminError(HTTPStatus.NOT_FOUND, f"no such endpoint: {path}")
         _allow(method, "POST")
-        body = await reader.read_body()
+        command = command_type(route, **_values(command_type, await reader.read_body()))
         try:
-            if action == "deploy":
-                return self._deploy(route, body)
-            return Response.json(await self._actions[action](route, body))
+            if isinstance(command, Deploy):
+                return self._deploy(command)
+            if isinstance(command, Pause):
+                return Response.json(await self._pause(command))
+            return Response.json(await self._control.command(command))
         except UnknownRoute as error:
             raise AdminError(HTTPStatus.NOT_FOUND, str(error)) from None
 
@@ -439,75 +341,36 @@ class AdminApi:
 
     async def _reload(self, body: bytes) -> Outcome:
         """Reload the config the proxy runs (or ``config``); 400 leaves the old one running."""
-        fields = _fields(body, {"config": _config_path})
+        command = Reload(**_values(Reload, body))
         try:
-            reloaded = await self._control.reload(fields.get("config"))
+            reloaded = await self._control.reload(command.config)
         except ReloadError as error:
             raise AdminError(HTTPStatus.BAD_REQUEST, str(error)) from None
         return {"config": reloaded.path, "routes": reloaded.routes, "notes": list(reloaded.notes)}
 
-    def _deploy(self, route: str, body: bytes) -> EventStream:
+    def _deploy(self, command: Deploy) -> EventStream:
         """Start a deploy and stream its progress; refusals come before the stream starts."""
-        fields = _fields(
-            body,
-            {
-                "to": _targets,
-                "health_path": parse_health_path,
-                "deploy_timeout": _duration(allow_zero=False),
-                "drain_timeout": _duration(allow_zero=True),
-                "close_tunnels": _flag,
-            },
-        )
-        if "to" not in fields:
-            raise AdminError(HTTPStatus.BAD_REQUEST, "to: required: the new targets (HOST:PORT)")
-        if not self._control.has_route(route):
-            raise UnknownRoute(route)
-        request = DeployRequest(
-            route,
-            fields["to"],
-            health_path=fields.get("health_path"),
-            deploy_timeout=fields.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT),
-            drain_timeout=fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
-            close_tunnels=fields.get("close_tunnels", False),
-        )
+        if not self._control.has_route(command.route):
+            raise UnknownRoute(command.route)
         stream = EventStream()
-        task = self._control.start_deploy(request, stream.put)
+        task = self._control.start_deploy(command, stream.put)
         task.add_done_callback(lambda _: stream.close())
         return stream
 
-    async def _pause(self, route: str, body: bytes) -> Outcome:
+    async def _pause(self, command: Pause) -> Outcome:
         """Pause at once, then wait (bounded) for the requests already sent upstream."""
-        fields = _fields(
-            body,
-            {"max_hold": _duration(allow_zero=False), "drain_timeout": _duration(allow_zero=True)},
-        )
-        outcome = await self._control.command(
-            Pause(route, fields.get("max_hold", DEFAULT_MAX_HOLD))
-        )
+        outcome = await self._control.command(command)
         # the loop's clock, the one the drain timeout is counted in: uvloop reads it
         # once per loop iteration, so time.monotonic() may already be ahead of it here
         # and the wait would report less than the timeout it waited for
         loop = asyncio.get_running_loop()
         started = loop.time()
-        timeout = fields.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)
-        drained, in_flight = await self._control.drain(route, timeout)
+        drained, in_flight = await self._control.drain(command.route, command.drain_timeout)
         return outcome | {
             "drained": drained,
             "in_flight": in_flight,
             "waited_seconds": round(loop.time() - started, 3),
         }
-
-    async def _resume(self, route: str, body: bytes) -> Outcome:
-        fields = _fields(body, {"rate": _rate})
-        return await self._control.command(Resume(route, fields.get("rate")))
-
-    async def _stop(self, route: str, body: bytes) -> Outcome:
-        fields = _fields(body, {"message": _message, "retry_after": _retry_after})
-        return await self._control.command(Stop(route, **fields))
-
-    async def _start(self, route: str, body: bytes) -> Outcome:
-        _fields(body, {})
-        return await self._control.command(Start(route))
 
 
 def _path(url: bytes) -> str:

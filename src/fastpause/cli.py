@@ -9,16 +9,18 @@ stderr, never a traceback.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 from fastpause import __version__
-from fastpause.admin import DEFAULT_DRAIN_TIMEOUT
 from fastpause.admin_client import AdminClient, AdminRefused, AdminUnavailable
+from fastpause.arguments import DEFAULT_DRAIN_TIMEOUT, Declared, add_flags, body
+from fastpause.commands import Pause, Reload, Resume, Start, Stop
 from fastpause.config import (
     AdminAddress,
     ConfigError,
@@ -26,15 +28,13 @@ from fastpause.config import (
     default_admin_address,
     default_config,
     load,
-    parse_address,
     parse_admin_address,
-    parse_health_path,
     quick_config,
 )
-from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT
+from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, Deploy
 from fastpause.router import build_table, describe_match
 from fastpause.server import Server
-from fastpause.units import parse_duration, parse_whole_seconds
+from fastpause.units import parse_duration
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -128,66 +128,8 @@ def _add_admin_commands(commands: Any) -> None:
     )
     connection.add_argument("--token", metavar="TOKEN", help=f"admin token (default: ${TOKEN_ENV})")
 
-    pause = commands.add_parser(
-        "pause",
-        parents=[connection],
-        help="hold a route's new requests",
-        description="Hold new requests of ROUTE and wait until its in-flight requests finish.",
-    )
-    pause.add_argument("route", metavar="ROUTE")
-    pause.add_argument(
-        "--max-hold",
-        metavar="DURATION",
-        type=_duration_option(allow_zero=False),
-        help="answer 503 to a request held longer than this (default 30s)",
-    )
-    pause.add_argument(
-        "--drain-timeout",
-        metavar="DURATION",
-        type=_duration_option(allow_zero=True),
-        help="wait at most this long for in-flight requests (default 30s)",
-    )
-    pause.set_defaults(handler=_pause)
-
-    resume = commands.add_parser(
-        "resume",
-        parents=[connection],
-        help="release a paused route's held requests",
-        description="Release the held requests of ROUTE in arrival order and serve normally.",
-    )
-    resume.add_argument("route", metavar="ROUTE")
-    resume.add_argument(
-        "--rate",
-        metavar="N",
-        type=_rate_option,
-        help="release N held requests per second (default: all at once)",
-    )
-    resume.set_defaults(handler=_resume)
-
-    stop = commands.add_parser(
-        "stop",
-        parents=[connection],
-        help="answer a route's requests with 503 (maintenance)",
-        description="Answer held and new requests of ROUTE with 503 until 'start'.",
-    )
-    stop.add_argument("route", metavar="ROUTE")
-    stop.add_argument("--message", metavar="TEXT", help="text of the 503 answer")
-    stop.add_argument(
-        "--retry-after",
-        metavar="DURATION",
-        type=_whole_seconds_option,
-        help="Retry-After of the 503 answer (default: the route's retry_after)",
-    )
-    stop.set_defaults(handler=_stop)
-
-    start = commands.add_parser(
-        "start",
-        parents=[connection],
-        help="serve a stopped or paused route again",
-        description="Serve ROUTE normally again; held requests are released.",
-    )
-    start.add_argument("route", metavar="ROUTE")
-    start.set_defaults(handler=_start)
+    for command, handler in ((Pause, _pause), (Resume, _resume), (Stop, _stop), (Start, _start)):
+        _add_command(commands, connection, command).set_defaults(handler=handler)
 
     status = commands.add_parser(
         "status",
@@ -203,62 +145,21 @@ def _add_admin_commands(commands: Any) -> None:
     )
     status.set_defaults(handler=_status)
 
-    reload = commands.add_parser(
-        "reload",
-        parents=[connection],
-        help="apply a changed config file to a running proxy",
-        description="Read the proxy's config file again (or FILE) and apply it; held "
-        "requests go to the new upstreams. An invalid config changes nothing.",
-    )
-    reload.add_argument(
-        "--config",
-        metavar="FILE",
-        help="config file to apply instead (later reloads read this one)",
-    )
-    reload.set_defaults(handler=_reload)
+    _add_command(commands, connection, Reload).set_defaults(handler=_reload)
+    _add_command(commands, connection, Deploy).set_defaults(handler=_deploy)
 
-    deploy = commands.add_parser(
-        "deploy",
-        parents=[connection],
-        help="switch a route to new targets once they are healthy",
-        description="Health-check the new targets, switch ROUTE to them (held requests "
-        "go there at once), then drain the old ones. A target that does not become "
-        "healthy in time leaves the route unchanged.",
+
+def _add_command(
+    commands: Any, connection: argparse.ArgumentParser, command: type[Declared]
+) -> argparse.ArgumentParser:
+    """The subcommand of a control command, from the command's own declaration."""
+    parser = commands.add_parser(
+        command.verb, parents=[connection], help=command.help, description=command.description
     )
-    deploy.add_argument("route", metavar="ROUTE")
-    deploy.add_argument(
-        "--to",
-        metavar="HOST:PORT",
-        action="append",
-        required=True,
-        type=_target_option,
-        help="new target (repeatable)",
-    )
-    deploy.add_argument(
-        "--health-path",
-        metavar="PATH",
-        type=_health_path_option,
-        help="path checked on the new targets (default: the route's health_path, else /up)",
-    )
-    deploy.add_argument(
-        "--deploy-timeout",
-        metavar="DURATION",
-        type=_duration_option(allow_zero=False),
-        help="how long the new targets have to become healthy (default 30s)",
-    )
-    deploy.add_argument(
-        "--drain-timeout",
-        metavar="DURATION",
-        type=_duration_option(allow_zero=True),
-        help="how long requests to the old targets may take to finish (default 30s)",
-    )
-    deploy.add_argument(
-        "--close-tunnels",
-        action="store_true",
-        help="cut WebSocket tunnels to the old targets at the switch instead of letting "
-        "them drain (clients reconnect to the new targets)",
-    )
-    deploy.set_defaults(handler=_deploy)
+    if "route" in {field.name for field in dataclasses.fields(command)}:
+        parser.add_argument("route", metavar="ROUTE")
+    add_flags(parser, command)
+    return parser
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -296,13 +197,8 @@ def _version(args: argparse.Namespace) -> int:
 
 def _pause(args: argparse.Namespace) -> int:
     """Pause, and say whether the route drained: a deploy script proceeds on it."""
-    body: dict[str, Any] = {}
-    if args.max_hold is not None:
-        body["max_hold"] = args.max_hold
-    if args.drain_timeout is not None:
-        body["drain_timeout"] = args.drain_timeout
     drain = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
-    outcome = _client(args).post(_action(args.route, "pause"), body, drain + ANSWER_MARGIN)
+    outcome = _post(args, Pause, drain + ANSWER_MARGIN)
     if outcome["drained"]:
         print(f"{args.route}: paused; drained, {outcome['in_flight']} in flight")
     else:
@@ -312,8 +208,7 @@ def _pause(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    body = {} if args.rate is None else {"rate": args.rate}
-    outcome = _client(args).post(_action(args.route, "resume"), body)
+    outcome = _post(args, Resume)
     held = _count(outcome["released"], "held request")
     if outcome["rate"] is None:
         print(f"{args.route}: resumed; released {held}")
@@ -323,21 +218,24 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {}
-    if args.message is not None:
-        body["message"] = args.message
-    if args.retry_after is not None:
-        body["retry_after"] = args.retry_after
-    outcome = _client(args).post(_action(args.route, "stop"), body)
+    outcome = _post(args, Stop)
     held = _count(outcome["answered"], "held request")
     print(f"{args.route}: stopped; answered {held} with 503")
     return 0
 
 
 def _start(args: argparse.Namespace) -> int:
-    _client(args).post(_action(args.route, "start"))
+    _post(args, Start)
     print(f"{args.route}: started")
     return 0
+
+
+def _post(args: argparse.Namespace, command: type[Declared], timeout: float | None = None) -> Any:
+    """Send a route command with the arguments the user gave."""
+    path = _action(args.route, command.verb)
+    if timeout is None:
+        return _client(args).post(path, body(command, args))
+    return _client(args).post(path, body(command, args), timeout)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -353,10 +251,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    """The proxy reads the file itself: send an absolute path, its working directory
-    is not ours."""
-    body = {} if args.config is None else {"config": os.path.abspath(args.config)}
-    outcome = _client(args).post("/reload", body, RELOAD_TIMEOUT)
+    outcome = _client(args).post("/reload", body(Reload, args), RELOAD_TIMEOUT)
     for note in outcome["notes"]:
         print(note)
     print(f"reloaded {outcome['config']}: {_count(outcome['routes'], 'route')}")
@@ -365,17 +260,11 @@ def _reload(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace) -> int:
     """Print each step as the proxy reports it; exit 1 when the deploy failed."""
-    body: dict[str, Any] = {"to": args.to}
-    for field in ("health_path", "deploy_timeout", "drain_timeout"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
-    if args.close_tunnels:
-        body["close_tunnels"] = True
     deploy_timeout = _seconds(args.deploy_timeout, DEFAULT_DEPLOY_TIMEOUT)
     drain_timeout = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
     # The longest quiet stretch: waiting for another deploy, then our own checks or drain.
     quiet = 2 * deploy_timeout + drain_timeout + ANSWER_MARGIN
-    for event in _client(args).stream(_action(args.route, "deploy"), body, quiet):
+    for event in _client(args).stream(_action(args.route, Deploy.verb), body(Deploy, args), quiet):
         if event.get("event") == "failed":
             print(f"fastpause: {args.route}: deploy failed: {event['error']}", file=sys.stderr)
             return EXIT_FAILURE
@@ -541,55 +430,6 @@ def _parse_admin(text: str, source: str, where: str) -> AdminAddress:
 def _action(route: str, action: str) -> str:
     """``/routes/ROUTE/ACTION``; the name is quoted so a stray '/' cannot change the path."""
     return f"/routes/{quote(route, safe='')}/{action}"
-
-
-def _duration_option(*, allow_zero: bool) -> Callable[[str], str]:
-    """Check a duration option as the proxy would, so a typo is a usage error (exit 2)."""
-
-    def check(text: str) -> str:
-        try:
-            seconds = parse_duration(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        if seconds == 0 and not allow_zero:
-            raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be greater than 0")
-        return text
-
-    return check
-
-
-def _target_option(text: str) -> str:
-    """A deploy target, checked here so a typo is a usage error (exit 2)."""
-    try:
-        parse_address(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def _health_path_option(text: str) -> str:
-    try:
-        return parse_health_path(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _rate_option(text: str) -> float:
-    try:
-        rate = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: expected a number") from None
-    if not 0 < rate < float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid rate {text!r}: must be greater than 0")
-    return rate
-
-
-def _whole_seconds_option(text: str) -> str:
-    try:
-        parse_whole_seconds(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
 
 
 def _count(number: int, noun: str) -> str:

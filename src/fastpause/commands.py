@@ -2,15 +2,24 @@
 
 Every control action is a small frozen dataclass applied to a route's
 ``RouteState`` by one function, ``apply``. Commands hold only plain values, so
-the same objects can later be sent to several worker processes or to a fleet of
-proxies and applied there unchanged (DESIGN.md, "Two planes, one boundary").
+the same objects are sent to every worker process (and could be to a fleet of
+proxies) and applied there unchanged (DESIGN.md, "Two planes, one boundary").
+
+Each command is also its own declaration for callers: ``verb``, ``help`` and
+``description`` name it in the admin API (``POST /routes/ROUTE/VERB``) and the
+CLI (``fastpause VERB ROUTE``), and its fields' ``argument`` metadata is what
+both accept (``fastpause.arguments``).
 """
 
+import os
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from fastpause import _core
+from fastpause import _core, arguments
+from fastpause.arguments import DEFAULT_DRAIN_TIMEOUT, argument
 from fastpause.wire import plain
+
+DEFAULT_MAX_HOLD = 30.0
 
 # What a command reports back: plain values, ready to be JSON.
 Outcome = dict[str, Any]
@@ -40,10 +49,28 @@ class Command(Protocol):
 @plain
 @dataclass(frozen=True)
 class Pause:
-    """Hold new requests, each for at most ``max_hold`` seconds; in-flight ones finish."""
+    """Hold new requests, each for at most ``max_hold`` seconds; in-flight ones finish
+    (the caller waits up to ``drain_timeout`` for them)."""
+
+    verb: ClassVar[str] = "pause"
+    help: ClassVar[str] = "hold a route's new requests"
+    description: ClassVar[str] = (
+        "Hold new requests of ROUTE and wait until its in-flight requests finish."
+    )
 
     route: str
-    max_hold: float = 30.0
+    max_hold: float = argument(
+        DEFAULT_MAX_HOLD,
+        parse=arguments.duration(allow_zero=False),
+        metavar="DURATION",
+        help="answer 503 to a request held longer than this (default 30s)",
+    )
+    drain_timeout: float = argument(
+        DEFAULT_DRAIN_TIMEOUT,
+        parse=arguments.duration(allow_zero=True),
+        metavar="DURATION",
+        help="wait at most this long for in-flight requests (default 30s)",
+    )
 
     def apply(self, state: _core.RouteState) -> Outcome:
         state.pause(self.max_hold)
@@ -58,8 +85,20 @@ class Pause:
 class Resume:
     """Release held requests in arrival order, all at once or ``rate`` per second."""
 
+    verb: ClassVar[str] = "resume"
+    help: ClassVar[str] = "release a paused route's held requests"
+    description: ClassVar[str] = (
+        "Release the held requests of ROUTE in arrival order and serve normally."
+    )
+
     route: str
-    rate: float | None = None
+    rate: float | None = argument(
+        None,
+        parse=arguments.rate,
+        from_text=arguments.rate_text,
+        metavar="N",
+        help="release N held requests per second (default: all at once)",
+    )
 
     def apply(self, state: _core.RouteState) -> Outcome:
         released = state.held
@@ -82,9 +121,20 @@ class Resume:
 class Stop:
     """Maintenance: answer held and new requests with 503, ``message`` and ``Retry-After``."""
 
+    verb: ClassVar[str] = "stop"
+    help: ClassVar[str] = "answer a route's requests with 503 (maintenance)"
+    description: ClassVar[str] = "Answer held and new requests of ROUTE with 503 until 'start'."
+
     route: str
-    message: str = ""
-    retry_after: int | None = None  # None: the route's configured retry_after
+    message: str = argument(
+        "", parse=arguments.message, metavar="TEXT", help="text of the 503 answer"
+    )
+    retry_after: int | None = argument(  # None: the route's configured retry_after
+        None,
+        parse=arguments.retry_after,
+        metavar="DURATION",
+        help="Retry-After of the 503 answer (default: the route's retry_after)",
+    )
 
     def apply(self, state: _core.RouteState) -> Outcome:
         answered = state.held
@@ -100,6 +150,10 @@ class Stop:
 class Start:
     """Serve normally again after a stop (or a pause)."""
 
+    verb: ClassVar[str] = "start"
+    help: ClassVar[str] = "serve a stopped or paused route again"
+    description: ClassVar[str] = "Serve ROUTE normally again; held requests are released."
+
     route: str
 
     def apply(self, state: _core.RouteState) -> Outcome:
@@ -108,6 +162,26 @@ class Start:
 
     def share(self, workers: int) -> "Start":
         return self
+
+
+@dataclass(frozen=True)
+class Reload:
+    """Read the config file again (or ``config``, which later reloads read) and apply it."""
+
+    verb: ClassVar[str] = "reload"
+    help: ClassVar[str] = "apply a changed config file to a running proxy"
+    description: ClassVar[str] = (
+        "Read the proxy's config file again (or FILE) and apply it; held requests go to "
+        "the new upstreams. An invalid config changes nothing."
+    )
+
+    config: str | None = argument(
+        None,
+        parse=arguments.config_path,
+        from_text=os.path.abspath,  # the proxy's working directory is not the caller's
+        metavar="FILE",
+        help="config file to apply instead (later reloads read this one)",
+    )
 
 
 def apply(command: Command, table: _core.RoutingTable) -> Outcome:

@@ -144,11 +144,8 @@ class Config:
     access_log_format: AccessLogFormat = "common"
     max_held_bytes: int = 256 << 20
     max_connections: int = 0  # 0: no limit
-    # Processes serving the data plane; >1 adds a supervisor. The design's default is
-    # "auto"; it stays 1 until caps are exact across workers and a replaced worker's
-    # counters survive it (issue 12), so that no single-process guarantee changes
-    # under an unchanged config.
-    workers: int = 1
+    # Processes serving the data plane ("auto": one per usable CPU); >1 adds a supervisor.
+    workers: int = field(default_factory=lambda: usable_cpus())
     worker_timeout: float = 10.0  # a worker that has not answered a command by then is replaced
     drain_timeout: float = 30.0
     state_file: str | None = None

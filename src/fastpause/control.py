@@ -29,9 +29,9 @@ from fastpause.config import (
 from fastpause.console import complain, say
 from fastpause.deploy import (
     DEFAULT_HEALTH_PATH,
+    Deploy,
     DeployFailed,
     Deployment,
-    DeployRequest,
     Event,
     apply_deployments,
     check_targets,
@@ -374,9 +374,7 @@ class ControlPlane:
 
     # ------------------------------------------------------------ deploy
 
-    def start_deploy(
-        self, request: DeployRequest, emit: Callable[[Event], None]
-    ) -> asyncio.Task[bool]:
+    def start_deploy(self, request: Deploy, emit: Callable[[Event], None]) -> asyncio.Task[bool]:
         """Run ``deploy`` as a task of its own: it finishes even if its caller goes away,
         and a shutdown cancels it (what it was draining is then cut)."""
         task = asyncio.get_running_loop().create_task(self.deploy(request, emit))
@@ -384,7 +382,7 @@ class ControlPlane:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def deploy(self, request: DeployRequest, emit: Callable[[Event], None]) -> bool:
+    async def deploy(self, request: Deploy, emit: Callable[[Event], None]) -> bool:
         """Check the new targets, switch the route to them, drain the old ones.
 
         Progress goes to ``emit`` as it happens; the last event is ``done`` (True
@@ -418,20 +416,20 @@ class ControlPlane:
         return True
 
     async def _switch_route(
-        self, request: DeployRequest, emit: Callable[[Event], None]
+        self, request: Deploy, emit: Callable[[Event], None]
     ) -> tuple[_core.RoutingTable, _core.RoutingTable, Published]:
         """Everything up to the swap, in every worker; ``DeployFailed`` means nothing
         changed. Returns the tables and what the workers answered."""
         route_config = self._route_config(request.route)
         settings = _check_settings(route_config, request.health_path)
         loop = asyncio.get_running_loop()
-        resolved = await loop.run_in_executor(None, resolve_targets, request.targets)
+        resolved = await loop.run_in_executor(None, resolve_targets, request.to)
         await self._check_targets(request, resolved, settings, emit)
         deployments = dict(self._deployments)
-        if request.targets == route_config.upstreams:  # back to the config: no override
+        if request.to == route_config.upstreams:  # back to the config: no override
             deployments.pop(request.route, None)
         else:
-            deployments[request.route] = Deployment(request.targets, route_config.upstreams)
+            deployments[request.route] = Deployment(request.to, route_config.upstreams)
         effective, deployments, _ = apply_deployments(self.config, deployments)
         old = self.engine.table
         previous = _route(old, request.route)
@@ -459,7 +457,7 @@ class ControlPlane:
 
     async def _check_targets(
         self,
-        request: DeployRequest,
+        request: Deploy,
         resolved: dict[str, str],
         settings: CheckSettings,
         emit: Callable[[Event], None],
@@ -468,13 +466,13 @@ class ControlPlane:
         emit(
             {
                 "event": "checking",
-                "targets": [str(target) for target in request.targets],
+                "targets": [str(target) for target in request.to],
                 "health_path": settings.path,
             }
         )
         problems: dict[Address, str] = {}
         async for target, problem in check_targets(
-            request.targets, resolved, settings, request.deploy_timeout
+            request.to, resolved, settings, request.deploy_timeout
         ):
             if problem is None:
                 emit({"event": "healthy", "target": str(target)})
@@ -485,7 +483,7 @@ class ControlPlane:
                 "; ".join(
                     f"{target} did not pass the health check at {settings.path} within "
                     f"{request.deploy_timeout:g}s: {problems[target]}"
-                    for target in request.targets
+                    for target in request.to
                     if target in problems
                 )
             )

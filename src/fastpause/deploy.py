@@ -14,7 +14,10 @@ weights belong to the config's upstreams.
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
+from fastpause import arguments
+from fastpause.arguments import DEFAULT_DRAIN_TIMEOUT, argument
 from fastpause.config import Address, Config, ConfigError
 from fastpause.health import CheckSettings, wait_until_healthy
 from fastpause.router import resolve
@@ -39,17 +42,48 @@ class Deployment:
 
 
 @dataclass(frozen=True)
-class DeployRequest:
-    """What ``fastpause deploy`` asks for; no ``health_path`` means the route's, else
-    ``DEFAULT_HEALTH_PATH``. ``close_tunnels`` cuts the old targets' WebSocket tunnels
-    at the switch (kamal-proxy's behaviour) instead of letting them drain."""
+class Deploy:
+    """Switch ``route`` to the targets ``to`` once they are healthy, then drain the old
+    ones. No ``health_path`` means the route's, else ``DEFAULT_HEALTH_PATH``.
+    ``close_tunnels`` cuts the old targets' WebSocket tunnels at the switch
+    (kamal-proxy's behaviour) instead of letting them drain."""
+
+    verb: ClassVar[str] = "deploy"
+    help: ClassVar[str] = "switch a route to new targets once they are healthy"
+    description: ClassVar[str] = (
+        "Health-check the new targets, switch ROUTE to them (held requests go there at "
+        "once), then drain the old ones. A target that does not become healthy in time "
+        "leaves the route unchanged."
+    )
 
     route: str
-    targets: tuple[Address, ...]
-    health_path: str | None
-    deploy_timeout: float
-    drain_timeout: float
-    close_tunnels: bool = False
+    to: tuple[Address, ...] = argument(
+        parse=arguments.targets, metavar="HOST:PORT", repeat=True, help="new target"
+    )
+    health_path: str | None = argument(
+        None,
+        parse=arguments.health_path,
+        metavar="PATH",
+        help="path checked on the new targets (default: the route's health_path, else /up)",
+    )
+    deploy_timeout: float = argument(
+        DEFAULT_DEPLOY_TIMEOUT,
+        parse=arguments.duration(allow_zero=False),
+        metavar="DURATION",
+        help="how long the new targets have to become healthy (default 30s)",
+    )
+    drain_timeout: float = argument(
+        DEFAULT_DRAIN_TIMEOUT,
+        parse=arguments.duration(allow_zero=True),
+        metavar="DURATION",
+        help="how long requests to the old targets may take to finish (default 30s)",
+    )
+    close_tunnels: bool = argument(
+        False,
+        parse=arguments.flag,
+        help="cut WebSocket tunnels to the old targets at the switch instead of letting "
+        "them drain (clients reconnect to the new targets)",
+    )
 
 
 def apply_deployments(

@@ -152,7 +152,7 @@ class Server:
         else:
             self._cut.set()
             if self._control is not None and self._control.workers is not None:
-                self._control.workers.signal_all(signal.SIGTERM)  # a worker's second: cut
+                self._control.workers.cut()
 
     def _on_reload_signal(self) -> None:
         """SIGHUP: reload the config file; the outcome is printed by the reload itself."""

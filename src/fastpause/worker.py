@@ -67,6 +67,7 @@ class Worker:
             "listen": self._listen,
             "upstream_up": self._upstream_up,
             "upstream_down": self._upstream_down,
+            "cut": self._cut_now,
         }
 
     async def serve(self) -> int:
@@ -90,6 +91,11 @@ class Worker:
             self._access_log.close()
         self._channel.close()
         return 0
+
+    def _cut_now(self, args: dict[str, Any], fds: list[int]) -> None:
+        """The supervisor's second stop signal: close what is left, do not wait for it."""
+        self._stop.set()
+        self._cut.set()
 
     def _on_stop_signal(self) -> None:
         """First signal: graceful shutdown. Second: cut what is left."""
@@ -124,6 +130,8 @@ class Worker:
         self._spawn(self._send(message, value))
 
     async def _send(self, message: dict[str, Any], value: dict[str, Any]) -> None:
+        if "id" not in message:
+            return  # told, not asked
         assert self._channel is not None
         with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop too
             await self._channel.send({"id": message.get("id"), **value})

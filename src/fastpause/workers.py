@@ -124,6 +124,11 @@ class WorkerProcess:
             raise ValueError(reply["error"])
         return reply.get("ok")
 
+    async def tell(self, op: str) -> None:
+        """Send one message that needs no answer (the worker may be exiting)."""
+        with contextlib.suppress(OSError):
+            await self._channel.send({"op": op, "args": {}})
+
     def _on_frame(self, message: dict[str, Any], fds: list[int]) -> None:
         for fd in fds:  # workers send none
             os.close(fd)
@@ -251,6 +256,17 @@ class WorkerPool:
         self.signal_all(signal.SIGTERM)
         if self._watchers:
             await asyncio.wait(list(self._watchers))
+
+    def cut(self) -> None:
+        """Every worker stops waiting for its connections and closes them now.
+
+        A message, not a second SIGTERM: two SIGTERMs that reach a worker before it
+        handles the first are one signal to it, and it would go on waiting.
+        """
+        for worker in self._live.values():
+            task = asyncio.get_running_loop().create_task(worker.tell("cut"))
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
 
     def signal_all(self, signum: int) -> None:
         for worker in list(self._live.values()):
