@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 from fastpause import _core, arguments
 from fastpause.arguments import DEFAULT_DRAIN_TIMEOUT, argument
+from fastpause.config import Config
 from fastpause.wire import plain
 
 DEFAULT_MAX_HOLD = 30.0
@@ -184,6 +185,48 @@ class Reload:
     )
 
 
+# ---------------------------------------------------------------- whole data plane
+
+
+@plain
+@dataclass(frozen=True)
+class Snapshot:
+    """What a data plane serves: the config (with a worker's share of the caps), the
+    IP each upstream address dials (so no worker resolves a name) and the upstreams
+    the health checks hold down, as (route, address) pairs."""
+
+    config: Config
+    resolved: dict[str, str]
+    unhealthy: tuple[tuple[str, str], ...]
+
+
+@plain
+@dataclass(frozen=True)
+class Install:
+    """A new routing snapshot (a reload, a deploy's switch): held requests go to the
+    routes and upstreams it names; ``close_tunnels`` cuts the tunnels to upstreams it
+    leaves out instead of letting them drain."""
+
+    snapshot: Snapshot
+    close_tunnels: bool = False
+
+
+@plain
+@dataclass(frozen=True)
+class Verdict:
+    """A health check's verdict on one upstream of one route (only the supervisor
+    probes; every worker takes the verdict)."""
+
+    route: str
+    address: str
+    healthy: bool
+
+    def apply(self, engine: _core.Engine) -> None:
+        for upstream in route_of(engine.table, self.route).upstreams:
+            if upstream.address == self.address:
+                engine.set_upstream_health(upstream, self.healthy)
+
+
 def apply(command: Command, table: _core.RoutingTable) -> Outcome:
     """Apply ``command`` to its route in ``table``; ``UnknownRoute`` if there is none."""
     return command.apply(route_state(table, command.route))
@@ -191,9 +234,14 @@ def apply(command: Command, table: _core.RoutingTable) -> Outcome:
 
 def route_state(table: _core.RoutingTable, name: str) -> _core.RouteState:
     """The runtime state of route ``name`` in ``table``."""
+    return route_of(table, name).state
+
+
+def route_of(table: _core.RoutingTable, name: str) -> _core.Route:
+    """Route ``name`` of ``table``; ``UnknownRoute`` if it has none."""
     for route in table.routes:
         if route.name == name:
-            return route.state
+            return route
     raise UnknownRoute(name)
 
 

@@ -16,7 +16,17 @@ from typing import Any
 
 from fastpause import _core, statefile
 from fastpause.accesslog import AccessLog
-from fastpause.commands import Command, Outcome, UnknownRoute, apply, mode_command
+from fastpause.commands import (
+    Command,
+    Install,
+    Outcome,
+    Snapshot,
+    UnknownRoute,
+    Verdict,
+    apply,
+    mode_command,
+    route_of,
+)
 from fastpause.config import (
     Address,
     Config,
@@ -42,7 +52,6 @@ from fastpause.listeners import ListenError, Listeners, reason
 from fastpause.router import build_table, dialed, resolve_upstreams, retired
 from fastpause.statefile import RouteRuntime, RuntimeState, StateFileError
 from fastpause.stats import Stats, collect, merge
-from fastpause.wire import encode
 from fastpause.workers import Start, WorkerPool, share_limits
 
 NO_CONFIG_FILE = "no config file to reload; start with --config or pass one"
@@ -204,27 +213,27 @@ class ControlPlane:
             [mode_command(route.state) for route in self.engine.table.routes],
         )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """The routing snapshot as plain values: a worker builds the same table from it
         without resolving a name, with the health verdicts of this one."""
         assert self.workers is not None
         table = self.engine.table
-        return {
-            "config": encode(share_limits(self._effective, self.workers.count)),
-            "resolved": dialed(table),
-            "unhealthy": [
-                [route.name, upstream.address]
+        return Snapshot(
+            share_limits(self._effective, self.workers.count),
+            dialed(table),
+            tuple(
+                (route.name, upstream.address)
                 for route in table.routes
                 for upstream in route.upstreams
                 if not upstream.healthy
-            ],
-        }
+            ),
+        )
 
     async def _publish(self, *, close_tunnels: bool = False) -> Published:
         """Send the current snapshot to every worker and sum up their answers."""
         if self.workers is None:
             return Published()
-        answers = await self.workers.install(self.snapshot(), close_tunnels)
+        answers = await self.workers.send(Install(self.snapshot(), close_tunnels))
         held: dict[str, int] = {}
         for part in answers.values:
             for route, count in part["held"].items():
@@ -233,7 +242,7 @@ class ControlPlane:
         return Published(in_flight, held, answers.failed)
 
     def route_state(self, name: str) -> _core.RouteState:
-        return _route(self.engine.table, name).state
+        return route_of(self.engine.table, name).state
 
     def upstream_weights(self, name: str) -> list[int]:
         """The weights of route ``name``'s upstreams in the current table, in order."""
@@ -432,7 +441,7 @@ class ControlPlane:
             deployments[request.route] = Deployment(request.to, route_config.upstreams)
         effective, deployments, _ = apply_deployments(self.config, deployments)
         old = self.engine.table
-        previous = _route(old, request.route)
+        previous = route_of(old, request.route)
         held = previous.state.held if previous.state.mode_name == "running" else 0
         new = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
         self.engine.table = new
@@ -443,7 +452,7 @@ class ControlPlane:
         if self.workers is not None:
             held = published.held.get(request.route, 0)
         await self.save_state()
-        targets = _route(new, request.route).upstreams
+        targets = route_of(new, request.route).upstreams
         say(f"route {request.route} -> {', '.join(u.address for u in targets)} (deployed)")
         emit(
             {
@@ -540,13 +549,14 @@ class ControlPlane:
     def _on_verdict(self, check: Check, healthy: bool, problem: str | None) -> None:
         """Put a verdict in force, then say so: with workers, once every worker applied
         it (verdicts are sent in the order they came, each after the one before)."""
-        self.engine.set_upstream_health(check.upstream, healthy)
+        verdict = Verdict(check.route, check.upstream.address, healthy)
+        verdict.apply(self.engine)
         where = f"upstream {check.upstream.address} of route {check.route}"
         line = f"{where} is up" if healthy else f"{where} is down ({problem})"
         if self.workers is None:
             say(line)
             return
-        sent = self.workers.verdict(check.route, check.upstream.address, healthy)
+        sent = self.workers.send_soon(verdict)
         task = asyncio.get_running_loop().create_task(_say_when_sent(sent, line))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -668,13 +678,6 @@ async def _drain(state: _core.RouteState, timeout: float) -> bool:
     except TimeoutError:
         return False
     return True
-
-
-def _route(table: _core.RoutingTable, name: str) -> _core.Route:
-    for route in table.routes:
-        if route.name == name:
-            return route
-    raise UnknownRoute(name)
 
 
 def _strings(addresses: Iterable[Address]) -> tuple[str, ...]:

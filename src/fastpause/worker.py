@@ -26,7 +26,7 @@ import uvloop
 
 from fastpause import _core
 from fastpause.accesslog import AccessLog
-from fastpause.commands import Outcome, UnknownRoute, apply, route_state
+from fastpause.commands import Install, Snapshot, UnknownRoute, Verdict, apply, route_state
 from fastpause.config import Config
 from fastpause.console import complain
 from fastpause.control import retire
@@ -58,9 +58,7 @@ class Worker:
         self._retiring: set[asyncio.Task[bool]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], list[int]], Any]] = {
             "start": self._start,
-            "install": self._install,
             "command": self._command,
-            "verdict": self._verdict,
             "drain": self._drain,
             "retired": self._retired,
             "stats": self._stats,
@@ -145,8 +143,9 @@ class Worker:
 
     def _start(self, args: dict[str, Any], fds: list[int]) -> Awaitable[dict[str, Any]]:
         """The first snapshot, the route modes and the listening sockets."""
-        config: Config = decode(args["snapshot"]["config"])
-        table = build_table(config, resolved=decode(args["snapshot"]["resolved"]))
+        snapshot: Snapshot = decode(args["snapshot"])
+        config = snapshot.config
+        table = build_table(config, resolved=snapshot.resolved)
         loop = asyncio.get_running_loop()
         if config.access_log is not None:
             self._access_log = AccessLog.open(config.access_log, config.access_log_format)
@@ -159,7 +158,7 @@ class Worker:
             max_connections=config.max_connections,
         )
         self._config = config
-        self._set_health(args["snapshot"]["unhealthy"])
+        self._set_health(snapshot.unhealthy)
         for command in decode(args["modes"]):
             apply(command, table)
         self._listeners = Listeners(self._engine.protocol_factory("http"))
@@ -178,24 +177,35 @@ class Worker:
         """The supervisor's listeners after a reload: serve these, close the others."""
         return self._adopt(fds)
 
-    def _install(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def _command(self, args: dict[str, Any], fds: list[int]) -> Any:
+        """Apply a command of ``fastpause.commands``: to a route, or to the data plane."""
+        engine, _ = self._running()
+        command = decode(args["command"])
+        if isinstance(command, Install):
+            return self._install(command)
+        if isinstance(command, Verdict):
+            return command.apply(engine)
+        return apply(command, engine.table)
+
+    def _install(self, command: Install) -> dict[str, Any]:
         """A new routing snapshot (reload, deploy): swap, then drain what left it.
         Answers the exchanges left on retired upstreams and, per route, the held
         requests the swap released."""
         engine, previous = self._running()
-        config: Config = decode(args["snapshot"]["config"])
+        snapshot = command.snapshot
+        config = snapshot.config
         old = engine.table
         # what the swap releases: requests held in running routes, routed again
         held = {r.name: r.state.held for r in old.routes if r.state.mode_name == "running"}
-        table = build_table(config, previous=old, resolved=decode(args["snapshot"]["resolved"]))
+        table = build_table(config, previous=old, resolved=snapshot.resolved)
         engine.table = table
         engine.max_held_bytes = config.max_held_bytes
         engine.max_connections = config.max_connections
         self._switch_access_log(previous, config)
         self._config = config
-        self._set_health(args["snapshot"]["unhealthy"])
+        self._set_health(snapshot.unhealthy)
         leaving = retired(old, table)
-        if args.get("close_tunnels"):
+        if command.close_tunnels:
             for upstream in leaving:
                 upstream.close_tunnels()
         in_flight = sum(upstream.active for upstream in leaving)
@@ -204,19 +214,6 @@ class Worker:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return {"in_flight": in_flight, "held": held}
-
-    def _command(self, args: dict[str, Any], fds: list[int]) -> Outcome:
-        engine, _ = self._running()
-        return apply(decode(args["command"]), engine.table)
-
-    def _verdict(self, args: dict[str, Any], fds: list[int]) -> None:
-        """A health check's verdict on one upstream of one route."""
-        engine, _ = self._running()
-        for route in engine.table.routes:
-            if route.name == args["route"]:
-                for upstream in route.upstreams:
-                    if upstream.address == args["address"]:
-                        engine.set_upstream_health(upstream, args["healthy"])
 
     def _upstream_up(self, args: dict[str, Any], fds: list[int]) -> None:
         """Another worker reached an upstream: what waits for it here goes now."""
@@ -282,7 +279,7 @@ class Worker:
         }
         return list(found.values())
 
-    def _set_health(self, unhealthy: list[list[str]]) -> None:
+    def _set_health(self, unhealthy: tuple[tuple[str, str], ...]) -> None:
         """Match the supervisor's health verdicts (it alone probes the backends)."""
         engine, _ = self._running()
         down = {(route, address) for route, address in unhealthy}

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fastpause.commands import Command, Outcome
+from fastpause.commands import Command, Outcome, Snapshot
 from fastpause.config import Config
 from fastpause.console import complain, say
 from fastpause.stats import Stats, retire
@@ -47,7 +47,7 @@ class WorkerLost(Exception):
 class Start:
     """What a new worker starts from: the current snapshot and every route's mode."""
 
-    snapshot: dict[str, Any]
+    snapshot: Snapshot
     modes: list[Command]
 
 
@@ -205,7 +205,7 @@ class WorkerPool:
         try:
             await worker.request(
                 "start",
-                {"snapshot": state.snapshot, "modes": encode(state.modes)},
+                {"snapshot": encode(state.snapshot), "modes": encode(state.modes)},
                 [sock.fileno() for sock in sockets],
                 timeout=START_TIMEOUT,
             )
@@ -323,8 +323,7 @@ class WorkerPool:
 
     async def command(self, command: Command) -> tuple[list[Outcome], list[str]]:
         """A route command, applied by every worker to its part of the proxy."""
-        shared = encode(command.share(self.count))
-        answers = await self.broadcast("command", {"command": shared})
+        answers = await self.send(command.share(self.count))
         return answers.values, answers.failed
 
     async def stats(self) -> list[Stats]:
@@ -354,18 +353,14 @@ class WorkerPool:
             )
         return details
 
-    async def install(self, snapshot: dict[str, Any], close_tunnels: bool = False) -> Answers:
-        """A new routing snapshot; each answer says how many exchanges it retired."""
-        return await self.broadcast(
-            "install", {"snapshot": snapshot, "close_tunnels": close_tunnels}
-        )
+    async def send(self, command: Any) -> Answers:
+        """Any command (``fastpause.commands``), applied by every live worker."""
+        return await self.broadcast("command", {"command": encode(command)})
 
-    def verdict(self, route: str, address: str, healthy: bool) -> asyncio.Task[Answers]:
-        """A health verdict, sent now in order with every other message; the task ends
-        once every live worker applied it."""
-        return self._send_soon(
-            "verdict", {"route": route, "address": address, "healthy": healthy}, None
-        )
+    def send_soon(self, command: Any) -> asyncio.Task[Answers]:
+        """A command sent now, in order with every other message; the task ends once
+        every live worker applied it (a health verdict: nobody waits for it)."""
+        return self._send_soon("command", {"command": encode(command)}, None)
 
     def _on_event(self, worker: WorkerProcess, event: dict[str, Any]) -> None:
         """What a worker saw that the others act on: an upstream it reached or failed to
