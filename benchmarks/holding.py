@@ -145,11 +145,16 @@ def _wait_accepting(port: int, timeout: float = 15.0) -> float:
     raise HarnessError(f"backend on port {port} did not come up within {timeout:g}s")
 
 
-def hold_run(sup: Supervisor, workdir: Path, kind: str, count: int, log=print) -> dict:
+def hold_run(
+    sup: Supervisor, workdir: Path, kind: str, count: int, log=print, workers: int = 1
+) -> dict:
+    """One hold scenario; ``workers``: fastpause's worker processes (RSS is summed
+    over the supervisor and its workers)."""
     backend = Backend(workdir)
     backend_port = free_port()
     fastpause = kind.startswith("fastpause")
     peer = Fastpause(workdir) if fastpause else Caddy(workdir)
+    peer.workers = workers
     started = []
     try:
         if kind == "fastpause-pause":
@@ -177,6 +182,7 @@ def hold_run(sup: Supervisor, workdir: Path, kind: str, count: int, log=print) -
         answered = result["answered"]
         row = {
             "kind": kind,
+            "workers": workers,
             "count": count,
             "sent": sent,
             "held_reported": held,
@@ -194,7 +200,8 @@ def hold_run(sup: Supervisor, workdir: Path, kind: str, count: int, log=print) -
             "proxy_alive": running.proc.alive(),
         }
         log(
-            f"  hold {kind:16} {sent} held: +{row['rss_per_held'] / 1024:6.1f} KiB each, "
+            f"  hold {kind:16} ({workers}w) {sent} held: "
+            f"+{row['rss_per_held'] / 1024:6.1f} KiB each, "
             f"first {_ms(row['first'])}, last {_ms(row['last'])} after release; "
             f"statuses {result['statuses']} errors {result['errors']}"
         )

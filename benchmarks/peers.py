@@ -225,7 +225,7 @@ class Fastpause(Peer):
         path.write_text(
             f"""listen = ["127.0.0.1:{port}"]
 admin = "{admin}"
-{f"workers = {self.workers}" if self.workers > 1 else ""}
+workers = {self.workers}
 
 [[routes]]
 name = "app"

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks import machine, peers, throughput
+from benchmarks import holding, machine, peers, throughput
 from benchmarks.processes import HarnessError, Supervisor, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "workers.json"
@@ -41,17 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--peers", default="fastpause,nginx,haproxy")
+    parser.add_argument(
+        "--hold", type=int, default=10_000, help="requests held in the hold scenario (0: skip)"
+    )
+    parser.add_argument("--hold-rounds", type=int, default=3)
+    parser.add_argument("--only-hold", action="store_true", help="skip the throughput scenarios")
     args = parser.parse_args(argv)
     names = [name for name in args.peers.split(",") if name]
     workdir = Path(tempfile.mkdtemp(prefix="fastpause-bench-workers-"))
     rows: list[dict] = []
+    holds: list[dict] = []
     try:
         with Supervisor(workdir) as sup:
             peers.ensure_tools(names)
             load_before = machine.load_now()
+            if args.hold:
+                holds = _hold_rounds(sup, workdir, args.hold, args.hold_rounds)
             backend_port = free_port()
             backend = peers.Backend(workdir).start(sup, backend_port)
-            for scenario in SCENARIOS:
+            for scenario in () if args.only_hold else SCENARIOS:
                 print(f"{scenario} with {WORKERS} workers each", flush=True)
                 rows += throughput.run_scenario(
                     sup,
@@ -92,10 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
-            {"load_before": load_before, "rows": rows, "summary": summary}, indent=1, default=str
+            {"load_before": load_before, "rows": rows, "summary": summary, "holds": holds},
+            indent=1,
+            default=str,
         )
     )
     return 0
+
+
+def _hold_rounds(sup: Supervisor, workdir: Path, count: int, rounds: int) -> list[dict]:
+    """``count`` requests held on a paused route, then resumed: 1 worker and
+    ``WORKERS`` workers, interleaved, ``rounds`` times each."""
+    print(f"hold {count} on a paused route, 1 and {WORKERS} workers", flush=True)
+    rows = []
+    for _ in range(rounds):
+        for workers in (1, WORKERS):
+            rows.append(holding.hold_run(sup, workdir, "fastpause-pause", count, workers=workers))
+    return rows
 
 
 if __name__ == "__main__":
