@@ -231,28 +231,63 @@ def test_a_worker_that_does_not_answer_is_reported_and_replaced(workers_proxy):
     assert route_entry(status, "app")["mode"] == "paused"  # the new one started paused
 
 
-def test_caps_are_shared_between_workers(workers_proxy, backend):
-    """``max_held = 3`` with 2 workers: each worker holds at most 2 (3/2 rounded up),
-    so the proxy holds at most 4, the cap plus one (README, "Workers")."""
+def test_max_held_caps_the_whole_proxy_wherever_requests_arrive(workers_proxy, backend):
+    """``max_held = 3`` with 2 workers: 3 held in one worker fill the route for both
+    (the workers share their held counts), and no worker's part is full earlier."""
     proxy = workers_proxy(route={"max_held": 3})
     by_worker = spread_connections(proxy)
+    first_conns, other_conns = list(by_worker.values())[:2]
+    assert len(first_conns) >= 4, "the kernel gave one worker nearly every connection"
     proxy.admin.pause()
-    held = 0
-    for conns in by_worker.values():
-        for index, conn in enumerate(conns[:3]):
-            conn.send(build_request("GET", "/inspect?capped"))
-            if index < 2:
-                held += 1
-                proxy.admin.wait_held(held)
-            else:
-                resp = conn.read_response()
-                assert resp.status == 503, resp
-                assert "too many requests are waiting" in resp.text, resp
-    assert held <= 3 + WORKERS - 1
+    for held, conn in enumerate(first_conns[:3], start=1):
+        conn.send(build_request("GET", "/inspect?capped"))
+        proxy.admin.wait_held(held)
+    for conn in (other_conns[0], first_conns[3]):
+        conn.send(build_request("GET", "/inspect?over"))
+        resp = conn.read_response()
+        assert resp.status == 503, resp
+        assert "too many requests are waiting" in resp.text, resp
+    assert route_entry(proxy.admin.status(), "app")["held"] == 3
     proxy.admin.resume()
-    for conns in by_worker.values():
-        for conn in conns[:2]:
-            assert conn.read_response().status == 200
+    for conn in first_conns[:3]:
+        assert conn.read_response().status == 200
+
+
+def test_max_held_bytes_caps_the_whole_proxy(workers_proxy, backend):
+    """Held bodies count against ``max_held_bytes`` whichever worker holds them."""
+    proxy = workers_proxy(top={"max_held_bytes": 1000})
+    by_worker = spread_connections(proxy)
+    first_conns, other_conns = list(by_worker.values())[:2]
+    body = b"x" * 600
+    proxy.admin.pause()
+    first_conns[0].send(build_request("POST", "/inspect?one", body=body))
+    proxy.admin.wait_held(1)
+    other_conns[0].send(build_request("POST", "/inspect?two", body=body))
+    resp = other_conns[0].read_response()
+    assert resp.status == 503, resp
+    assert "holding too much request data" in resp.text, resp
+    proxy.admin.resume()
+    resp = first_conns[0].read_response()
+    assert resp.status == 200 and resp.json()["body_length"] == len(body), resp
+
+
+def test_what_a_killed_worker_held_stops_counting_against_the_cap(workers_proxy, backend):
+    proxy = workers_proxy(route={"max_held": 2})
+    by_worker = spread_connections(proxy)
+    victim, survivor = list(by_worker)[:2]
+    proxy.admin.pause()
+    for held, conn in enumerate(by_worker[victim][:2], start=1):
+        conn.send(build_request("GET", "/inspect?victim"))
+        proxy.admin.wait_held(held)
+    os.kill(victim, signal.SIGKILL)
+    wait_for_replacement(proxy)
+    conns = by_worker[survivor][:2]
+    for held, conn in enumerate(conns, start=1):  # the cap is free again
+        conn.send(build_request("GET", "/inspect?survivor"))
+        proxy.admin.wait_held(held)
+    proxy.admin.resume()
+    for conn in conns:
+        assert conn.read_response().status == 200
 
 
 def test_supervisor_killed_takes_its_workers_along(workers_proxy):

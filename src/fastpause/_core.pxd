@@ -274,8 +274,24 @@ cdef class Route:
                        RequestHead* h)
 
 
+cdef enum:
+    HELD_BYTES = 0  # the SharedCounts column of held body bytes; routes' come after
+
+
+cdef class SharedCounts:
+    cdef unsigned char[::1] view
+    cdef long long* base
+    cdef long long* row
+    cdef int workers
+    cdef int columns
+    cdef inline void publish(self, int column, long long value)
+    cdef long long total(self, int column)
+
+
 cdef class RouteState:
     cdef readonly str name
+    cdef SharedCounts shared  # None: this process is the whole proxy
+    cdef int shared_column
     cdef Engine engine
     cdef int mode
     cdef readonly double max_hold
@@ -304,6 +320,7 @@ cdef class RouteState:
     cdef double hold_seconds_sum
     cdef long long hold_buckets[15]
     cdef void bind(self, Engine engine)
+    cdef Py_ssize_t held_total(self)
     cdef void push(self, ClientProtocol c, double deadline)
     cdef void unlink(self, ClientProtocol c)
     cdef ClientProtocol pop(self)
@@ -349,6 +366,7 @@ cdef class Engine:
     cdef public object on_upstream_down
     cdef readonly bint at_capacity
     cdef long long n_held_bytes
+    cdef SharedCounts shared  # None: this process is the whole proxy
     cdef set clients
     cdef bint shutting_down
     cdef object drained
@@ -362,6 +380,8 @@ cdef class Engine:
     cdef long long n_bytes_out
     cdef long long n_upstream_errors
     cdef int count_response(self, int status) except -1
+    cdef void add_held_bytes(self, long long n)
+    cdef long long held_bytes_total(self)
     cdef void client_opened(self, ClientProtocol c)
     cdef void client_closed(self, ClientProtocol c)
     cdef void fill_request_id(self, char* out)

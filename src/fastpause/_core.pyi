@@ -8,6 +8,7 @@ reads files or parses config.
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 LB_POLICIES: tuple[str, ...]
 """round_robin (smooth weighted), least_conn, random_two, first, ip_hash, cookie"""
@@ -96,6 +97,18 @@ class Upstream:
     def close_tunnels(self) -> None:
         """Cut upgraded (WebSocket) connections now; ordinary exchanges drain."""
 
+class SharedCounts:
+    """Counts every worker publishes (its own row) and every worker sums (a column):
+    held body bytes (column 0) and held requests per route (columns 1 and up), in
+    memory the workers share, so ``max_held`` and ``max_held_bytes`` cap the whole
+    proxy (overshoot at most ``workers - 1``)."""
+
+    def __init__(self, buffer: Any, workers: int, index: int, columns: int) -> None:
+        """``buffer``: writable, ``workers * columns`` 64-bit counts; row ``index`` is
+        this worker's and starts at zero."""
+    def __getitem__(self, column: int) -> int:
+        """The whole proxy's count in ``column``."""
+
 class RouteState:
     """A route's runtime state: running/paused/stopped and its hold queue.
 
@@ -106,6 +119,8 @@ class RouteState:
     name: str
     mode_name: str  # "running" | "paused" | "stopped"
     held: int
+    def share_counts(self, shared: SharedCounts, column: int) -> None:
+        """Publish the held count in ``column`` and cap it with every worker's."""
     oldest_held_age: float | None
     in_flight: int
     max_hold: float
@@ -253,6 +268,8 @@ class Engine:
     # to it failed and it was not already marked down (workers only).
     on_upstream_down: Callable[[str, float], None] | None
     at_capacity: bool
+    def share_counts(self, shared: SharedCounts) -> None:
+        """Publish the held body bytes and cap them with every worker's."""
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:
         """An active health check's verdict; healthy releases requests held for it."""
     def upstream_reachable(self, upstream: Upstream) -> None:

@@ -332,7 +332,7 @@ cdef class ClientProtocol:
             self.route_active = False
             rs.request_ended()
         self.upstream_head = None
-        if rs.count >= route.max_held:
+        if rs.held_total() >= route.max_held:
             rs.n_rejected_full += 1
             self._send_error(503, "too many requests are waiting for this service",
                              False, route.retry_after)
@@ -343,14 +343,14 @@ cdef class ClientProtocol:
             return
         rs.push(self, deadline)
         self.was_held = True
-        self.engine.n_held_bytes += self.pending_bytes
+        self.engine.add_held_bytes(self.pending_bytes)
         if self._held_bytes_over():
             return
         self._resume(P_CONNECTING)  # the body keeps arriving, bounded by max_held_body
 
     cdef bint _held_bytes_over(self):
         """The proxy-wide cap on buffered held bodies; answers 503 when crossed."""
-        if self.engine.n_held_bytes <= self.engine.max_held_bytes:
+        if self.engine.held_bytes_total() <= self.engine.max_held_bytes:
             return False
         self.route.state.n_rejected_body += 1
         self._send_error(503, "the proxy is holding too much request data; try again shortly",
@@ -367,7 +367,7 @@ cdef class ClientProtocol:
         """Leave the queue: route again against the current snapshot (late binding)."""
         cdef RequestHead h
         cdef const unsigned char* p = _ptr(self.head_src) + self.head_off
-        self.engine.n_held_bytes -= self.pending_bytes
+        self.engine.add_held_bytes(-self.pending_bytes)
         self.held_for += _monotonic() - self.held_since
         if self.state == C_CLOSED:
             return
@@ -377,13 +377,13 @@ cdef class ClientProtocol:
         self._route_request(p, &h, True)
 
     cdef void hold_expired(self):
-        self.engine.n_held_bytes -= self.pending_bytes
+        self.engine.add_held_bytes(-self.pending_bytes)
         self.held_for += _monotonic() - self.held_since
         self._send_error(503, "waited too long for the backend to become available",
                          False, self.route.retry_after)
 
     cdef void hold_failed(self, int status, str why, int retry_after):
-        self.engine.n_held_bytes -= self.pending_bytes
+        self.engine.add_held_bytes(-self.pending_bytes)
         self._send_error(status, why, False, retry_after or self.route.retry_after)
 
     cdef int _new_exchange(self) except -1:
@@ -505,10 +505,10 @@ cdef class ClientProtocol:
         cdef RouteState rs = self.held_queue
         self.pending_bytes += n
         if rs is not None:
-            self.engine.n_held_bytes += n
+            self.engine.add_held_bytes(n)
             if self.route.max_held_body >= 0 and self.pending_bytes > self.route.max_held_body:
                 rs.unlink(self)
-                self.engine.n_held_bytes -= self.pending_bytes
+                self.engine.add_held_bytes(-self.pending_bytes)
                 self._reject_held_body()
             elif self._held_bytes_over():
                 pass
@@ -688,7 +688,7 @@ cdef class ClientProtocol:
         take it (``max_held``: a replayable failure is no reason to answer 503)."""
         cdef RouteState rs = self.route.state
         return (not self.engine.shutting_down and rs.mode != MODE_STOPPED
-                and rs.count < self.route.max_held)
+                and rs.held_total() < self.route.max_held)
 
     cdef void interim_response(self, bytes head):
         if self.state != C_CLOSED:
@@ -828,7 +828,7 @@ cdef class ClientProtocol:
             self._close_spool()
         self.engine.count_response(self.status)
         if self.held_queue is not None:
-            self.engine.n_held_bytes -= self.pending_bytes
+            self.engine.add_held_bytes(-self.pending_bytes)
             self.held_queue.unlink(self)
         if self.route_active:
             self.route_active = False

@@ -191,13 +191,15 @@ class Reload:
 @plain
 @dataclass(frozen=True)
 class Snapshot:
-    """What a data plane serves: the config (with a worker's share of the caps), the
-    IP each upstream address dials (so no worker resolves a name) and the upstreams
-    the health checks hold down, as (route, address) pairs."""
+    """What a data plane serves: the config (with a worker's share of
+    ``max_connections``), the IP each upstream address dials (so no worker resolves a
+    name), the upstreams the health checks hold down, as (route, address) pairs, and
+    each route's column in the shared held counts (``fastpause.shared_counts``)."""
 
     config: Config
     resolved: dict[str, str]
     unhealthy: tuple[tuple[str, str], ...]
+    columns: dict[str, int]
 
 
 @plain

@@ -227,6 +227,7 @@ class ControlPlane:
                 for upstream in route.upstreams
                 if not upstream.healthy
             ),
+            self.workers.region.columns([route.name for route in table.routes]),
         )
 
     async def _publish(self, *, close_tunnels: bool = False) -> Published:

@@ -104,6 +104,24 @@ cdef class Engine:
         cdef int cls = status // 100
         self.n_responses[cls if 1 <= cls <= 5 else 0] += 1
 
+    def share_counts(self, SharedCounts shared):
+        """Publish the held body bytes in ``shared`` and check ``max_held_bytes``
+        against every worker's (see ``SharedCounts``)."""
+        self.shared = shared
+        shared.publish(HELD_BYTES, self.n_held_bytes)
+
+    cdef void add_held_bytes(self, long long n):
+        """Held body bytes came in (``n`` > 0) or left (``n`` < 0)."""
+        self.n_held_bytes += n
+        if self.shared is not None:
+            self.shared.publish(HELD_BYTES, self.n_held_bytes)
+
+    cdef long long held_bytes_total(self):
+        """Held body bytes of the whole proxy (what ``max_held_bytes`` caps)."""
+        if self.shared is None:
+            return self.n_held_bytes
+        return self.shared.total(HELD_BYTES)
+
     @property
     def max_connections(self):
         return self._max_connections

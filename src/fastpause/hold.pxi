@@ -37,6 +37,21 @@ cdef class RouteState:
             self.engine = engine
             self.expiry = Deadline(engine.timers, self._expire_cb)
 
+    def share_counts(self, SharedCounts shared, int column):
+        """Publish this route's held count in ``column`` of ``shared`` and check
+        ``max_held`` against every worker's (see ``SharedCounts``)."""
+        if not HELD_BYTES < column < shared.columns:
+            raise ValueError(f"column {column} is not a route's")
+        self.shared = shared
+        self.shared_column = column
+        shared.publish(column, self.count)
+
+    cdef Py_ssize_t held_total(self):
+        """Requests held in this route by the whole proxy (what ``max_held`` caps)."""
+        if self.shared is None:
+            return self.count
+        return <Py_ssize_t>self.shared.total(self.shared_column)
+
     # -- the queue -----------------------------------------------------------------
 
     cdef void push(self, ClientProtocol c, double deadline):
@@ -57,6 +72,8 @@ cdef class RouteState:
         self.tail = c
         self.count += 1
         self.n_held_total += 1
+        if self.shared is not None:
+            self.shared.publish(self.shared_column, self.count)
 
     cdef void unlink(self, ClientProtocol c):
         if c.held_prev is None:
@@ -71,6 +88,8 @@ cdef class RouteState:
         c.held_next = None
         c.held_queue = None
         self.count -= 1
+        if self.shared is not None:
+            self.shared.publish(self.shared_column, self.count)
         if self.head is None:
             self.expiry.clear()
             self.unavailable = False

@@ -33,6 +33,7 @@ from fastpause.control import retire
 from fastpause.listeners import Listeners
 from fastpause.router import build_table, retired
 from fastpause.server import drain_and_close
+from fastpause.shared_counts import attach
 from fastpause.stats import Stats, collect
 from fastpause.wire import Channel, WireError, decode
 
@@ -51,6 +52,7 @@ class Worker:
         self._config: Config | None = None
         self._listeners: Listeners | None = None
         self._access_log: AccessLog | None = None
+        self._shared: _core.SharedCounts | None = None
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._signals = 0
@@ -158,6 +160,10 @@ class Worker:
             max_connections=config.max_connections,
         )
         self._config = config
+        *listening, counts = fds
+        self._shared = attach(counts, args["workers"], self.index)
+        self._engine.share_counts(self._shared)
+        self._share_route_counts(snapshot)
         self._set_health(snapshot.unhealthy)
         for command in decode(args["modes"]):
             apply(command, table)
@@ -165,7 +171,7 @@ class Worker:
         self._engine.on_capacity = self._on_capacity
         self._engine.on_upstream_up = self._tell_upstream_up
         self._engine.on_upstream_down = self._tell_upstream_down
-        return self._adopt(fds)
+        return self._adopt(listening)
 
     async def _adopt(self, fds: list[int]) -> dict[str, Any]:
         assert self._listeners is not None
@@ -203,6 +209,7 @@ class Worker:
         engine.max_connections = config.max_connections
         self._switch_access_log(previous, config)
         self._config = config
+        self._share_route_counts(snapshot)
         self._set_health(snapshot.unhealthy)
         leaving = retired(old, table)
         if command.close_tunnels:
@@ -278,6 +285,13 @@ class Worker:
             if upstream.address == address
         }
         return list(found.values())
+
+    def _share_route_counts(self, snapshot: Snapshot) -> None:
+        """Each route's held count goes to its column: ``max_held`` is the proxy's."""
+        engine, _ = self._running()
+        assert self._shared is not None
+        for route in engine.table.routes:
+            route.state.share_counts(self._shared, snapshot.columns[route.name])
 
     def _set_health(self, unhealthy: tuple[tuple[str, str], ...]) -> None:
         """Match the supervisor's health verdicts (it alone probes the backends)."""

@@ -29,6 +29,7 @@ from typing import Any
 from fastpause.commands import Command, Outcome, Snapshot
 from fastpause.config import Config
 from fastpause.console import complain, say
+from fastpause.shared_counts import SharedRegion
 from fastpause.stats import Stats, retire
 from fastpause.wire import Channel, encode
 
@@ -61,19 +62,11 @@ class Answers:
 
 
 def share_limits(config: Config, workers: int) -> Config:
-    """The proxy-wide caps divided between ``workers``, rounded up: the real total can
-    exceed a cap by at most ``workers - 1`` (connections, held requests, held bytes)."""
-
-    def part(limit: int) -> int:
-        return math.ceil(limit / workers)
-
-    routes = tuple(replace(route, max_held=part(route.max_held)) for route in config.routes)
-    return replace(
-        config,
-        routes=routes,
-        max_held_bytes=part(config.max_held_bytes),
-        max_connections=part(config.max_connections),
-    )
+    """``max_connections`` divided between ``workers``, rounded up: the real total can
+    exceed it by at most ``workers - 1``. (A worker at its part stops accepting and the
+    kernel spreads connections evenly; ``max_held`` and ``max_held_bytes`` are checked
+    against every worker's counts instead, ``fastpause.shared_counts``.)"""
+    return replace(config, max_connections=math.ceil(config.max_connections / workers))
 
 
 class WorkerProcess:
@@ -173,6 +166,7 @@ class WorkerPool:
         self._live: dict[int, WorkerProcess] = {}
         self._watchers: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.region = SharedRegion(count)
 
     # ------------------------------------------------------------ life cycle
 
@@ -205,8 +199,12 @@ class WorkerPool:
         try:
             await worker.request(
                 "start",
-                {"snapshot": encode(state.snapshot), "modes": encode(state.modes)},
-                [sock.fileno() for sock in sockets],
+                {
+                    "snapshot": encode(state.snapshot),
+                    "modes": encode(state.modes),
+                    "workers": self.count,
+                },
+                [sock.fileno() for sock in sockets] + [self.region.fd],
                 timeout=START_TIMEOUT,
             )
         except (WorkerLost, ValueError) as error:
@@ -228,6 +226,7 @@ class WorkerPool:
             del self._live[worker.index]
         if worker.last_stats is not None:
             self._departed = retire(self._departed, worker.last_stats)
+        self.region.clear_row(worker.index)
         if self._stopping:
             return
         lived = asyncio.get_running_loop().time() - worker.started
@@ -256,6 +255,7 @@ class WorkerPool:
         self.signal_all(signal.SIGTERM)
         if self._watchers:
             await asyncio.wait(list(self._watchers))
+        self.region.close()
 
     def cut(self) -> None:
         """Every worker stops waiting for its connections and closes them now.
