@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             if row["scenario"] == scenario:
                 by_round.setdefault(row["round"], {})[row["proxy"]] = row
-        for name in names:
+        for name in names if by_round else ():
             if name == "nginx":
                 continue
             ratios = [
