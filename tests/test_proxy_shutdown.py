@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from helpers import (
     IncompleteResponse,
     build_request,
@@ -188,3 +189,31 @@ def test_shutdown_is_graceful_when_the_reader_of_its_output_is_gone(tmp_path, ba
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("proxy_workers", [1, 2], ids=["1worker", "2workers"])
+def test_shutdown_delay_fails_health_checks_and_serves_the_rest(proxy_factory, proxy_workers):
+    """``shutdown_delay``: after SIGTERM the route's health_path answers 503 (so an
+    outer load balancer takes the proxy out) while every other request is served and
+    new connections are accepted; a second signal ends the delay."""
+    proxy = proxy_factory(
+        route={"health_path": "/inspect", "health_interval": "1h"},
+        top={"shutdown_delay": "10m"},
+    )
+    assert proxy.get("/inspect").status == 200  # running: the backend answers it
+    proxy.terminate()
+    assert proxy.output.wait_for(
+        lambda s: s == "fastpause: shutting down in 600s; health checks answer 503 until then"
+    ), proxy.describe()
+    for _ in range(4):  # new connections, whichever worker takes them
+        with proxy.conn() as conn:
+            conn.send(build_request("GET", "/inspect?from=lb"))
+            resp = conn.read_response()
+            assert resp.status == 503, resp
+            assert "shutting down" in resp.text and resp.closes, resp
+            assert conn.is_closed_by_peer()
+        resp = proxy.get("/inspect/app")
+        assert resp.status == 200 and resp.json()["target"] == "/inspect/app", resp
+    proxy.terminate()
+    assert_stopped_cleanly(proxy)
+    assert connection_refused(proxy.port)

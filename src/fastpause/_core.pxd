@@ -365,6 +365,7 @@ cdef class Engine:
     cdef public object on_upstream_up
     cdef public object on_upstream_down
     cdef readonly bint at_capacity
+    cdef public bint lame_duck  # shutting down soon: health checks answer 503
     cdef long long n_held_bytes
     cdef SharedCounts shared  # None: this process is the whole proxy
     cdef set clients

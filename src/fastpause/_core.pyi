@@ -268,6 +268,9 @@ class Engine:
     # to it failed and it was not already marked down (workers only).
     on_upstream_down: Callable[[str, float], None] | None
     at_capacity: bool
+    lame_duck: bool
+    """Set for ``shutdown_delay`` before a shutdown: a route's ``health_path`` answers
+    503 (whatever the route's mode) while every other request is served."""
     def share_counts(self, shared: SharedCounts) -> None:
         """Publish the held body bytes and cap them with every worker's."""
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:

@@ -296,9 +296,13 @@ cdef class ClientProtocol:
         cdef Route route = self.route
         cdef RouteState rs = route.state
         cdef Upstream up
-        if rs.mode != MODE_RUNNING and route.health_path is not None \
+        if route.health_path is not None \
+                and (rs.mode != MODE_RUNNING or self.engine.lame_duck) \
                 and _is_health_check(p, h, route.health_path):
-            self._send_plain(200, b"OK\n")
+            if self.engine.lame_duck:  # an outer load balancer stops sending here first
+                self._send_error(503, "this proxy is shutting down", True, 0)
+            else:
+                self._send_plain(200, b"OK\n")
             return 0
         if rs.mode == MODE_STOPPED:
             self._send_error(503, rs.stop_message or "the service is stopped for maintenance",

@@ -229,6 +229,17 @@ class Verdict:
                 engine.set_upstream_health(upstream, self.healthy)
 
 
+@plain
+@dataclass(frozen=True)
+class LameDuck:
+    """The proxy shuts down after ``shutdown_delay``: meanwhile every route's
+    ``health_path`` answers 503, so an outer load balancer stops sending here before
+    this proxy stops accepting."""
+
+    def apply(self, engine: _core.Engine) -> None:
+        engine.lame_duck = True
+
+
 def apply(command: Command, table: _core.RoutingTable) -> Outcome:
     """Apply ``command`` to its route in ``table``; ``UnknownRoute`` if there is none."""
     return command.apply(route_state(table, command.route))

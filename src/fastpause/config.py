@@ -140,6 +140,8 @@ class Config:
     keepalive_timeout: float = 60.0
     send_timeout: float = 60.0
     shutdown_timeout: float = 10.0
+    # After SIGTERM, health checks answer 503 this long before the proxy stops accepting.
+    shutdown_delay: float = 0.0
     access_log: str | None = None
     access_log_format: AccessLogFormat = "common"
     max_held_bytes: int = 256 << 20
@@ -764,6 +766,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "keepalive_timeout": _duration(allow_zero=False),
     "send_timeout": _duration(allow_zero=False),
     "shutdown_timeout": _duration(allow_zero=True),
+    "shutdown_delay": _duration(allow_zero=True),
     "access_log": _access_log,
     "access_log_format": _access_log_format,
     "max_held_bytes": _size(at_least="0B"),

@@ -22,6 +22,7 @@ cdef class Engine:
         self.access_log = access_log
         self.clients = set()
         self.shutting_down = False
+        self.lame_duck = False
         self.drained = None
         self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
         self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1

@@ -8,6 +8,7 @@ bound and the admin API answers, so a supervisor or test that waits for
 """
 
 import asyncio
+import contextlib
 import signal
 from typing import Any
 
@@ -16,6 +17,7 @@ import uvloop
 from fastpause import _core
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
+from fastpause.commands import LameDuck
 from fastpause.config import Address, Config, Overrides
 from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
@@ -119,6 +121,7 @@ class Server:
             self._announce(control, admin)
             self._control = control
             await self._stop_requested.wait()
+            await self._lame_duck(control)
             await self._shut_down(control, admin)
         finally:
             if admin is not None:
@@ -198,6 +201,21 @@ class Server:
             say(f"admin on {admin.describe()}")
         for url in control.listeners.urls():
             say(f"listening on {url}")
+
+    async def _lame_duck(self, control: ControlPlane) -> None:
+        """``shutdown_delay``: serve on, but answer health checks with 503, so an outer
+        load balancer takes this proxy out before it stops accepting (kamal-proxy's
+        lame duck). A second stop signal ends it and cuts."""
+        delay = control.config.shutdown_delay
+        if not delay:
+            return
+        assert self._cut is not None
+        say(f"shutting down in {delay:g}s; health checks answer 503 until then")
+        LameDuck().apply(control.engine)
+        if control.workers is not None:
+            await control.workers.send(LameDuck())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cut.wait(), delay)
 
     async def _shut_down(self, control: ControlPlane, admin: AdminServer | None) -> None:
         """Stop accepting, let in-flight requests finish within the grace period, then cut.

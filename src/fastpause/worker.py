@@ -26,7 +26,15 @@ import uvloop
 
 from fastpause import _core
 from fastpause.accesslog import AccessLog
-from fastpause.commands import Install, Snapshot, UnknownRoute, Verdict, apply, route_state
+from fastpause.commands import (
+    Install,
+    LameDuck,
+    Snapshot,
+    UnknownRoute,
+    Verdict,
+    apply,
+    route_state,
+)
 from fastpause.config import Config
 from fastpause.console import complain
 from fastpause.control import retire
@@ -189,7 +197,7 @@ class Worker:
         command = decode(args["command"])
         if isinstance(command, Install):
             return self._install(command)
-        if isinstance(command, Verdict):
+        if isinstance(command, Verdict | LameDuck):
             return command.apply(engine)
         return apply(command, engine.table)
 
