@@ -89,7 +89,9 @@ class OutputLines:
 class Process:
     """A child process with collected stdout and stderr written to a file."""
 
-    def __init__(self, argv: list[str], stderr_path: Path, cwd: Path) -> None:
+    def __init__(
+        self, argv: list[str], stderr_path: Path, cwd: Path, pass_fds: tuple[int, ...] = ()
+    ) -> None:
         self.argv = argv
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "wb")  # noqa: SIM115
@@ -100,6 +102,7 @@ class Process:
             stdin=subprocess.DEVNULL,
             cwd=cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            pass_fds=pass_fds,
         )
         self.output = OutputLines(self.proc.stdout)
 

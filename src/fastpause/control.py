@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpause import _core, statefile
+from fastpause import _core, statefile, systemd
 from fastpause.accesslog import AccessLog
 from fastpause.commands import (
     Command,
@@ -280,12 +280,15 @@ class ControlPlane:
         Returns once the new table is in place; upstreams it no longer uses drain
         in the background.
         """
+        systemd.reloading()
         try:
             async with self._lock:
                 reloaded = await self._reload(path)
         except ReloadError as error:
             complain(f"reload failed: {error}; still serving the previous config")
             raise
+        finally:
+            systemd.ready(f"serving on {', '.join(self.listeners.urls())}")
         for note in reloaded.notes:
             say(note)
         say(f"reloaded {reloaded.path}: {_count(reloaded.routes, 'route')}")

@@ -109,9 +109,17 @@ class ListenChange:
 class Listeners:
     """The proxy's public listeners, by listen entry, accepting or paused together."""
 
-    def __init__(self, protocol_factory: ProtocolFactory | None, group_size: int = 1) -> None:
+    def __init__(
+        self,
+        protocol_factory: ProtocolFactory | None,
+        group_size: int = 1,
+        activated: Sequence[socket.socket] = (),
+    ) -> None:
         self._protocol_factory = protocol_factory
         self._group_size = group_size  # sockets per address (one per worker)
+        # Listening sockets systemd passed (socket activation), by address: a listen
+        # entry for that address serves the socket instead of binding its own.
+        self._activated = {_address_of(sock): sock for sock in activated}
         self._bound: dict[ListenKey, list[Listener]] = {}
         self._adopted: dict[str, Listener] = {}  # a worker's, by URL
         self._live: set[Listener] = set()  # bound, or prepared by a reload in progress
@@ -145,7 +153,11 @@ class Listeners:
         opened: list[Listener] = []
         try:
             for family, sockaddr in _distinct(infos):
-                group = _bind_group(family, sockaddr, self._group_size)
+                inherited = self._activated.pop((family, sockaddr), None)
+                if inherited is not None:  # one socket, shared by the workers if any
+                    group = [inherited] * self._group_size
+                else:
+                    group = _bind_group(family, sockaddr, self._group_size)
                 listener = Listener(group[0], self._protocol_factory, group)
                 opened.append(listener)
                 if self.accepting:
@@ -192,6 +204,14 @@ class Listeners:
                 await listener.accept()
         self._close(self._adopted.values())
         self._adopted = adopted
+
+    def close_unused_activated(self) -> list[str]:
+        """Close the sockets systemd passed that no listen entry names; their addresses."""
+        unused = [str(Address(*sockaddr[:2])) for _, sockaddr in self._activated]
+        for sock in self._activated.values():
+            sock.close()
+        self._activated.clear()
+        return unused
 
     def sockets(self, index: int) -> list[socket.socket]:
         """Worker ``index``'s socket of every bound address, in config order."""
@@ -266,6 +286,11 @@ def _bind(family: int, sockaddr: tuple[object, ...], reuse_port: bool = False) -
         sock.close()
         raise
     return sock
+
+
+def _address_of(sock: socket.socket) -> tuple[int, tuple[object, ...]]:
+    """(family, socket address), as ``getaddrinfo`` gives them for a listen entry."""
+    return sock.family, sock.getsockname()
 
 
 def _distinct(

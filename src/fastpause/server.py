@@ -14,7 +14,7 @@ from typing import Any
 
 import uvloop
 
-from fastpause import _core
+from fastpause import _core, systemd
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.commands import LameDuck
@@ -96,10 +96,13 @@ class Server:
             if admin is not None:
                 await _bind_admin(admin)
             serving = self.config.workers == 1
+            activated = systemd.activated_sockets()
             if serving:
-                listeners = Listeners(engine.protocol_factory("http"))
+                listeners = Listeners(engine.protocol_factory("http"), activated=activated)
             else:
-                listeners = Listeners(BIND_ONLY, group_size=self.config.workers)
+                listeners = Listeners(
+                    BIND_ONLY, group_size=self.config.workers, activated=activated
+                )
             control = ControlPlane(
                 engine,
                 self.config,
@@ -111,6 +114,8 @@ class Server:
             )
             engine.on_capacity = control.on_capacity
             await self._listen(listeners)
+            for address in listeners.close_unused_activated():
+                complain(f"systemd passed a socket on {address} that no listen entry names")
             if not serving:
                 await self._start_workers(control)
             if admin is not None:
@@ -120,6 +125,7 @@ class Server:
             control.start()
             self._announce(control, admin)
             self._control = control
+            systemd.ready(f"serving on {', '.join(control.listeners.urls())}")
             await self._stop_requested.wait()
             await self._lame_duck(control)
             await self._shut_down(control, admin)
@@ -151,6 +157,7 @@ class Server:
         assert self._stop_requested is not None and self._cut is not None
         self._stop_signals += 1
         if self._stop_signals == 1:
+            systemd.stopping()
             self._stop_requested.set()
         else:
             self._cut.set()
