@@ -29,7 +29,16 @@ import httptools
 
 from fastpause import __version__, _core, metrics
 from fastpause.arguments import Declared, read_values
-from fastpause.commands import Outcome, Pause, Reload, Resume, Start, Stop, UnknownRoute
+from fastpause.commands import (
+    Outcome,
+    Pause,
+    Reload,
+    Resume,
+    Start,
+    Stop,
+    UnknownRoute,
+    Upgrade,
+)
 from fastpause.config import (
     Address,
     AdminAddress,
@@ -114,6 +123,7 @@ class EventStream:
 
     def __init__(self) -> None:
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.written = asyncio.Event()  # the last line went out (or the caller left)
 
     def put(self, event: Event) -> None:
         self._events.put_nowait(event)
@@ -122,13 +132,16 @@ class EventStream:
         self._events.put_nowait(None)
 
     async def write(self, writer: asyncio.StreamWriter) -> None:
-        writer.write(self.HEAD)
-        while (event := await self._events.get()) is not None:
-            line = json.dumps(event).encode() + b"\n"
-            writer.write(b"%x\r\n%b\r\n" % (len(line), line))
+        try:
+            writer.write(self.HEAD)
+            while (event := await self._events.get()) is not None:
+                line = json.dumps(event).encode() + b"\n"
+                writer.write(b"%x\r\n%b\r\n" % (len(line), line))
+                await writer.drain()
+            writer.write(self.END)
             await writer.drain()
-        writer.write(self.END)
-        await writer.drain()
+        finally:
+            self.written.set()
 
 
 # ---------------------------------------------------------------- reading requests
@@ -265,6 +278,7 @@ class AdminApi:
         self._control = control
         self._token = token
         self._started = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def respond(self, reader: RequestReader) -> Response | EventStream:
         """Authenticate, route, then read the body: a refused caller never sends one."""
@@ -285,6 +299,12 @@ class AdminApi:
                 workers.restarts if workers else 0,
             )
             return Response(HTTPStatus.OK, text, metrics.CONTENT_TYPE)
+        if method == "POST" and self._control.upgrading:
+            raise AdminError(HTTPStatus.CONFLICT, "an upgrade is in progress; try again after it")
+        if path == "/upgrade":
+            _allow(method, "POST")
+            _values(Upgrade, await reader.read_body())
+            return self._upgrade()
         if path == "/reload":
             _allow(method, "POST")
             return Response.json(await self._reload(await reader.read_body()))
@@ -347,6 +367,25 @@ class AdminApi:
         except ReloadError as error:
             raise AdminError(HTTPStatus.BAD_REQUEST, str(error)) from None
         return {"config": reloaded.path, "routes": reloaded.routes, "notes": list(reloaded.notes)}
+
+    def _upgrade(self) -> EventStream:
+        """Hand over to a new process and stream its progress (``fastpause.upgrade``)."""
+        upgrader = self._control.upgrader
+        if upgrader is None:
+            raise AdminError(HTTPStatus.SERVICE_UNAVAILABLE, "the proxy is still starting")
+        stream = EventStream()
+
+        async def run() -> None:
+            try:
+                await upgrader(stream.put)
+            finally:
+                stream.close()
+                await stream.written.wait()  # the old process exits only once it is read
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return stream
 
     def _deploy(self, command: Deploy) -> EventStream:
         """Start a deploy and stream its progress; refusals come before the stream starts."""
@@ -434,6 +473,7 @@ class AdminServer:
         self._server: asyncio.Server | None = None
         self._api: AdminApi | None = None
         self._socket_file: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def bind(self) -> None:
         """Create the listener without serving; ``BindError`` says why it cannot be."""
@@ -457,6 +497,24 @@ class AdminServer:
                 problem = f"cannot listen for admin on {self.address}: {_reason(error)}"
                 raise BindError(problem) from None
 
+    async def adopt(self, sock: socket.socket) -> None:
+        """Take over the listener of the process this one replaces (``upgrade``)."""
+        if isinstance(self.address, UnixAddress):
+            info = os.stat(self.address.path)
+            self._socket_file = (info.st_dev, info.st_ino)
+            self._server = await asyncio.start_unix_server(
+                self._connection, sock=sock, start_serving=False
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._connection, sock=sock, start_serving=False
+            )
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The listening socket, for a successor to take over."""
+        return self._server.sockets[0] if self._server is not None else None
+
     def describe(self) -> str:
         """The address as ``--admin`` takes it, with the real port when port 0 was asked."""
         if isinstance(self.address, UnixAddress) or self._server is None:
@@ -469,11 +527,14 @@ class AdminServer:
         self._api = api
         await self._server.start_serving()
 
-    def close(self) -> None:
-        """Stop listening; remove the socket file unless another process replaced it."""
+    def close(self, *, handed_over: bool = False) -> None:
+        """Stop listening; remove the socket file unless another process replaced it
+        or took it over (``handed_over``)."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        if handed_over:
+            self._socket_file = None
         if self._socket_file is not None and isinstance(self.address, UnixAddress):
             with contextlib.suppress(OSError):
                 info = os.stat(self.address.path)
@@ -481,9 +542,19 @@ class AdminServer:
                     os.unlink(self.address.path)
             self._socket_file = None
 
+    async def finish(self) -> None:
+        """Let the answers being written go out (an upgrade's "done" line) before the
+        process exits, for at most the linger time."""
+        if self._connections:
+            await asyncio.wait(list(self._connections), timeout=LINGER_TIMEOUT + READ_TIMEOUT)
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One request, one response, close; no error escapes to the event loop."""
         assert self._api is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
         try:
             try:
                 response = await self._api.respond(RequestReader(reader))

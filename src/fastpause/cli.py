@@ -20,9 +20,10 @@ from urllib.parse import quote
 from fastpause import __version__
 from fastpause.admin_client import AdminClient, AdminRefused, AdminUnavailable
 from fastpause.arguments import DEFAULT_DRAIN_TIMEOUT, Declared, add_flags, body
-from fastpause.commands import Pause, Reload, Resume, Start, Stop
+from fastpause.commands import Pause, Reload, Resume, Start, Stop, Upgrade
 from fastpause.config import (
     AdminAddress,
+    Config,
     ConfigError,
     Overrides,
     default_admin_address,
@@ -35,6 +36,7 @@ from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, Deploy
 from fastpause.router import build_table, describe_match
 from fastpause.server import Server
 from fastpause.units import parse_duration
+from fastpause.upgrade import report_failure
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -45,6 +47,9 @@ ANSWER_MARGIN = 10.0
 # A reload waits for a deploy in progress (its health checks may take the whole
 # deploy timeout) before it runs.
 RELOAD_TIMEOUT = DEFAULT_DEPLOY_TIMEOUT * 4
+# The longest quiet stretch of an upgrade: the old process's requests in flight may
+# take its whole shutdown_timeout, which the command line does not know.
+UPGRADE_QUIET = 3600.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +152,7 @@ def _add_admin_commands(commands: Any) -> None:
 
     _add_command(commands, connection, Reload).set_defaults(handler=_reload)
     _add_command(commands, connection, Deploy).set_defaults(handler=_deploy)
+    _add_command(commands, connection, Upgrade).set_defaults(handler=_upgrade)
 
 
 def _add_command(
@@ -164,20 +170,26 @@ def _add_command(
 
 def _run(args: argparse.Namespace) -> int:
     """Start the proxy from a config file, from --listen/--to, or from the defaults."""
-    if args.config is not None:
-        if args.listen or args.to:
-            args.subparser.error(
-                "--config cannot be combined with --listen or --to: "
-                "put the listen addresses and upstreams in the config file"
-            )
-        config = load(args.config)
-    elif args.listen or args.to:
-        config = quick_config(args.listen, args.to)
-    else:
-        config = default_config()
+    if args.config is not None and (args.listen or args.to):
+        args.subparser.error(
+            "--config cannot be combined with --listen or --to: "
+            "put the listen addresses and upstreams in the config file"
+        )
     overrides = Overrides(admin=args.admin, workers=args.workers)
-    config = overrides.apply(config)
+    try:
+        config = overrides.apply(_run_config(args))
+    except ConfigError as error:  # a process started by ``upgrade`` tells the old one
+        report_failure(str(error))
+        raise
     return Server(config, config_path=args.config, overrides=overrides).run()
+
+
+def _run_config(args: argparse.Namespace) -> Config:
+    if args.config is not None:
+        return load(args.config)
+    if args.listen or args.to:
+        return quick_config(args.listen, args.to)
+    return default_config()
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -278,6 +290,41 @@ def _deploy(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_FAILURE
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    """Print each step as the old process reports it; exit 1 when the upgrade failed
+    (the old process then serves on)."""
+    for event in _client(args).stream("/upgrade", {}, UPGRADE_QUIET):
+        if event.get("event") == "failed":
+            print(f"fastpause: upgrade failed: {event['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        line = _upgrade_step(event)
+        if line is not None:
+            print(line, flush=True)
+        if event.get("event") == "done":
+            return 0
+    print(
+        "fastpause: the old process ended its answer before the upgrade was done",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
+def _upgrade_step(event: dict[str, Any]) -> str | None:
+    kind = event.get("event")
+    if kind == "started":
+        return f"started pid {event['pid']}"
+    if kind == "loaded":
+        return f"the new process loaded its config ({_count(event['routes'], 'route')})"
+    if kind == "handed_over":
+        listeners = _count(event["listeners"], "listener")
+        return f"pid {event['pid']} took over {listeners} and the admin API"
+    if kind == "draining":
+        return f"the old process finishes {_count(event['in_flight'], 'request')} in flight"
+    if kind == "done":
+        return f"done: the old process (pid {event['pid']}) exits"
+    return None
 
 
 def _deploy_step(route: str, event: dict[str, Any]) -> str | None:

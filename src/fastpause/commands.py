@@ -185,6 +185,20 @@ class Reload:
     )
 
 
+@dataclass(frozen=True)
+class Upgrade:
+    """Hand the proxy over to a new process of the installed program (``upgrade.py``)."""
+
+    verb: ClassVar[str] = "upgrade"
+    help: ClassVar[str] = "replace the running proxy with a new process, refusing no connection"
+    description: ClassVar[str] = (
+        "Start the installed fastpause with the same command line, hand it the listening "
+        "and admin sockets and the runtime state, then let the old process finish its "
+        "requests in flight and exit. If the new process cannot start (an invalid "
+        "config, say), the old one serves on."
+    )
+
+
 # ---------------------------------------------------------------- whole data plane
 
 

@@ -91,13 +91,14 @@ class Startup:
     deployments: dict[str, Deployment]
 
 
-def start_table(config: Config) -> Startup:
-    """Build the first routing table, with what the state file restores.
+def start_table(config: Config, handed: RuntimeState | None = None) -> Startup:
+    """Build the first routing table, with what the state file restores (or the
+    runtime state ``handed`` over by the process this one replaces).
 
     Blocking (it resolves names): called before the event loop starts. A
     ``ConfigError`` here stops the start; a state file problem does not.
     """
-    saved = _read_state_file(config.state_file)
+    saved = handed if handed is not None else _read_state_file(config.state_file)
     routes = saved.routes if saved is not None else {}
     effective, deployments, notes = apply_deployments(config, _saved_deployments(config, routes))
     resolved = resolve_upstreams(config)
@@ -154,6 +155,9 @@ class ControlPlane:
         # of the routing table (modes, health verdicts), and every change to it is
         # sent to the workers, which serve.
         self.workers: WorkerPool | None = None
+        # ``fastpause upgrade``, set by the server; while one runs, changes are refused.
+        self.upgrader: Callable[[Callable[[Event], None]], Awaitable[None]] | None = None
+        self.upgrading = False
         # One thread, so state files are written in the order the changes happened.
         self._state_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-file")
 
@@ -573,14 +577,15 @@ class ControlPlane:
         path = self.config.state_file
         if path is None:
             return
-        state = self._runtime_state()
+        state = self.runtime_state()
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._state_writer, statefile.save, path, state)
         except StateFileError as error:
             complain(f"state file {error}")
 
-    def _runtime_state(self) -> RuntimeState:
+    def runtime_state(self) -> RuntimeState:
+        """Route modes and deployed targets: what a state file or a successor keeps."""
         routes = {}
         for route in self.engine.table.routes:
             state = route.state

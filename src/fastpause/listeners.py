@@ -114,12 +114,15 @@ class Listeners:
         protocol_factory: ProtocolFactory | None,
         group_size: int = 1,
         activated: Sequence[socket.socket] = (),
+        inherited: dict[ListenKey, list[list[socket.socket]]] | None = None,
     ) -> None:
         self._protocol_factory = protocol_factory
         self._group_size = group_size  # sockets per address (one per worker)
         # Listening sockets systemd passed (socket activation), by address: a listen
         # entry for that address serves the socket instead of binding its own.
         self._activated = {_address_of(sock): sock for sock in activated}
+        # A predecessor's listening sockets (``fastpause upgrade``), by listen entry.
+        self._inherited = inherited or {}
         self._bound: dict[ListenKey, list[Listener]] = {}
         self._adopted: dict[str, Listener] = {}  # a worker's, by URL
         self._live: set[Listener] = set()  # bound, or prepared by a reload in progress
@@ -139,6 +142,9 @@ class Listeners:
                 continue
             address = key[0]
             try:
+                if key in self._inherited:
+                    change.opened[key] = await self._take_over(self._inherited.pop(key))
+                    continue
                 change.opened[key] = await self._open(address)
             except OSError as error:
                 self.abandon(change)
@@ -168,6 +174,37 @@ class Listeners:
             raise
         self._live.update(opened)
         return opened
+
+    async def _take_over(self, groups: list[list[socket.socket]]) -> list[Listener]:
+        """Serve a predecessor's sockets: its SO_REUSEPORT groups resized to ours."""
+        opened = [
+            Listener(group[0], self._protocol_factory, _resize(group, self._group_size))
+            for group in groups
+        ]
+        self._live.update(opened)
+        if self.accepting:
+            for listener in opened:
+                await listener.accept()
+        return opened
+
+    def close_unused_inherited(self) -> list[str]:
+        """Close the predecessor's sockets that no listen entry names any more."""
+        urls = []
+        for groups in self._inherited.values():
+            for group in groups:
+                urls.append(Listener(group[0], None).url)
+                for sock in group:
+                    sock.close()
+        self._inherited.clear()
+        return urls
+
+    def handover(self) -> list[tuple[ListenKey, list[socket.socket]]]:
+        """Every bound socket, by listen entry, for a successor (``fastpause upgrade``)."""
+        return [
+            (key, listener.group)
+            for key, listeners in self._bound.items()
+            for listener in listeners
+        ]
 
     def commit(self, change: ListenChange) -> tuple[list[str], list[str]]:
         """Put ``change`` in force; return the URLs opened and the URLs closed."""
@@ -268,6 +305,22 @@ def _bind_group(family: int, sockaddr: tuple[object, ...], size: int) -> list[so
         for sock in group:
             sock.close()
         raise
+    return group
+
+
+def _resize(group: list[socket.socket], size: int) -> list[socket.socket]:
+    """``group`` made ``size`` sockets: extra ones closed (connections queued on them are
+    lost), missing ones bound into its SO_REUSEPORT group, or, if it is not one, the
+    first socket shared."""
+    for sock in group[size:]:
+        sock.close()
+    group = group[:size]
+    first = group[0]
+    reuse_port = first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+    while len(group) < size:
+        group.append(
+            _bind(first.family, first.getsockname(), reuse_port=True) if reuse_port else first
+        )
     return group
 
 

@@ -9,7 +9,9 @@ bound and the admin API answers, so a supervisor or test that waits for
 
 import asyncio
 import contextlib
+import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -18,10 +20,19 @@ from fastpause import _core, systemd
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.commands import LameDuck
-from fastpause.config import Address, Config, Overrides
+from fastpause.config import Address, Config, ConfigError, Overrides
 from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
 from fastpause.router import describe_match, path_prefix
+from fastpause.upgrade import (
+    Event,
+    Handover,
+    Inherited,
+    Successor,
+    UpgradeFailed,
+    start_successor,
+)
+from fastpause.wire import WireError
 from fastpause.workers import WorkerLost, WorkerPool
 
 EXIT_OK = 0
@@ -29,6 +40,14 @@ EXIT_FAILURE = 1
 # After the grace period the remaining connections are cut; this bounds the wait
 # for their close callbacks, so the process never hangs on its way out.
 CUT_WAIT = 1.0
+# After an upgrade, how long the old process waits for its caller to read "done".
+UPGRADE_GOODBYE = 5.0
+
+
+def _say_event(event: Event) -> None:
+    """An upgrade's progress when nobody asked through the admin API (SIGUSR2)."""
+    details = ", ".join(f"{key} {value}" for key, value in event.items() if key != "event")
+    say(f"upgrade: {event['event']}" + (f": {details}" if details else ""))
 
 
 class StartupError(Exception):
@@ -56,23 +75,48 @@ class Server:
         self._cut: asyncio.Event | None = None
         self._control: ControlPlane | None = None
         self._reloads: set[asyncio.Task[object]] = set()
+        self._admin: AdminServer | None = None
+        self._successor = Successor.from_environment()  # started by an upgrade
+        self._inherited = Inherited()
+        self._upgrade: asyncio.Task[None] | None = None
+        self._handed_over = False
+        self._drained: asyncio.Event | None = None
 
     def run(self) -> int:
         """Serve until stopped; return the process exit status.
 
         The routing table is built before the loop starts, so a ``ConfigError``
         (such as an unresolvable upstream) reaches the caller before any socket
-        is bound.
+        is bound. A successor (``fastpause upgrade``) starts from its predecessor's
+        runtime state and sockets, and tells it whether it could.
         """
-        startup = start_table(self.config)
+        try:
+            startup = self._start_table()
+        except (WireError, OSError) as error:
+            complain(f"cannot take over from the running process: {error}")
+            return EXIT_FAILURE
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             try:
                 runner.run(self._serve(startup))
             except StartupError as error:
                 complain(str(error))
+                if self._successor is not None:
+                    self._successor.fail(str(error))
                 return EXIT_FAILURE
         say("stopped")
         return EXIT_OK
+
+    def _start_table(self) -> Startup:
+        if self._successor is None:
+            return start_table(self.config)
+        try:
+            startup = start_table(self.config, self._successor.receive_state())
+        except ConfigError as error:
+            self._successor.fail(str(error))
+            raise
+        self._successor.loaded(len(startup.table.routes))
+        self._inherited = self._successor.receive_sockets()
+        return startup
 
     async def _serve(self, startup: Startup) -> None:
         """Signal handlers first, so a SIGTERM during startup still stops cleanly."""
@@ -82,6 +126,7 @@ class Server:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_upgrade_signal)
         access_log = self._open_access_log()
         admin = AdminServer(self.config.admin) if self.config.admin is not None else None
         control: ControlPlane | None = None
@@ -93,16 +138,18 @@ class Server:
                 max_held_bytes=self.config.max_held_bytes,
                 max_connections=self.config.max_connections,
             )
-            if admin is not None:
+            if admin is not None and self._inherited.admin is not None:
+                await admin.adopt(self._inherited.admin)
+            elif admin is not None:
                 await _bind_admin(admin)
+            self._admin = admin
             serving = self.config.workers == 1
-            activated = systemd.activated_sockets()
-            if serving:
-                listeners = Listeners(engine.protocol_factory("http"), activated=activated)
-            else:
-                listeners = Listeners(
-                    BIND_ONLY, group_size=self.config.workers, activated=activated
-                )
+            listeners = Listeners(
+                engine.protocol_factory("http") if serving else BIND_ONLY,
+                group_size=self.config.workers,
+                activated=systemd.activated_sockets(),
+                inherited=self._inherited.listeners,
+            )
             control = ControlPlane(
                 engine,
                 self.config,
@@ -116,6 +163,8 @@ class Server:
             await self._listen(listeners)
             for address in listeners.close_unused_activated():
                 complain(f"systemd passed a socket on {address} that no listen entry names")
+            for url in listeners.close_unused_inherited():
+                say(f"no longer listening on {url} (not in the config any more)")
             if not serving:
                 await self._start_workers(control)
             if admin is not None:
@@ -125,6 +174,10 @@ class Server:
             control.start()
             self._announce(control, admin)
             self._control = control
+            control.upgrader = self._run_upgrade
+            if self._successor is not None:
+                self._successor.serving(control.listeners.urls())
+                self._successor = None
             systemd.ready(f"serving on {', '.join(control.listeners.urls())}")
             await self._stop_requested.wait()
             await self._lame_duck(control)
@@ -172,6 +225,52 @@ class Server:
         task = asyncio.get_running_loop().create_task(self._reload(self._control))
         self._reloads.add(task)
         task.add_done_callback(self._reloads.discard)
+
+    def _on_upgrade_signal(self) -> None:
+        """SIGUSR2: ``fastpause upgrade``, its progress said on stdout."""
+        control = self._control
+        if control is None or self._stop_signals or control.upgrading:
+            complain("upgrade ignored: the proxy is starting, stopping or upgrading")
+            return
+        task = asyncio.get_running_loop().create_task(self._run_upgrade(_say_event))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _run_upgrade(self, emit: Callable[[Event], None]) -> None:
+        """Hand everything to a new process, then shut down; a failure changes nothing."""
+        control = self._control
+        assert control is not None and self._stop_requested is not None
+        self._upgrade = asyncio.current_task()
+        control.upgrading = True
+        try:
+            held = sum(route["held"] for route in (await control.stats())["routes"].values())
+            if held:
+                raise UpgradeFailed(
+                    f"{held} requests are held, and handing held requests to the new "
+                    "process is not supported yet: resume first"
+                )
+            admin = self._admin.socket if self._admin is not None else None
+            handover = Handover(
+                control.runtime_state(), control.listeners.handover(), admin, self._retire
+            )
+            await start_successor(handover, emit)
+        except UpgradeFailed as error:
+            complain(f"upgrade failed: {error}; still serving")
+            emit({"event": "failed", "error": str(error)})
+            control.upgrading = False
+            self._upgrade = None
+            return
+        in_flight = (await control.stats())["engine"]["in_flight"]
+        emit({"event": "draining", "in_flight": in_flight})
+        self._drained = asyncio.Event()
+        await self._drained.wait()
+        emit({"event": "done", "finished": in_flight, "pid": os.getpid()})
+
+    def _retire(self) -> None:
+        """The successor serves: stop as SIGTERM would, leaving it the sockets."""
+        assert self._stop_requested is not None
+        self._handed_over = True
+        self._stop_requested.set()
 
     @staticmethod
     async def _reload(control: ControlPlane) -> None:
@@ -232,7 +331,7 @@ class Server:
         """
         assert self._cut is not None
         if admin is not None:
-            admin.close()
+            admin.close(handed_over=self._handed_over)
         if control.workers is not None:
             control.listeners.close()  # the workers close their copies as they stop
             await control.workers.stop()
@@ -241,6 +340,12 @@ class Server:
                 control.engine, control.listeners, control.config.shutdown_timeout, self._cut
             )
         control.close()
+        if self._drained is not None and self._upgrade is not None:
+            self._drained.set()  # the upgrade's caller hears "done" before we exit
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._upgrade), UPGRADE_GOODBYE)
+        if admin is not None:
+            await admin.finish()
 
 
 async def drain_and_close(

@@ -106,10 +106,11 @@ def load(path: str | os.PathLike[str]) -> RuntimeState | None:
         doc = parse_json(raw)
     except InputError as exc:
         raise StateFileError(f"{path}: not valid JSON: {exc}") from None
-    return _parse(doc, str(path))
+    return from_json(doc, str(path))
 
 
-def _parse(doc: Any, source: str) -> RuntimeState:
+def from_json(doc: Any, source: str) -> RuntimeState:
+    """The state ``RuntimeState.to_json`` wrote; ``StateFileError`` names ``source``."""
     if not isinstance(doc, dict) or "version" not in doc:
         raise StateFileError(f"{source}: not a fastpause state file")
     if doc["version"] != VERSION:

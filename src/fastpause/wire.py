@@ -123,6 +123,21 @@ class FrameReader:
             self._buffer += data
         return self._frames(), closed
 
+    def next_frame(self, timeout: float) -> tuple[dict[str, Any], list[int]]:
+        """Block (at most ``timeout`` for each read) until one whole frame is in; for a
+        process whose event loop does not run yet. ``ConnectionError`` at EOF."""
+        self._sock.settimeout(timeout)
+        while not (frames := self._frames()):
+            data, fds = _receive(self._sock)
+            self._fds += fds
+            if not data:
+                raise ConnectionResetError("the peer closed the channel")
+            self._buffer += data
+        [frame, *rest] = frames
+        if rest:
+            raise WireError("more than one frame where one was expected")
+        return frame
+
     def _frames(self) -> list[tuple[dict[str, Any], list[int]]]:
         frames = []
         while len(self._buffer) >= HEADER.size:
@@ -146,6 +161,18 @@ class FrameReader:
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
+
+
+def send_frame(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:
+    """Send one frame on a blocking socket (before or without an event loop)."""
+    if fds:
+        message = {**message, "fds": len(fds)}
+    data = pack(message)
+    if fds:
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sock.sendmsg([data[:1]], rights)
+        data = data[1:]
+    sock.sendall(data)
 
 
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:

@@ -1,0 +1,202 @@
+"""``fastpause upgrade``: a successor process takes over without a refused connection.
+
+The running process (the *predecessor*) starts the installed program again with
+its own command line and a channel to it (a socketpair whose end the successor
+finds in ``$FASTPAUSE_UPGRADE_FD``), then, in frames of ``fastpause.wire``:
+
+1. predecessor -> successor ``state``: the runtime state (route modes, deployed
+   targets) the successor starts from instead of a state file;
+2. successor -> predecessor ``loaded``, once its config is read and its routing
+   table built - or ``failed`` with the reason, and the predecessor serves on as
+   if nothing had happened;
+3. predecessor -> successor ``sockets``: every listening socket by listen entry,
+   and the admin socket (SCM_RIGHTS): the kernel never stops listening, so no
+   connection is refused;
+4. successor -> predecessor ``serving``: it accepts on them. The predecessor then
+   stops accepting, closes its admin listener (leaving the socket file to the
+   successor), lets its requests in flight finish (``shutdown_timeout``) and exits.
+
+While an upgrade runs, the predecessor refuses other changes (409), so none is
+lost between the state it sent and the end of the handover. Requests held at the
+moment of an upgrade are not handed over yet: an upgrade with held requests is
+refused (resume the route first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastpause.config import Address
+from fastpause.listeners import ListenKey
+from fastpause.statefile import RuntimeState, StateFileError, from_json
+from fastpause.wire import Channel, FrameReader, WireError, send_frame
+
+UPGRADE_ENV = "FASTPAUSE_UPGRADE_FD"
+# Interpreter start, imports, config, names resolved: what a successor may take.
+LOAD_TIMEOUT = 60.0
+
+Event = dict[str, Any]
+
+
+class UpgradeFailed(Exception):
+    """The successor did not take over; the predecessor serves on."""
+
+
+# ---------------------------------------------------------------- the successor
+
+
+@dataclass
+class Inherited:
+    """What the successor takes over: the listening sockets of each listen entry (a
+    group per address it stands for), the admin socket."""
+
+    listeners: dict[ListenKey, list[list[socket.socket]]] = field(default_factory=dict)
+    admin: socket.socket | None = None
+
+
+class Successor:
+    """The new process's end of the channel; blocking, used before its loop runs."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._reader = FrameReader(sock)
+
+    @classmethod
+    def from_environment(cls) -> Successor | None:
+        """The channel when this process was started by ``upgrade``, else None."""
+        value = os.environ.pop(UPGRADE_ENV, None)
+        if value is None:
+            return None
+        return cls(socket.socket(fileno=int(value)))
+
+    def receive_state(self) -> RuntimeState:
+        message = self._expect("state")
+        try:
+            return from_json(message["state"], "the running process's state")
+        except StateFileError as error:
+            raise WireError(str(error)) from None
+
+    def loaded(self, routes: int) -> None:
+        send_frame(self._sock, {"op": "loaded", "routes": routes})
+
+    def receive_sockets(self) -> Inherited:
+        message, fds = self._reader.next_frame(LOAD_TIMEOUT)
+        if message.get("op") != "sockets":
+            raise WireError(f"expected sockets, got {message.get('op')!r}")
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        inherited = Inherited()
+        for host, port, index, count in message["listeners"]:
+            groups = inherited.listeners.setdefault((Address(host, port), index), [])
+            groups.append(sockets[:count])
+            sockets = sockets[count:]
+        if message["admin"]:
+            [inherited.admin] = sockets
+        return inherited
+
+    def serving(self, listeners: list[str]) -> None:
+        send_frame(self._sock, {"op": "serving", "pid": os.getpid(), "listeners": listeners})
+        self._sock.close()
+
+    def fail(self, error: str) -> None:
+        """Tell the predecessor why this process will not take over (it serves on)."""
+        with contextlib.suppress(OSError):  # gone or gave up: the error is on stderr too
+            send_frame(self._sock, {"op": "failed", "error": error})
+        self._sock.close()
+
+    def _expect(self, op: str) -> dict[str, Any]:
+        message, fds = self._reader.next_frame(LOAD_TIMEOUT)
+        for fd in fds:
+            os.close(fd)
+        if message.get("op") != op:
+            raise WireError(f"expected {op}, got {message.get('op')!r}")
+        return message
+
+
+def report_failure(error: str) -> None:
+    """A successor that cannot even load its config says so to its predecessor."""
+    successor = Successor.from_environment()
+    if successor is not None:
+        successor.fail(error)
+
+
+# ---------------------------------------------------------------- the predecessor
+
+
+@dataclass
+class Handover:
+    """What the predecessor gives away, and what it does once the successor serves."""
+
+    state: RuntimeState
+    listeners: list[tuple[ListenKey, list[socket.socket]]]  # a group per listener
+    admin: socket.socket | None
+    retire: Callable[[], None]  # stop accepting, leave the admin socket, shut down
+
+
+async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> int:
+    """Run the handover with a new process; its pid. ``UpgradeFailed`` leaves this
+    process as it was."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fastpause",
+            *sys.argv[1:],
+            pass_fds=[theirs.fileno()],
+            env={**os.environ, UPGRADE_ENV: str(theirs.fileno())},
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+    finally:
+        theirs.close()
+    emit({"event": "started", "pid": process.pid})
+    frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+    channel = Channel(
+        ours, lambda message, fds: frames.put_nowait(message), lambda: frames.put_nowait(None)
+    )
+    try:
+        await channel.send({"op": "state", "state": handover.state.to_json()})
+        loaded = await _answer(frames, "loaded", process)
+        emit({"event": "loaded", "routes": loaded["routes"]})
+        fds = [sock.fileno() for _, group in handover.listeners for sock in group]
+        if handover.admin is not None:
+            fds.append(handover.admin.fileno())
+        keys = [[key[0].host, key[0].port, key[1], len(group)] for key, group in handover.listeners]
+        await channel.send(
+            {"op": "sockets", "listeners": keys, "admin": handover.admin is not None}, fds
+        )
+        serving = await _answer(frames, "serving", process)
+    except (UpgradeFailed, ConnectionError, WireError) as error:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        raise UpgradeFailed(str(error)) from None
+    finally:
+        channel.close()
+    handover.retire()
+    emit({"event": "handed_over", "pid": process.pid, "listeners": len(serving["listeners"])})
+    return process.pid
+
+
+async def _answer(
+    frames: asyncio.Queue[dict[str, Any] | None], op: str, process: asyncio.subprocess.Process
+) -> dict[str, Any]:
+    """The successor's next frame, which must be ``op``; its failure or exit raises."""
+    try:
+        message = await asyncio.wait_for(frames.get(), LOAD_TIMEOUT)
+    except TimeoutError:
+        raise UpgradeFailed(f"the new process did not answer within {LOAD_TIMEOUT:g}s") from None
+    if message is None:
+        status = await process.wait()
+        raise UpgradeFailed(f"the new process exited with status {status} before taking over")
+    if message.get("op") == "failed":
+        raise UpgradeFailed(f"the new process refused to start: {message['error']}")
+    if message.get("op") != op:
+        raise UpgradeFailed(f"the new process sent {message.get('op')!r}, expected {op!r}")
+    return message

@@ -1,0 +1,192 @@
+"""``fastpause upgrade``: a new process takes the listening and admin sockets over,
+with the runtime state; the old one finishes its requests and exits. End to end
+with real processes: the old proxy (``proxy_factory``), the successor it starts,
+clients that never stop while it happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from helpers import build_request, wait_for
+from hold_support import cli, cli_ok, route_entry
+
+pytest_plugins = ["hold_support", "deploy_support"]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def successors():
+    """The pids of successors the tests started: not our children, so stopped here."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        wait_for(lambda pid=pid: not alive(pid), what=f"successor {pid} to exit")
+
+
+def upgrade(proxy, successors: list[int], meanwhile=None) -> int:
+    """Run ``fastpause upgrade``; the new process's pid, once the old one is gone.
+    ``meanwhile()`` runs once the new process answers the admin API (the command
+    itself returns only when the old process has finished its requests)."""
+    old = proxy.admin.status()["pid"]
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(cli_ok, proxy.admin, "upgrade")
+        new = wait_for(
+            lambda: (pid := proxy.admin.status()["pid"]) != old and pid,
+            what="the new process to answer the admin API",
+        )
+        successors.append(new)
+        if meanwhile is not None:
+            meanwhile()
+        done = running.result(120)
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"started pid {new}", done.stdout
+    assert f"pid {new} took over" in done.stdout and lines[-1] == (
+        f"done: the old process (pid {old}) exits"
+    ), done.stdout
+    wait_for(lambda: not alive(old), what=f"the old process {old} to exit")
+    return new
+
+
+class Load:
+    """Clients that keep sending, each on a new connection, until stopped; counts
+    what did not get a 200 (a refused connection, a reset, a bad status)."""
+
+    def __init__(self, port: int, clients: int = 4) -> None:
+        self.port = port
+        self.ok = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as s:
+                    s.sendall(build_request("GET", "/inspect?load", [("Connection", "close")]))
+                    data = b""
+                    while chunk := s.recv(65536):
+                        data += chunk
+                ok = data.startswith(b"HTTP/1.1 200 ")
+                problem = None if ok else f"answer {data[:60]!r}"
+            except OSError as error:
+                problem = repr(error)
+            with self._lock:
+                if problem is None:
+                    self.ok += 1
+                else:
+                    self.failures.append(problem)
+
+    def wait_for_requests(self, count: int) -> None:
+        wait_for(lambda: self.ok >= count, what=f"{count} requests of the load")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+
+@pytest.mark.parametrize("proxy_workers", [1, 2], ids=["1worker", "2workers"])
+def test_upgrade_under_load_refuses_no_connection(hold_proxy, backend, successors):
+    """Twice in a row, under a steady load of new connections: none refused, none
+    failed; a request in flight in the old process finishes there."""
+    proxy = hold_proxy()
+    load = Load(proxy.port)
+    try:
+        load.wait_for_requests(20)
+        busy = proxy.conn(timeout=60)
+        busy.send(build_request("GET", "/hold?key=old"))
+        backend.wait_held("old")
+
+        def finish_in_the_old_process() -> None:
+            backend.release("old")
+            resp = busy.read_response()
+            assert resp.status == 200 and resp.closes, resp
+
+        pids = [proxy.pid]
+        for meanwhile in (finish_in_the_old_process, None):
+            before = load.ok
+            pids.append(upgrade(proxy, successors, meanwhile))
+            load.wait_for_requests(before + 20)  # served by the new process
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    assert len(set(pids)) == 3 and not alive(pids[0]) and not alive(pids[1])
+    status = proxy.admin.status()
+    assert status["pid"] == pids[-1] and status["listeners"] == [proxy.url]
+
+
+def test_an_invalid_config_leaves_the_old_process_serving(hold_proxy, successors):
+    proxy = hold_proxy()
+    pid = proxy.admin.status()["pid"]
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text("bogus = 1\n" + good)
+    done = cli(proxy.admin, "upgrade")
+    assert done.returncode == 1, done
+    assert done.stderr.startswith("fastpause: upgrade failed: the new process refused to start: ")
+    assert f"{proxy.config_path}: unknown key 'bogus'" in done.stderr, done.stderr
+    assert proxy.admin.status()["pid"] == pid and alive(pid)
+    assert proxy.get("/inspect").status == 200
+    proxy.config_path.write_text(good)  # fixed: the next upgrade goes through
+    upgrade(proxy, successors)
+    assert proxy.get("/inspect").status == 200
+
+
+def test_the_new_process_keeps_route_modes_and_deploys(hold_proxy, identity_backend, successors):
+    a, b = identity_backend("A"), identity_backend("B")
+    proxy = hold_proxy(upstreams=[a.address])
+    cli_ok(proxy.admin, "deploy", "app", "--to", b.address)
+    cli_ok(proxy.admin, "stop", "app", "--message", "back soon")
+    upgrade(proxy, successors)
+    entry = route_entry(proxy.admin.status(), "app")
+    assert (entry["mode"], entry["stop_message"]) == ("stopped", "back soon"), entry
+    assert [u["address"] for u in entry["upstreams"]] == [b.address], entry
+    resp = proxy.get("/")
+    assert resp.status == 503 and "back soon" in resp.text, resp
+    cli_ok(proxy.admin, "start", "app")
+    assert proxy.get("/work").get("X-Backend") == "B"
+
+
+def test_an_upgrade_is_refused_while_requests_are_held(hold_proxy):
+    proxy = hold_proxy()
+    proxy.admin.pause()
+    held = proxy.conn()
+    held.send(build_request("GET", "/inspect?held"))
+    proxy.admin.wait_held(1)
+    done = cli(proxy.admin, "upgrade")
+    assert done.returncode == 1, done
+    assert "1 requests are held" in done.stderr and "resume first" in done.stderr, done.stderr
+    proxy.admin.resume()
+    assert held.read_response().status == 200
+
+
+def test_sigusr2_upgrades(hold_proxy, successors):
+    proxy = hold_proxy()
+    old = proxy.pid
+    os.kill(old, signal.SIGUSR2)
+    wait_for(lambda: not alive(old), what="the old process to exit")
+    new = proxy.admin.status()["pid"]
+    successors.append(new)
+    assert new != old
+    said = f"fastpause: upgrade: handed_over: pid {new}"
+    assert proxy.output.wait_for(lambda s: s.startswith(said)), proxy.describe()
+    assert proxy.get("/inspect").status == 200
