@@ -14,8 +14,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import build_request, wait_for
-from hold_support import cli, cli_ok, route_entry
+from helpers import build_request, chunked, payload, payload_sha256, wait_for
+from hold_support import cli, cli_ok, route_entry, send_held, send_in_order
+from test_hold_release import assert_released_in_arrival_order
 
 pytest_plugins = ["hold_support", "deploy_support"]
 
@@ -41,6 +42,10 @@ def successors():
 
 
 def upgrade(proxy, successors: list[int], meanwhile=None) -> int:
+    return upgrade_saying(proxy, successors, meanwhile)[0]
+
+
+def upgrade_saying(proxy, successors: list[int], meanwhile=None) -> tuple[int, str]:
     """Run ``fastpause upgrade``; the new process's pid, once the old one is gone.
     ``meanwhile()`` runs once the new process answers the admin API (the command
     itself returns only when the old process has finished its requests)."""
@@ -61,7 +66,7 @@ def upgrade(proxy, successors: list[int], meanwhile=None) -> int:
         f"done: the old process (pid {old}) exits"
     ), done.stdout
     wait_for(lambda: not alive(old), what=f"the old process {old} to exit")
-    return new
+    return new, done.stdout
 
 
 class Load:
@@ -166,8 +171,71 @@ def test_the_new_process_keeps_route_modes_and_deploys(hold_proxy, identity_back
     assert proxy.get("/work").get("X-Backend") == "B"
 
 
-def test_an_upgrade_is_refused_while_requests_are_held(hold_proxy):
+def test_held_requests_and_idle_connections_go_to_the_new_process(hold_proxy, recorder, successors):
+    """The held requests move in arrival order, still held (and as old as they were);
+    idle keep-alive connections move too and carry on with the new process."""
+    proxy = hold_proxy(upstreams=[recorder.address])
+    idle = [proxy.conn() for _ in range(5)]
+    for conn in idle:
+        conn.send(build_request("GET", "/warm"))
+        assert conn.read_response().status == 200
+    cli_ok(proxy.admin, "pause", "app", "--max-hold", "10m")  # no deadline in the way
+    targets = [f"/order/{i:03d}" for i in range(100)]
+    conns = send_in_order(proxy, proxy.admin, targets)
+    age = route_entry(proxy.admin.status(), "app")["oldest_held_age_seconds"]
+
+    _, said = upgrade_saying(proxy, successors)
+    assert "took over 1 listener, the admin API, 100 held requests and 5 idle connections" in (
+        said
+    ), said
+    entry = route_entry(proxy.admin.status(), "app")
+    assert (entry["mode"], entry["held"]) == ("paused", 100), f"{entry}\n{proxy.describe()}"
+    assert entry["oldest_held_age_seconds"] >= age, entry
+    assert recorder.targets() == ["/warm"] * 5, "a request passed the pause"
+
+    # the old process is gone: the new one reads these (and holds them: still paused)
+    for index, conn in enumerate(idle):
+        targets.append(f"/idle/{index}")
+        conns.append(conn)
+        conn.send(build_request("GET", targets[-1]))
+        proxy.admin.wait_held(len(targets))
+    cli_ok(proxy.admin, "resume", "app")
+    for target, conn in zip(targets, conns, strict=True):
+        resp = conn.read_response()
+        assert (resp.status, resp.body) == (200, f"recorded {target}\n".encode()), resp
+    assert_released_in_arrival_order(targets, recorder.log()[5:])
+
+
+def test_held_requests_keep_their_bodies(hold_proxy, backend, successors):
     proxy = hold_proxy()
+    proxy.admin.pause()
+    body = payload(4096)
+    with_length = send_held(proxy, proxy.admin, build_request("POST", "/inspect?cl", body=body), 1)
+    in_chunks = send_held(
+        proxy,
+        proxy.admin,
+        build_request(
+            "POST",
+            "/inspect?te",
+            [("Transfer-Encoding", "chunked")],
+            chunked(body[:1000], body[1000:]),
+            content_length=False,
+        ),
+        2,
+    )
+    _, said = upgrade_saying(proxy, successors)
+    assert "2 held requests" in said, said
+    proxy.admin.resume()
+    for conn, target in ((with_length, "/inspect?cl"), (in_chunks, "/inspect?te")):
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        seen = resp.json()
+        assert (seen["target"], seen["body_length"]) == (target, len(body)), seen
+        assert seen["body_sha256"] == payload_sha256(4096)
+
+
+def test_with_workers_an_upgrade_is_refused_while_requests_are_held(hold_proxy):
+    proxy = hold_proxy(top={"workers": 2})
     proxy.admin.pause()
     held = proxy.conn()
     held.send(build_request("GET", "/inspect?held"))

@@ -520,6 +520,9 @@ cdef class ClientProtocol:
     cdef bytes set_cookie
     cdef bint route_active
     cdef RouteState releaser
+    cdef double hold_until  # an adopted held request's deadline, kept from its old process
+    cdef object _hand_over(self, bint held)
+    cdef void _give_away(self)
     cdef void _append(self, object data)
     cdef int _advance(self) except -1
     cdef bint _advance_once(self) except -1

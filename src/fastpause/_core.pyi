@@ -241,6 +241,14 @@ class Deadline:
     @property
     def linked(self) -> bool: ...
 
+class ClientProtocol(asyncio.Protocol):
+    """One client connection (what ``Engine.protocol_factory`` makes)."""
+
+    def replay(self, data: bytes, hold_left: float, held_age: float) -> None:
+        """An adopted connection (``fastpause upgrade``): read ``data`` as if it had
+        just arrived; a request it holds waits at most ``hold_left`` seconds more and
+        counts as held for ``held_age`` already."""
+
 class Engine:
     table: RoutingTable
     """Assigning swaps the snapshot; held requests are routed again against it."""
@@ -273,6 +281,12 @@ class Engine:
     503 (whatever the route's mode) while every other request is served."""
     def share_counts(self, shared: SharedCounts) -> None:
         """Publish the held body bytes and cap them with every worker's."""
+    def hand_over(self) -> tuple[list[tuple[int, bytes, float, float]], int]:
+        """For ``fastpause upgrade``: every connection a successor can take - held
+        requests whose whole request is in (route by route, in arrival order), idle
+        ones - as (socket fd duplicate, bytes to read again, seconds left to hold,
+        seconds held so far),
+        forgotten here; and how many held requests stay (bodies still arriving)."""
     def set_upstream_health(self, upstream: Upstream, healthy: bool) -> None:
         """An active health check's verdict; healthy releases requests held for it."""
     def upstream_reachable(self, upstream: Upstream) -> None:

@@ -319,7 +319,17 @@ def _upgrade_step(event: dict[str, Any]) -> str | None:
         return f"the new process loaded its config ({_count(event['routes'], 'route')})"
     if kind == "handed_over":
         listeners = _count(event["listeners"], "listener")
-        return f"pid {event['pid']} took over {listeners} and the admin API"
+        line = (
+            f"pid {event['pid']} took over {listeners}, the admin API, "
+            f"{_count(event['held'], 'held request')} and "
+            f"{_count(event['idle'], 'idle connection')}"
+        )
+        if event["held_staying"]:
+            staying = _count(event["held_staying"], "held request")
+            line += f"; {staying} still receiving a body answered 503"
+        return line
+    if kind == "warning":
+        return f"warning: {event['error']}"
     if kind == "draining":
         return f"the old process finishes {_count(event['in_flight'], 'request')} in flight"
     if kind == "done":

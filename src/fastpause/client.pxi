@@ -331,6 +331,9 @@ cdef class ClientProtocol:
         """Park this request in its route's queue (HELD); the connection just waits."""
         cdef Route route = self.route
         cdef RouteState rs = route.state
+        if self.hold_until:  # handed over by an upgrade: it keeps its old deadline
+            deadline = self.hold_until
+            self.hold_until = 0.0
         self._release_may_go_on()
         if self.route_active:
             self.route_active = False
@@ -911,6 +914,68 @@ cdef class ClientProtocol:
         self.out.detach()
         reset_on_close(self.transport)
         self.transport.abort()
+
+    # -- handing over to a successor (fastpause upgrade) -----------------------------
+
+    cdef object _hand_over(self, bint held):
+        """This connection for a successor process: (a duplicate of its socket, the
+        bytes read from it that the successor must read again, the seconds its held
+        request may still wait and has waited), and forget it here; None when it cannot go (an
+        exchange in progress, a held request whose body is still arriving): it then
+        ends here.
+
+        Held (``held``): a whole request waiting in its queue - the successor reads
+        its head, its body as it will be sent (the re-framed chunks, so the head's
+        framing still holds) and any pipelined bytes after it. Otherwise an idle
+        connection, or one with part of its next head.
+        """
+        cdef bytes replay
+        cdef double left = 0.0, age = 0.0
+        if self.write_paused or (self.out.queued and self.transport.get_write_buffer_size()):
+            return None
+        if held:
+            if self.state != C_WAIT or self.spool is not None or self.upstream is not None:
+                return None
+            replay = (bytes(memoryview(self.head_src)[self.head_off:self.head_off + self.head_len])
+                      + (bytes(self.pending) if self.pending is not None else b""))
+            left = self.hold_deadline - _monotonic()
+            age = _monotonic() - self.held_since
+            if left <= 0:
+                return None
+        elif self.state == C_IDLE or self.state == C_HEAD:
+            replay = b""
+        else:
+            return None
+        if self.rbuf is not None:
+            replay += bytes(memoryview(self.rbuf)[self.rpos:])
+        fd = os.dup(self.transport.get_extra_info("socket").fileno())
+        self._give_away()
+        return (fd, replay, left, age)
+
+    cdef void _give_away(self):
+        """Forget the connection without ending it: the socket lives on in the
+        duplicate a successor holds, so closing ours sends nothing to the client."""
+        if self.held_queue is not None:
+            self.engine.add_held_bytes(-self.pending_bytes)
+            self.held_queue.unlink(self)
+        if self.route is not None:
+            self.engine.n_in_flight -= 1
+            self.route = None  # no access log line here: the successor writes it
+        self.state = C_CLOSED
+        self.deadline.clear()
+        self.out.detach()
+        self.transport.abort()
+
+    def replay(self, bytes data not None, double hold_left, double held_age):
+        """A connection adopted from the process this one replaces: read ``data`` as if
+        it had just arrived; a request it holds waits at most ``hold_left`` more and
+        has been held ``held_age`` already (its age in status and metrics goes on)."""
+        if hold_left > 0:
+            self.hold_until = _monotonic() + hold_left
+        if data:
+            self.data_received(data)
+        if self.held_queue is not None:
+            self.held_since = _monotonic() - held_age
 
     # -- flow control and timeouts -------------------------------------------------
 

@@ -99,6 +99,7 @@ def start_table(config: Config, handed: RuntimeState | None = None) -> Startup:
     ``ConfigError`` here stops the start; a state file problem does not.
     """
     saved = handed if handed is not None else _read_state_file(config.state_file)
+    source = "the process it replaces" if handed is not None else config.state_file
     routes = saved.routes if saved is not None else {}
     effective, deployments, notes = apply_deployments(config, _saved_deployments(config, routes))
     resolved = resolve_upstreams(config)
@@ -120,7 +121,7 @@ def start_table(config: Config, handed: RuntimeState | None = None) -> Startup:
             _restore_mode(route.state, routes[route.name])
         restored = _describe_restored(route, route.name in deployments)
         if restored:
-            say(f"route {route.name}: restored from {config.state_file}: {restored}")
+            say(f"route {route.name}: restored from {source}: {restored}")
     return Startup(table, deployments)
 
 

@@ -184,6 +184,32 @@ cdef class Engine:
             if c.state == C_IDLE:
                 c._close()
 
+    def hand_over(self):
+        """Give a successor (``fastpause upgrade``) every connection it can take: the
+        held requests, route by route in arrival order, then the idle connections.
+        Returns ``[(fd, replay, hold_left, held_age)]`` and the number of held requests that
+        stay (their bodies are still arriving): the caller stopped accepting first."""
+        cdef ClientProtocol c
+        cdef Route route
+        cdef list given = []
+        cdef int stay = 0
+        for route in self._table.routes:
+            c = route.state.head
+            while c is not None:
+                following = c.held_next
+                one = c._hand_over(True)
+                if one is None:
+                    stay += 1
+                else:
+                    given.append(one)
+                c = following
+        for c in list(self.clients):
+            if c.state != C_CLOSED and c.held_queue is None:
+                one = c._hand_over(False)
+                if one is not None:
+                    given.append(one)
+        return given, stay
+
     def close_all(self):
         """Cut every client connection and every pooled upstream connection."""
         cdef ClientProtocol c

@@ -114,7 +114,7 @@ class Server:
         except ConfigError as error:
             self._successor.fail(str(error))
             raise
-        self._successor.loaded(len(startup.table.routes))
+        self._successor.loaded(len(startup.table.routes), adopts=self.config.workers == 1)
         self._inherited = self._successor.receive_sockets()
         return startup
 
@@ -177,6 +177,7 @@ class Server:
             control.upgrader = self._run_upgrade
             if self._successor is not None:
                 self._successor.serving(control.listeners.urls())
+                await self._successor.adopt(engine)
                 self._successor = None
             systemd.ready(f"serving on {', '.join(control.listeners.urls())}")
             await self._stop_requested.wait()
@@ -244,14 +245,20 @@ class Server:
         control.upgrading = True
         try:
             held = sum(route["held"] for route in (await control.stats())["routes"].values())
-            if held:
+            if held and control.workers is not None:
                 raise UpgradeFailed(
-                    f"{held} requests are held, and handing held requests to the new "
-                    "process is not supported yet: resume first"
+                    f"{held} requests are held, and workers cannot hand held requests "
+                    "over yet: resume first"
                 )
-            admin = self._admin.socket if self._admin is not None else None
+            engine = control.engine
             handover = Handover(
-                control.runtime_state(), control.listeners.handover(), admin, self._retire
+                state=control.runtime_state(),
+                listeners=control.listeners.handover(),
+                admin=self._admin.socket if self._admin is not None else None,
+                held=held,
+                stop_accepting=control.listeners.close,
+                connections=engine.hand_over if control.workers is None else lambda: ([], 0),
+                retire=self._retire,
             )
             await start_successor(handover, emit)
         except UpgradeFailed as error:

@@ -12,19 +12,23 @@ finds in ``$FASTPAUSE_UPGRADE_FD``), then, in frames of ``fastpause.wire``:
 3. predecessor -> successor ``sockets``: every listening socket by listen entry,
    and the admin socket (SCM_RIGHTS): the kernel never stops listening, so no
    connection is refused;
-4. successor -> predecessor ``serving``: it accepts on them. The predecessor then
-   stops accepting, closes its admin listener (leaving the socket file to the
-   successor), lets its requests in flight finish (``shutdown_timeout``) and exits.
+4. successor -> predecessor ``serving``: it accepts on them. The predecessor stops
+   accepting and gives away its connections (``Engine.hand_over``: held requests
+   in arrival order with what was read of them, deadlines and ages; idle
+   keep-alive connections), in ``connections`` frames with their sockets;
+5. successor -> predecessor ``adopted``: it read them again as if just arrived.
+   The predecessor closes its admin listener (leaving the socket file to the
+   successor), finishes its requests in flight (``shutdown_timeout``) and exits.
 
 While an upgrade runs, the predecessor refuses other changes (409), so none is
-lost between the state it sent and the end of the handover. Requests held at the
-moment of an upgrade are not handed over yet: an upgrade with held requests is
-refused (resume the route first).
+lost between the state it sent and the end of the handover. Workers do not hand
+connections over yet: with workers an upgrade is refused while requests are held.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import socket
@@ -33,16 +37,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastpause import _core
 from fastpause.config import Address
+from fastpause.console import complain
 from fastpause.listeners import ListenKey
 from fastpause.statefile import RuntimeState, StateFileError, from_json
 from fastpause.wire import Channel, FrameReader, WireError, send_frame
 
 UPGRADE_ENV = "FASTPAUSE_UPGRADE_FD"
+# The kernel passes at most 253 descriptors in one message (SCM_MAX_FD).
+FDS_PER_FRAME = 200
 # Interpreter start, imports, config, names resolved: what a successor may take.
 LOAD_TIMEOUT = 60.0
 
 Event = dict[str, Any]
+# A connection given away: (fd, bytes to read again, seconds left to hold, held for).
+Connection = tuple[int, bytes, float, float]
 
 
 class UpgradeFailed(Exception):
@@ -83,8 +93,10 @@ class Successor:
         except StateFileError as error:
             raise WireError(str(error)) from None
 
-    def loaded(self, routes: int) -> None:
-        send_frame(self._sock, {"op": "loaded", "routes": routes})
+    def loaded(self, routes: int, adopts: bool) -> None:
+        """Config read and table built; ``adopts``: this process can take connections
+        over (one process; workers cannot yet)."""
+        send_frame(self._sock, {"op": "loaded", "routes": routes, "adopts": adopts})
 
     def receive_sockets(self) -> Inherited:
         message, fds = self._reader.next_frame(LOAD_TIMEOUT)
@@ -102,7 +114,44 @@ class Successor:
 
     def serving(self, listeners: list[str]) -> None:
         send_frame(self._sock, {"op": "serving", "pid": os.getpid(), "listeners": listeners})
-        self._sock.close()
+
+    async def adopt(self, engine: _core.Engine) -> None:
+        """Take over the connections the predecessor gives (held requests in arrival
+        order first), then close the channel: the handover is over."""
+        frames: asyncio.Queue[tuple[dict[str, Any], list[int]] | None] = asyncio.Queue()
+        channel = Channel(
+            self._sock,
+            lambda message, fds: frames.put_nowait((message, fds)),
+            lambda: frames.put_nowait(None),
+        )
+        try:
+            adopted = await self._adopt_all(engine, frames)
+            await channel.send({"op": "adopted", "connections": adopted})
+        except (TimeoutError, ConnectionError, WireError, KeyError, ValueError) as error:
+            complain(f"taking over the old process's connections failed: {error}")
+        finally:
+            channel.close()
+
+    @staticmethod
+    async def _adopt_all(
+        engine: _core.Engine,
+        frames: asyncio.Queue[tuple[dict[str, Any], list[int]] | None],
+    ) -> int:
+        loop = asyncio.get_running_loop()
+        factory = engine.protocol_factory("http")
+        adopted = 0
+        last = False
+        while not last:
+            frame = await asyncio.wait_for(frames.get(), LOAD_TIMEOUT)
+            if frame is None:
+                raise ConnectionResetError("the old process closed the channel")
+            message, fds = frame
+            for fd, (replay, hold_left, age) in zip(fds, message["connections"], strict=True):
+                _, protocol = await loop.connect_accepted_socket(factory, socket.socket(fileno=fd))
+                protocol.replay(base64.b64decode(replay), hold_left, age)
+                adopted += 1
+            last = message["last"]
+        return adopted
 
     def fail(self, error: str) -> None:
         """Tell the predecessor why this process will not take over (it serves on)."""
@@ -136,7 +185,11 @@ class Handover:
     state: RuntimeState
     listeners: list[tuple[ListenKey, list[socket.socket]]]  # a group per listener
     admin: socket.socket | None
-    retire: Callable[[], None]  # stop accepting, leave the admin socket, shut down
+    held: int  # requests held now
+    stop_accepting: Callable[[], None]
+    # the connections a successor can take, as ``Engine.hand_over`` gives them
+    connections: Callable[[], tuple[list[Connection], int]]
+    retire: Callable[[], None]  # leave the admin socket, finish in-flight requests, exit
 
 
 async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> int:
@@ -163,6 +216,11 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
     try:
         await channel.send({"op": "state", "state": handover.state.to_json()})
         loaded = await _answer(frames, "loaded", process)
+        if handover.held and not loaded["adopts"]:
+            raise UpgradeFailed(
+                f"{handover.held} requests are held, and a new process with workers "
+                "cannot take held requests over yet: resume first"
+            )
         emit({"event": "loaded", "routes": loaded["routes"]})
         fds = [sock.fileno() for _, group in handover.listeners for sock in group]
         if handover.admin is not None:
@@ -173,15 +231,60 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
         )
         serving = await _answer(frames, "serving", process)
     except (UpgradeFailed, ConnectionError, WireError) as error:
+        channel.close()
         if process.returncode is None:
             process.kill()
         await process.wait()
         raise UpgradeFailed(str(error)) from None
+    # From here on the new process serves: whatever happens, this one retires.
+    handover.stop_accepting()
+    given, stay = handover.connections() if loaded["adopts"] else ([], 0)
+    try:
+        await _give(channel, frames, given)
+    except (UpgradeFailed, ConnectionError, WireError) as error:
+        emit({"event": "warning", "error": f"connections not handed over: {error}"})
     finally:
         channel.close()
     handover.retire()
-    emit({"event": "handed_over", "pid": process.pid, "listeners": len(serving["listeners"])})
+    emit(
+        {
+            "event": "handed_over",
+            "pid": process.pid,
+            "listeners": len(serving["listeners"]),
+            "held": sum(1 for _, _, left, _ in given if left > 0),
+            "idle": sum(1 for _, _, left, _ in given if left <= 0),
+            "held_staying": stay,
+        }
+    )
     return process.pid
+
+
+async def _give(
+    channel: Channel,
+    frames: asyncio.Queue[dict[str, Any] | None],
+    given: list[Connection],
+) -> None:
+    """Send the connections (their fds, then closed here) and wait for the adoption."""
+    try:
+        for start in range(0, max(len(given), 1), FDS_PER_FRAME):
+            part = given[start : start + FDS_PER_FRAME]
+            await channel.send(
+                {
+                    "op": "connections",
+                    "connections": [
+                        [base64.b64encode(replay).decode("ascii"), left, age]
+                        for _, replay, left, age in part
+                    ],
+                    "last": start + FDS_PER_FRAME >= len(given),
+                },
+                [fd for fd, *_ in part],
+            )
+    finally:
+        for fd, *_ in given:
+            os.close(fd)
+    message = await asyncio.wait_for(frames.get(), LOAD_TIMEOUT)
+    if message is None or message.get("op") != "adopted":
+        raise UpgradeFailed("the new process did not confirm the connections")
 
 
 async def _answer(
