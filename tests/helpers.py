@@ -20,6 +20,7 @@ import hashlib
 import json
 import random
 import re
+import resource
 import socket
 import struct
 import time
@@ -118,6 +119,17 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def raise_fd_limit(need: int) -> int:
+    """Raise the soft limit on open files towards ``need`` (as far as the hard limit
+    allows) and return it: the test and the proxy it starts (which inherits the
+    limit) hold every connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def reset_peak_rss(pid: int) -> None:

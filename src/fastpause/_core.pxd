@@ -366,6 +366,7 @@ cdef class Engine:
     cdef public object on_upstream_down
     cdef readonly bint at_capacity
     cdef public bint lame_duck  # shutting down soon: health checks answer 503
+    cdef public object on_idle  # set by an upgrade: takes connections as they go idle
     cdef long long n_held_bytes
     cdef SharedCounts shared  # None: this process is the whole proxy
     cdef set clients
@@ -522,6 +523,7 @@ cdef class ClientProtocol:
     cdef RouteState releaser
     cdef double hold_until  # an adopted held request's deadline, kept from its old process
     cdef object _hand_over(self, bint held)
+    cdef bint _give_to_successor(self)
     cdef void _give_away(self)
     cdef void _append(self, object data)
     cdef int _advance(self) except -1

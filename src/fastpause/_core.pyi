@@ -281,6 +281,9 @@ class Engine:
     503 (whatever the route's mode) while every other request is served."""
     def share_counts(self, shared: SharedCounts) -> None:
         """Publish the held body bytes and cap them with every worker's."""
+    on_idle: Callable[[tuple[int, bytes, float, float]], None] | None
+    """Set after ``hand_over``: every connection that goes idle here from then on
+    (its exchange finished in this process) is given to it instead of closed."""
     def hand_over(self) -> tuple[list[tuple[int, bytes, float, float]], int]:
         """For ``fastpause upgrade``: every connection a successor can take - held
         requests whose whole request is in (route by route, in arrival order), idle

@@ -877,6 +877,8 @@ cdef class ClientProtocol:
             self._pause(P_WRITE)
             self._resume(P_PIPELINE)
             return 0
+        if self.engine.on_idle is not None and self._give_to_successor():
+            return 0
         self.deadline.set(_timeout_clock() + self.table.keepalive_timeout)
         self._resume(P_PIPELINE)
         if self.rbuf is not None:
@@ -951,6 +953,18 @@ cdef class ClientProtocol:
         fd = os.dup(self.transport.get_extra_info("socket").fileno())
         self._give_away()
         return (fd, replay, left, age)
+
+    cdef bint _give_to_successor(self):
+        """After an upgrade handed the connections over, one that goes idle here
+        (its exchange finished in this process) goes to the successor too, instead of
+        being closed under a client that may be sending its next request."""
+        if self.engine.on_idle is None:
+            return False
+        one = self._hand_over(False)
+        if one is None:
+            return False
+        self.engine.on_idle(one)
+        return True
 
     cdef void _give_away(self):
         """Forget the connection without ending it: the socket lives on in the

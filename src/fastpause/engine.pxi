@@ -23,6 +23,7 @@ cdef class Engine:
         self.clients = set()
         self.shutting_down = False
         self.lame_duck = False
+        self.on_idle = None
         self.drained = None
         self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
         self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1
@@ -181,7 +182,7 @@ cdef class Engine:
         for route in self._table.routes:
             route.state.fail_all(503, "the proxy is shutting down")
         for c in list(self.clients):
-            if c.state == C_IDLE:
+            if c.state == C_IDLE and not c._give_to_successor():
                 c._close()
 
     def hand_over(self):

@@ -81,6 +81,7 @@ class Server:
         self._upgrade: asyncio.Task[None] | None = None
         self._handed_over = False
         self._drained: asyncio.Event | None = None
+        self._adopting: asyncio.Task[None] | None = None  # connections from the predecessor
 
     def run(self) -> int:
         """Serve until stopped; return the process exit status.
@@ -177,7 +178,9 @@ class Server:
             control.upgrader = self._run_upgrade
             if self._successor is not None:
                 self._successor.serving(control.listeners.urls())
-                await self._successor.adopt(engine)
+                self._adopting = asyncio.get_running_loop().create_task(
+                    self._successor.adopt(engine)
+                )
                 self._successor = None
             systemd.ready(f"serving on {', '.join(control.listeners.urls())}")
             await self._stop_requested.wait()
@@ -250,17 +253,16 @@ class Server:
                     f"{held} requests are held, and workers cannot hand held requests "
                     "over yet: resume first"
                 )
-            engine = control.engine
             handover = Handover(
                 state=control.runtime_state(),
                 listeners=control.listeners.handover(),
                 admin=self._admin.socket if self._admin is not None else None,
                 held=held,
                 stop_accepting=control.listeners.close,
-                connections=engine.hand_over if control.workers is None else lambda: ([], 0),
+                engine=control.engine if control.workers is None else None,
                 retire=self._retire,
             )
-            await start_successor(handover, emit)
+            giver = await start_successor(handover, emit)
         except UpgradeFailed as error:
             complain(f"upgrade failed: {error}; still serving")
             emit({"event": "failed", "error": str(error)})
@@ -271,6 +273,8 @@ class Server:
         emit({"event": "draining", "in_flight": in_flight})
         self._drained = asyncio.Event()
         await self._drained.wait()
+        if giver is not None:
+            await giver.flush()  # the connections that went idle while draining
         emit({"event": "done", "finished": in_flight, "pid": os.getpid()})
 
     def _retire(self) -> None:

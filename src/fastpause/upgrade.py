@@ -32,6 +32,7 @@ import base64
 import contextlib
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,8 +117,11 @@ class Successor:
         send_frame(self._sock, {"op": "serving", "pid": os.getpid(), "listeners": listeners})
 
     async def adopt(self, engine: _core.Engine) -> None:
-        """Take over the connections the predecessor gives (held requests in arrival
-        order first), then close the channel: the handover is over."""
+        """Take over the connections the predecessor gives - its held requests in
+        arrival order and idle connections at once, then each connection that goes
+        idle there while it finishes its requests - until it exits."""
+        loop = asyncio.get_running_loop()
+        factory = engine.protocol_factory("http")
         frames: asyncio.Queue[tuple[dict[str, Any], list[int]] | None] = asyncio.Queue()
         channel = Channel(
             self._sock,
@@ -125,33 +129,16 @@ class Successor:
             lambda: frames.put_nowait(None),
         )
         try:
-            adopted = await self._adopt_all(engine, frames)
-            await channel.send({"op": "adopted", "connections": adopted})
-        except (TimeoutError, ConnectionError, WireError, KeyError, ValueError) as error:
+            while (frame := await frames.get()) is not None:
+                message, fds = frame
+                for fd, (replay, left, age) in zip(fds, message["connections"], strict=True):
+                    sock = socket.socket(fileno=fd)
+                    _, protocol = await loop.connect_accepted_socket(factory, sock)
+                    protocol.replay(base64.b64decode(replay), left, age)
+        except (OSError, WireError, KeyError, ValueError) as error:
             complain(f"taking over the old process's connections failed: {error}")
         finally:
             channel.close()
-
-    @staticmethod
-    async def _adopt_all(
-        engine: _core.Engine,
-        frames: asyncio.Queue[tuple[dict[str, Any], list[int]] | None],
-    ) -> int:
-        loop = asyncio.get_running_loop()
-        factory = engine.protocol_factory("http")
-        adopted = 0
-        last = False
-        while not last:
-            frame = await asyncio.wait_for(frames.get(), LOAD_TIMEOUT)
-            if frame is None:
-                raise ConnectionResetError("the old process closed the channel")
-            message, fds = frame
-            for fd, (replay, hold_left, age) in zip(fds, message["connections"], strict=True):
-                _, protocol = await loop.connect_accepted_socket(factory, socket.socket(fileno=fd))
-                protocol.replay(base64.b64decode(replay), hold_left, age)
-                adopted += 1
-            last = message["last"]
-        return adopted
 
     def fail(self, error: str) -> None:
         """Tell the predecessor why this process will not take over (it serves on)."""
@@ -187,24 +174,65 @@ class Handover:
     admin: socket.socket | None
     held: int  # requests held now
     stop_accepting: Callable[[], None]
-    # the connections a successor can take, as ``Engine.hand_over`` gives them
-    connections: Callable[[], tuple[list[Connection], int]]
+    engine: _core.Engine | None  # None: workers (their connections stay)
     retire: Callable[[], None]  # leave the admin socket, finish in-flight requests, exit
 
 
-async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> int:
-    """Run the handover with a new process; its pid. ``UpgradeFailed`` leaves this
-    process as it was."""
+class Giver:
+    """Sends connections to the successor in order, over the channel that stays open
+    while the predecessor finishes: those that go idle there go over too."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def give(self, connections: list[Connection]) -> None:
+        for start in range(0, len(connections), FDS_PER_FRAME):
+            task = asyncio.get_running_loop().create_task(
+                self._send(connections[start : start + FDS_PER_FRAME])
+            )
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def give_one(self, connection: Connection) -> None:
+        self.give([connection])
+
+    async def flush(self) -> None:
+        """Wait until every connection given so far is sent."""
+        if self._sending:
+            await asyncio.wait(list(self._sending))
+
+    async def _send(self, part: list[Connection]) -> None:
+        """One frame (the lock of ``Channel.send`` keeps frames in call order); the
+        descriptors are closed here once the kernel holds them for the successor."""
+        message = {
+            "op": "connections",
+            "connections": [
+                [base64.b64encode(replay).decode("ascii"), left, age]
+                for _, replay, left, age in part
+            ],
+        }
+        try:
+            await self._channel.send(message, [fd for fd, *_ in part])
+        except (ConnectionError, OSError) as error:
+            complain(f"{len(part)} connections could not go to the new process: {error}")
+        finally:
+            for fd, *_ in part:
+                os.close(fd)
+
+
+async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> Giver | None:
+    """Run the handover with a new process; ``UpgradeFailed`` leaves this process as
+    it was. Returns what gives connections to it (None with workers)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fastpause",
-            *sys.argv[1:],
+        # Not asyncio's subprocess: its transport kills the child when this process's
+        # loop closes, and the new process must outlive this one.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fastpause", *sys.argv[1:]],
             pass_fds=[theirs.fileno()],
             env={**os.environ, UPGRADE_ENV: str(theirs.fileno())},
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
         )
     finally:
         theirs.close()
@@ -232,18 +260,21 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
         serving = await _answer(frames, "serving", process)
     except (UpgradeFailed, ConnectionError, WireError) as error:
         channel.close()
-        if process.returncode is None:
+        if process.poll() is None:
             process.kill()
-        await process.wait()
+        await asyncio.get_running_loop().run_in_executor(None, process.wait)
         raise UpgradeFailed(str(error)) from None
     # From here on the new process serves: whatever happens, this one retires.
     handover.stop_accepting()
-    given, stay = handover.connections() if loaded["adopts"] else ([], 0)
-    try:
-        await _give(channel, frames, given)
-    except (UpgradeFailed, ConnectionError, WireError) as error:
-        emit({"event": "warning", "error": f"connections not handed over: {error}"})
-    finally:
+    giver = None
+    given: list[Connection] = []
+    stay = 0
+    if handover.engine is not None and loaded["adopts"]:
+        given, stay = handover.engine.hand_over()
+        giver = Giver(channel)
+        giver.give(given)
+        handover.engine.on_idle = giver.give_one
+    else:
         channel.close()
     handover.retire()
     emit(
@@ -256,39 +287,11 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
             "held_staying": stay,
         }
     )
-    return process.pid
-
-
-async def _give(
-    channel: Channel,
-    frames: asyncio.Queue[dict[str, Any] | None],
-    given: list[Connection],
-) -> None:
-    """Send the connections (their fds, then closed here) and wait for the adoption."""
-    try:
-        for start in range(0, max(len(given), 1), FDS_PER_FRAME):
-            part = given[start : start + FDS_PER_FRAME]
-            await channel.send(
-                {
-                    "op": "connections",
-                    "connections": [
-                        [base64.b64encode(replay).decode("ascii"), left, age]
-                        for _, replay, left, age in part
-                    ],
-                    "last": start + FDS_PER_FRAME >= len(given),
-                },
-                [fd for fd, *_ in part],
-            )
-    finally:
-        for fd, *_ in given:
-            os.close(fd)
-    message = await asyncio.wait_for(frames.get(), LOAD_TIMEOUT)
-    if message is None or message.get("op") != "adopted":
-        raise UpgradeFailed("the new process did not confirm the connections")
+    return giver
 
 
 async def _answer(
-    frames: asyncio.Queue[dict[str, Any] | None], op: str, process: asyncio.subprocess.Process
+    frames: asyncio.Queue[dict[str, Any] | None], op: str, process: subprocess.Popen[bytes]
 ) -> dict[str, Any]:
     """The successor's next frame, which must be ``op``; its failure or exit raises."""
     try:
@@ -296,7 +299,7 @@ async def _answer(
     except TimeoutError:
         raise UpgradeFailed(f"the new process did not answer within {LOAD_TIMEOUT:g}s") from None
     if message is None:
-        status = await process.wait()
+        status = await asyncio.get_running_loop().run_in_executor(None, process.wait)
         raise UpgradeFailed(f"the new process exited with status {status} before taking over")
     if message.get("op") == "failed":
         raise UpgradeFailed(f"the new process refused to start: {message['error']}")
