@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -217,3 +218,25 @@ def test_shutdown_delay_fails_health_checks_and_serves_the_rest(proxy_factory, p
     proxy.terminate()
     assert_stopped_cleanly(proxy)
     assert connection_refused(proxy.port)
+
+
+def test_a_connection_without_a_request_yet_is_served_through_a_shutdown(proxy_factory, tmp_path):
+    """Accepted but silent when SIGTERM comes: its request may already be on the wire,
+    so the proxy answers it (with Connection: close) instead of closing the socket
+    under it, as a worker being replaced or an old process after an upgrade would."""
+    proxy = proxy_factory(top={"admin": f"unix:{tmp_path}/quiet.sock"})
+    quiet = proxy.conn()
+    wait_for(lambda: b'"connections": 1' in _status(tmp_path / "quiet.sock"), what="accept")
+    proxy.terminate()
+    assert proxy.output.wait_for(lambda s: s.startswith("fastpause: shutting down: 1 open"))
+    quiet.send(build_request("GET", "/status/200"))
+    resp = quiet.read_response()
+    assert resp.status == 200 and resp.closes, resp
+    assert_stopped_cleanly(proxy)
+
+
+def _status(admin: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(admin))
+        s.sendall(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b""))

@@ -175,14 +175,17 @@ cdef class Engine:
                 out[i * 16 + j] = _HEXDIGITS[(word >> (4 * j)) & 15]
 
     def shutdown(self):
-        """Graceful stop: idle connections close now, busy ones after their response."""
+        """Graceful stop: idle keep-alive connections close now, busy ones after their
+        response. A connection accepted but not yet sent a request is not idle: its
+        request may be on the wire (closing would reset it), so it gets its first
+        request answered (with ``Connection: close``), within its head timeout."""
         cdef ClientProtocol c
         cdef Route route
         self.shutting_down = True
         for route in self._table.routes:
             route.state.fail_all(503, "the proxy is shutting down")
         for c in list(self.clients):
-            if c.state == C_IDLE and not c._give_to_successor():
+            if c.state == C_IDLE and c.started and not c._give_to_successor():
                 c._close()
 
     def hand_over(self):
