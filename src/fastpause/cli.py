@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -276,38 +276,45 @@ def _deploy(args: argparse.Namespace) -> int:
     drain_timeout = _seconds(args.drain_timeout, DEFAULT_DRAIN_TIMEOUT)
     # The longest quiet stretch: waiting for another deploy, then our own checks or drain.
     quiet = 2 * deploy_timeout + drain_timeout + ANSWER_MARGIN
-    for event in _client(args).stream(_action(args.route, Deploy.verb), body(Deploy, args), quiet):
-        if event.get("event") == "failed":
-            print(f"fastpause: {args.route}: deploy failed: {event['error']}", file=sys.stderr)
-            return EXIT_FAILURE
-        line = _deploy_step(args.route, event)
-        if line is not None:
-            print(line, flush=True)
-        if event.get("event") == "done":
-            return 0
-    print(
-        f"fastpause: {args.route}: the proxy ended the deploy's answer before it was done",
-        file=sys.stderr,
+    events = _client(args).stream(_action(args.route, Deploy.verb), body(Deploy, args), quiet)
+    return _follow(
+        events,
+        lambda event: _deploy_step(args.route, event),
+        failed=f"{args.route}: deploy failed",
+        cut=f"{args.route}: the proxy ended the deploy's answer before it was done",
     )
-    return EXIT_FAILURE
 
 
 def _upgrade(args: argparse.Namespace) -> int:
     """Print each step as the old process reports it; exit 1 when the upgrade failed
     (the old process then serves on)."""
-    for event in _client(args).stream("/upgrade", {}, UPGRADE_QUIET):
+    return _follow(
+        _client(args).stream("/upgrade", {}, UPGRADE_QUIET),
+        _upgrade_step,
+        failed="upgrade failed",
+        cut="the old process ended its answer before the upgrade was done",
+    )
+
+
+def _follow(
+    events: Iterable[dict[str, Any]],
+    step: Callable[[dict[str, Any]], str | None],
+    *,
+    failed: str,
+    cut: str,
+) -> int:
+    """Print a streamed answer's steps as they come: 0 at ``done``, 1 at ``failed``
+    or when the stream ends before either."""
+    for event in events:
         if event.get("event") == "failed":
-            print(f"fastpause: upgrade failed: {event['error']}", file=sys.stderr)
+            print(f"fastpause: {failed}: {event['error']}", file=sys.stderr)
             return EXIT_FAILURE
-        line = _upgrade_step(event)
+        line = step(event)
         if line is not None:
             print(line, flush=True)
         if event.get("event") == "done":
             return 0
-    print(
-        "fastpause: the old process ended its answer before the upgrade was done",
-        file=sys.stderr,
-    )
+    print(f"fastpause: {cut}", file=sys.stderr)
     return EXIT_FAILURE
 
 
