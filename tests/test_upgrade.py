@@ -26,7 +26,7 @@ from helpers import (
     wait_for,
 )
 from hold_support import cli, cli_ok, route_entry, send_held, send_in_order
-from test_hold_release import assert_released_in_arrival_order
+from test_hold_release import assert_released_in_arrival_order, by_worker
 
 pytest_plugins = ["hold_support", "deploy_support"]
 
@@ -151,9 +151,7 @@ def test_upgrade_under_load_refuses_no_connection(hold_proxy, backend, successor
     """Twice in a row, under a steady load of new connections: none refused, none
     failed; a request in flight in the old process finishes there."""
     proxy = hold_proxy()
-    # Workers do not hand connections over yet: their idle keep-alive connections are
-    # closed at shutdown, which a client sending at that instant sees (README).
-    load = Load(proxy.port, keep_alive=3 if proxy_workers == 1 else 0)
+    load = Load(proxy.port)
     try:
         load.wait_for_requests(20)
         busy = proxy.conn(timeout=60)
@@ -319,17 +317,24 @@ def test_held_requests_keep_their_bodies(hold_proxy, backend, successors):
         assert seen["body_sha256"] == payload_sha256(4096)
 
 
-def test_with_workers_an_upgrade_is_refused_while_requests_are_held(hold_proxy):
-    proxy = hold_proxy(top={"workers": 2})
-    proxy.admin.pause()
-    held = proxy.conn()
-    held.send(build_request("GET", "/inspect?held"))
-    proxy.admin.wait_held(1)
-    done = cli(proxy.admin, "upgrade")
-    assert done.returncode == 1, done
-    assert "1 requests are held" in done.stderr and "resume first" in done.stderr, done.stderr
-    proxy.admin.resume()
-    assert held.read_response().status == 200
+def test_with_workers_each_worker_hands_its_held_requests_over(hold_proxy, recorder, successors):
+    """2 workers: each old worker's held queue goes whole to one new worker, in order."""
+    proxy = hold_proxy(upstreams=[recorder.address], top={"workers": 2})
+    cli_ok(proxy.admin, "pause", "app", "--max-hold", "10m")
+    targets = [f"/order/{i:03d}" for i in range(60)]
+    conns = send_in_order(proxy, proxy.admin, targets)
+    queues = by_worker(proxy, targets, conns)
+    assert all(queues), queues  # both old workers hold some
+    _, said = upgrade_saying(proxy, successors)
+    assert "took over 1 listener, the admin API, 60 held requests" in said, said
+    assert route_entry(proxy.admin.status(), "app")["held"] == 60
+    cli_ok(proxy.admin, "resume", "app")
+    for target, conn in zip(targets, conns, strict=True):
+        resp = conn.read_response()
+        assert (resp.status, resp.body) == (200, f"recorded {target}\n".encode()), resp
+    log = recorder.log()
+    for queue in queues:  # each queue in its arrival order (the workers release at once)
+        assert_released_in_arrival_order(queue, [e for e in log if e["target"] in queue])
 
 
 def test_sigusr2_upgrades(hold_proxy, successors):

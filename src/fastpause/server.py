@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvloop
@@ -25,11 +25,13 @@ from fastpause.control import ControlPlane, ReloadError, Startup, complain, say,
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
 from fastpause.router import describe_match, path_prefix
 from fastpause.upgrade import (
+    Connection,
     Event,
     Handover,
     Inherited,
     Successor,
     UpgradeFailed,
+    adopt_connections,
     start_successor,
 )
 from fastpause.wire import WireError
@@ -115,7 +117,7 @@ class Server:
         except ConfigError as error:
             self._successor.fail(str(error))
             raise
-        self._successor.loaded(len(startup.table.routes), adopts=self.config.workers == 1)
+        self._successor.loaded(len(startup.table.routes))
         self._inherited = self._successor.receive_sockets()
         return startup
 
@@ -179,7 +181,7 @@ class Server:
             if self._successor is not None:
                 self._successor.serving(control.listeners.urls())
                 self._adopting = asyncio.get_running_loop().create_task(
-                    self._successor.adopt(engine)
+                    self._successor.adopt(self._adopter(control))
                 )
                 self._successor = None
             systemd.ready(f"serving on {', '.join(control.listeners.urls())}")
@@ -247,19 +249,12 @@ class Server:
         self._upgrade = asyncio.current_task()
         control.upgrading = True
         try:
-            held = sum(route["held"] for route in (await control.stats())["routes"].values())
-            if held and control.workers is not None:
-                raise UpgradeFailed(
-                    f"{held} requests are held, and workers cannot hand held requests "
-                    "over yet: resume first"
-                )
             handover = Handover(
                 state=control.runtime_state(),
                 listeners=control.listeners.handover(),
                 admin=self._admin.socket if self._admin is not None else None,
-                held=held,
                 stop_accepting=control.listeners.close,
-                engine=control.engine if control.workers is None else None,
+                take=self._taker(control),
                 retire=self._retire,
             )
             giver = await start_successor(handover, emit)
@@ -273,9 +268,43 @@ class Server:
         emit({"event": "draining", "in_flight": in_flight})
         self._drained = asyncio.Event()
         await self._drained.wait()
-        if giver is not None:
-            await giver.flush()  # the connections that went idle while draining
+        await giver.flush()  # the connections that went idle while draining
         emit({"event": "done", "finished": in_flight, "pid": os.getpid()})
+
+    @staticmethod
+    def _taker(
+        control: ControlPlane,
+    ) -> Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[list[Connection], int]]]:
+        """How this process gives its connections away: its own engine's, or each
+        worker's (``WorkerPool.hand_over``)."""
+        pool = control.workers
+        if pool is not None:
+
+            async def from_workers(
+                late: Callable[[list[Connection]], None],
+            ) -> tuple[list[Connection], int]:
+                pool.on_connections = late
+                return await pool.hand_over()
+
+            return from_workers
+        engine = control.engine
+
+        async def from_engine(
+            late: Callable[[list[Connection]], None],
+        ) -> tuple[list[Connection], int]:
+            given, stay = engine.hand_over()
+            engine.on_idle = lambda one: late([(*one, 0)])
+            return [(*one, 0) for one in given], stay
+
+        return from_engine
+
+    @staticmethod
+    def _adopter(control: ControlPlane) -> Callable[[list[Connection]], Awaitable[None]]:
+        """Where connections from the process this one replaces are served."""
+        pool = control.workers
+        if pool is not None:
+            return pool.adopt
+        return lambda connections: adopt_connections(control.engine, connections)
 
     def _retire(self) -> None:
         """The successor serves: stop as SIGTERM would, leaving it the sockets."""

@@ -21,8 +21,10 @@ finds in ``$FASTPAUSE_UPGRADE_FD``), then, in frames of ``fastpause.wire``:
    successor), finishes its requests in flight (``shutdown_timeout``) and exits.
 
 While an upgrade runs, the predecessor refuses other changes (409), so none is
-lost between the state it sent and the end of the handover. Workers do not hand
-connections over yet: with workers an upgrade is refused while requests are held.
+lost between the state it sent and the end of the handover. With workers, each
+old worker gives its connections to its supervisor, which passes them on; the new
+supervisor gives each old worker's connections to one of its own workers, so each
+held queue keeps its order.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,8 +54,9 @@ FDS_PER_FRAME = 200
 LOAD_TIMEOUT = 60.0
 
 Event = dict[str, Any]
-# A connection given away: (fd, bytes to read again, seconds left to hold, held for).
-Connection = tuple[int, bytes, float, float]
+# A connection given away: (fd, bytes to read again, seconds left to hold, held for,
+# the old worker it comes from: 0 without workers).
+Connection = tuple[int, bytes, float, float, int]
 
 
 class UpgradeFailed(Exception):
@@ -94,10 +97,9 @@ class Successor:
         except StateFileError as error:
             raise WireError(str(error)) from None
 
-    def loaded(self, routes: int, adopts: bool) -> None:
-        """Config read and table built; ``adopts``: this process can take connections
-        over (one process; workers cannot yet)."""
-        send_frame(self._sock, {"op": "loaded", "routes": routes, "adopts": adopts})
+    def loaded(self, routes: int) -> None:
+        """Config read and table built."""
+        send_frame(self._sock, {"op": "loaded", "routes": routes})
 
     def receive_sockets(self) -> Inherited:
         message, fds = self._reader.next_frame(LOAD_TIMEOUT)
@@ -116,12 +118,11 @@ class Successor:
     def serving(self, listeners: list[str]) -> None:
         send_frame(self._sock, {"op": "serving", "pid": os.getpid(), "listeners": listeners})
 
-    async def adopt(self, engine: _core.Engine) -> None:
+    async def adopt(self, receive: Callable[[list[Connection]], Awaitable[None]]) -> None:
         """Take over the connections the predecessor gives - its held requests in
         arrival order and idle connections at once, then each connection that goes
-        idle there while it finishes its requests - until it exits."""
-        loop = asyncio.get_running_loop()
-        factory = engine.protocol_factory("http")
+        idle there while it finishes its requests - until it exits; ``receive``
+        serves them (here, or in the workers)."""
         frames: asyncio.Queue[tuple[dict[str, Any], list[int]] | None] = asyncio.Queue()
         channel = Channel(
             self._sock,
@@ -131,10 +132,7 @@ class Successor:
         try:
             while (frame := await frames.get()) is not None:
                 message, fds = frame
-                for fd, (replay, left, age) in zip(fds, message["connections"], strict=True):
-                    sock = socket.socket(fileno=fd)
-                    _, protocol = await loop.connect_accepted_socket(factory, sock)
-                    protocol.replay(base64.b64decode(replay), left, age)
+                await receive(unpack_connections(message["connections"], fds))
         except (OSError, WireError, KeyError, ValueError) as error:
             complain(f"taking over the old process's connections failed: {error}")
         finally:
@@ -172,9 +170,10 @@ class Handover:
     state: RuntimeState
     listeners: list[tuple[ListenKey, list[socket.socket]]]  # a group per listener
     admin: socket.socket | None
-    held: int  # requests held now
     stop_accepting: Callable[[], None]
-    engine: _core.Engine | None  # None: workers (their connections stay)
+    # Gives away every connection the successor can take (and the number of held
+    # requests that stay), then passes each one that goes idle later to the callback.
+    take: Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[list[Connection], int]]]
     retire: Callable[[], None]  # leave the admin socket, finish in-flight requests, exit
 
 
@@ -194,9 +193,6 @@ class Giver:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    def give_one(self, connection: Connection) -> None:
-        self.give([connection])
-
     async def flush(self) -> None:
         """Wait until every connection given so far is sent."""
         if self._sending:
@@ -205,25 +201,45 @@ class Giver:
     async def _send(self, part: list[Connection]) -> None:
         """One frame (the lock of ``Channel.send`` keeps frames in call order); the
         descriptors are closed here once the kernel holds them for the successor."""
-        message = {
-            "op": "connections",
-            "connections": [
-                [base64.b64encode(replay).decode("ascii"), left, age]
-                for _, replay, left, age in part
-            ],
-        }
+        entries, fds = pack_connections(part)
         try:
-            await self._channel.send(message, [fd for fd, *_ in part])
+            await self._channel.send({"op": "connections", "connections": entries}, fds)
         except (ConnectionError, OSError) as error:
             complain(f"{len(part)} connections could not go to the new process: {error}")
         finally:
-            for fd, *_ in part:
+            for fd in fds:
                 os.close(fd)
 
 
-async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> Giver | None:
+def pack_connections(connections: list[Connection]) -> tuple[list[list[Any]], list[int]]:
+    """Connections as plain values for a frame, and the descriptors to send with it."""
+    entries = [
+        [base64.b64encode(replay).decode("ascii"), left, age, group]
+        for _, replay, left, age, group in connections
+    ]
+    return entries, [connection[0] for connection in connections]
+
+
+def unpack_connections(entries: list[list[Any]], fds: list[int]) -> list[Connection]:
+    return [
+        (fd, base64.b64decode(replay), float(left), float(age), int(group))
+        for fd, (replay, left, age, group) in zip(fds, entries, strict=True)
+    ]
+
+
+async def adopt_connections(engine: _core.Engine, connections: list[Connection]) -> None:
+    """Serve connections another process gave away, in order, reading again what it
+    had read of them (``ClientProtocol.replay``)."""
+    loop = asyncio.get_running_loop()
+    factory = engine.protocol_factory("http")
+    for fd, replay, left, age, _ in connections:
+        _, protocol = await loop.connect_accepted_socket(factory, socket.socket(fileno=fd))
+        protocol.replay(replay, left, age)
+
+
+async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> Giver:
     """Run the handover with a new process; ``UpgradeFailed`` leaves this process as
-    it was. Returns what gives connections to it (None with workers)."""
+    it was. Returns what gives connections to it."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         # Not asyncio's subprocess: its transport kills the child when this process's
@@ -244,11 +260,6 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
     try:
         await channel.send({"op": "state", "state": handover.state.to_json()})
         loaded = await _answer(frames, "loaded", process)
-        if handover.held and not loaded["adopts"]:
-            raise UpgradeFailed(
-                f"{handover.held} requests are held, and a new process with workers "
-                "cannot take held requests over yet: resume first"
-            )
         emit({"event": "loaded", "routes": loaded["routes"]})
         fds = [sock.fileno() for _, group in handover.listeners for sock in group]
         if handover.admin is not None:
@@ -266,24 +277,17 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
         raise UpgradeFailed(str(error)) from None
     # From here on the new process serves: whatever happens, this one retires.
     handover.stop_accepting()
-    giver = None
-    given: list[Connection] = []
-    stay = 0
-    if handover.engine is not None and loaded["adopts"]:
-        given, stay = handover.engine.hand_over()
-        giver = Giver(channel)
-        giver.give(given)
-        handover.engine.on_idle = giver.give_one
-    else:
-        channel.close()
+    giver = Giver(channel)
+    given, stay = await handover.take(giver.give)
+    giver.give(given)
     handover.retire()
     emit(
         {
             "event": "handed_over",
             "pid": process.pid,
             "listeners": len(serving["listeners"]),
-            "held": sum(1 for _, _, left, _ in given if left > 0),
-            "idle": sum(1 for _, _, left, _ in given if left <= 0),
+            "held": sum(1 for _, _, left, _, _ in given if left > 0),
+            "idle": sum(1 for _, _, left, _, _ in given if left <= 0),
             "held_staying": stay,
         }
     )

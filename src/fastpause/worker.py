@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -43,10 +44,21 @@ from fastpause.router import build_table, retired
 from fastpause.server import drain_and_close
 from fastpause.shared_counts import attach
 from fastpause.stats import Stats, collect
+from fastpause.upgrade import adopt_connections, pack_connections, unpack_connections
 from fastpause.wire import Channel, WireError, decode
 
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL = 1.0
+# At exit, how long what is still being sent to the supervisor may take.
+FLUSH_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Passing:
+    """An answer that carries file descriptors (``hand_over``)."""
+
+    value: dict[str, Any]
+    fds: list[int]
 
 
 class Worker:
@@ -76,6 +88,8 @@ class Worker:
             "upstream_up": self._upstream_up,
             "upstream_down": self._upstream_down,
             "cut": self._cut_now,
+            "hand_over": self._hand_over,
+            "adopt": self._adopt_connections,
         }
 
     async def serve(self) -> int:
@@ -97,6 +111,8 @@ class Worker:
                 task.cancel()
         if self._access_log is not None:
             self._access_log.close()
+        if self._tasks:  # answers and connections still on their way to the supervisor
+            await asyncio.wait(list(self._tasks), timeout=FLUSH_TIMEOUT)
         self._channel.close()
         return 0
 
@@ -138,11 +154,19 @@ class Worker:
         self._spawn(self._send(message, value))
 
     async def _send(self, message: dict[str, Any], value: dict[str, Any]) -> None:
+        """The answer; a ``Passing`` value goes with its descriptors (closed here)."""
         if "id" not in message:
             return  # told, not asked
+        fds: list[int] = []
+        if isinstance(value.get("ok"), Passing):
+            value, fds = {"ok": value["ok"].value}, value["ok"].fds
         assert self._channel is not None
-        with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop too
-            await self._channel.send({"id": message.get("id"), **value})
+        try:
+            with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop
+                await self._channel.send({"id": message.get("id"), **value}, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -277,6 +301,38 @@ class Worker:
         return collect(engine)
 
     # ------------------------------------------------------------ helpers
+
+    def _hand_over(self, args: dict[str, Any], fds: list[int]) -> Passing:
+        """An upgrade: stop accepting (the new process serves the sockets) and give
+        away every connection the successor can take, with their descriptors; the
+        ones that go idle here later follow as ``connections`` events."""
+        engine, _ = self._running()
+        assert self._listeners is not None
+        self._listeners.close()
+        given, stay = engine.hand_over()
+        engine.on_idle = self._give_late
+        entries, handed = pack_connections([(*one, self.index) for one in given])
+        return Passing({"connections": entries, "stay": stay}, handed)
+
+    def _give_late(self, one: tuple[int, bytes, float, float]) -> None:
+        entries, fds = pack_connections([(*one, self.index)])
+        self._spawn(self._tell_with_fds({"event": "connections", "connections": entries}, fds))
+
+    async def _tell_with_fds(self, event: dict[str, Any], fds: list[int]) -> None:
+        assert self._channel is not None
+        try:
+            with contextlib.suppress(ConnectionError):
+                await self._channel.send(event, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    async def _adopt_connections(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Connections the process this one replaces gave away: serve them."""
+        engine, _ = self._running()
+        connections = unpack_connections(args["connections"], fds)
+        await adopt_connections(engine, connections)
+        return {"adopted": len(connections)}
 
     def _running(self) -> tuple[_core.Engine, Config]:
         if self._engine is None or self._config is None:

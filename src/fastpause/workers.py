@@ -31,6 +31,7 @@ from fastpause.config import Config
 from fastpause.console import complain, say
 from fastpause.shared_counts import SharedRegion
 from fastpause.stats import Stats, retire
+from fastpause.upgrade import Connection, pack_connections, unpack_connections
 from fastpause.wire import Channel, encode
 
 # Interpreter start and imports, then the first snapshot.
@@ -77,7 +78,7 @@ class WorkerProcess:
         index: int,
         process: asyncio.subprocess.Process,
         sock: socket.socket,
-        on_event: Callable[[WorkerProcess, dict[str, Any]], None],
+        on_event: Callable[[WorkerProcess, dict[str, Any], list[int]], None],
     ):
         self.index = index
         self._on_event = on_event
@@ -100,6 +101,15 @@ class WorkerProcess:
         timeout: float,
     ) -> Any:
         """Send one message and wait for its answer; ``WorkerLost`` if none comes."""
+        value, received = await self.exchange(op, args, fds, timeout)
+        for fd in received:  # only ``hand_over`` answers with descriptors
+            os.close(fd)
+        return value
+
+    async def exchange(
+        self, op: str, args: dict[str, Any], fds: list[int], timeout: float
+    ) -> tuple[Any, list[int]]:
+        """``request``, with the descriptors the answer carried (the caller's to close)."""
         ident = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[ident] = answer
@@ -113,9 +123,12 @@ class WorkerProcess:
             raise WorkerLost(f"{self.name} is gone") from None
         finally:
             self._waiting.pop(ident, None)
+        reply, received = reply
         if "error" in reply:
+            for fd in received:
+                os.close(fd)
             raise ValueError(reply["error"])
-        return reply.get("ok")
+        return reply.get("ok"), received
 
     async def tell(self, op: str) -> None:
         """Send one message that needs no answer (the worker may be exiting)."""
@@ -123,14 +136,15 @@ class WorkerProcess:
             await self._channel.send({"op": op, "args": {}})
 
     def _on_frame(self, message: dict[str, Any], fds: list[int]) -> None:
-        for fd in fds:  # workers send none
-            os.close(fd)
         if "event" in message:
-            self._on_event(self, message)
+            self._on_event(self, message, fds)
             return
         answer = self._waiting.get(message.get("id", 0))
         if answer is not None and not answer.done():
-            answer.set_result(message)
+            answer.set_result((message, fds))
+        else:
+            for fd in fds:
+                os.close(fd)
 
     def _on_close(self) -> None:
         for answer in self._waiting.values():
@@ -167,6 +181,8 @@ class WorkerPool:
         self._watchers: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self.region = SharedRegion(count)
+        # During an upgrade: where connections that go idle in a worker are sent.
+        self.on_connections: Callable[[list[Connection]], None] | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -353,6 +369,43 @@ class WorkerPool:
             )
         return details
 
+    async def hand_over(self) -> tuple[list[Connection], int]:
+        """Every worker stops accepting and gives away the connections a successor can
+        take (``Engine.hand_over``), each tagged with the worker's index; then each one
+        that goes idle there reaches ``on_connections``."""
+        workers = list(self._live.values())
+        answers = await asyncio.gather(
+            *(worker.exchange("hand_over", {}, [], self.timeout) for worker in workers),
+            return_exceptions=True,
+        )
+        given: list[Connection] = []
+        stay = 0
+        for worker, answer in zip(workers, answers, strict=True):
+            if isinstance(answer, BaseException):
+                complain(f"{worker.name} could not hand its connections over: {answer}")
+                continue
+            value, fds = answer
+            for one in unpack_connections(value["connections"], fds):
+                given.append((*one[:4], worker.index))
+            stay += value["stay"]
+        return given, stay
+
+    async def adopt(self, connections: list[Connection]) -> None:
+        """Connections from the process this one replaces: each old worker's go to one
+        of these workers (the same index, wrapped), in order, so a held queue keeps
+        its order."""
+        groups: dict[int, list[Connection]] = {}
+        for connection in connections:
+            groups.setdefault(connection[4] % self.count, []).append(connection)
+        try:
+            for index, group in groups.items():
+                worker = self._live.get(index) or next(iter(self._live.values()))
+                entries, fds = pack_connections(group)
+                await worker.request("adopt", {"connections": entries}, fds, self.timeout)
+        finally:
+            for connection in connections:
+                os.close(connection[0])
+
     async def send(self, command: Any) -> Answers:
         """Any command (``fastpause.commands``), applied by every live worker."""
         return await self.broadcast("command", {"command": encode(command)})
@@ -362,9 +415,15 @@ class WorkerPool:
         every live worker applied it (a health verdict: nobody waits for it)."""
         return self._send_soon("command", {"command": encode(command)}, None)
 
-    def _on_event(self, worker: WorkerProcess, event: dict[str, Any]) -> None:
+    def _on_event(self, worker: WorkerProcess, event: dict[str, Any], fds: list[int]) -> None:
         """What a worker saw that the others act on: an upstream it reached or failed to
-        reach (passive health is the whole proxy's, as in one process)."""
+        reach (passive health is the whole proxy's, as in one process); during an
+        upgrade, a connection that went idle there, for the new process."""
+        if event["event"] == "connections" and self.on_connections is not None:
+            self.on_connections(unpack_connections(event["connections"], fds))
+            return
+        for fd in fds:
+            os.close(fd)
         if event["event"] in ("upstream_up", "upstream_down"):
             args = {key: value for key, value in event.items() if key != "event"}
             self._send_soon(event["event"], args, worker)
