@@ -33,6 +33,10 @@ pytest_plugins = ["hold_support", "deploy_support"]
 HELD = 1000
 
 
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -183,6 +187,7 @@ def test_1000_held_requests_survive_an_upgrade_under_load(hold_proxy, backend, s
     if raise_fd_limit(2 * HELD + 500) < 2 * HELD + 500:
         pytest.skip("needs more open files than ulimit -n allows")
     proxy = hold_proxy(route={"max_held_body": "1MiB"})
+    baseline = fd_count(proxy.pid)
     load = Load(proxy.port)
     try:
         load.wait_for_requests(20)
@@ -221,6 +226,14 @@ def test_1000_held_requests_survive_an_upgrade_under_load(hold_proxy, backend, s
         load.stop()
     assert load.failures == [], load.failures[:5]
     assert proxy.admin.status()["pid"] == new
+
+    # nothing the handover carried stays open in the new process (beyond the pool of
+    # idle upstream connections, which the old process had none of at the start)
+    def settled() -> bool:
+        [upstream] = route_entry(proxy.admin.status(), "app")["upstreams"]
+        return fd_count(new) - upstream["idle"] <= baseline
+
+    wait_for(settled, what=f"the new process back to {baseline} fds and its pool")
 
 
 def test_an_invalid_config_leaves_the_old_process_serving(hold_proxy, successors):
@@ -335,6 +348,36 @@ def test_with_workers_each_worker_hands_its_held_requests_over(hold_proxy, recor
     log = recorder.log()
     for queue in queues:  # each queue in its arrival order (the workers release at once)
         assert_released_in_arrival_order(queue, [e for e in log if e["target"] in queue])
+
+
+def test_an_upgrade_waits_for_a_deploy_in_progress(hold_proxy, identity_backend, successors):
+    """A deploy checking its targets when the upgrade comes: the upgrade waits for its
+    switch, so the new process runs the deployed targets (the change is not lost)."""
+    a, b = identity_backend("A"), identity_backend("B")
+    b.set_health(503)
+    proxy = hold_proxy(upstreams=[a.address])
+    with ThreadPoolExecutor(2) as pool:
+        deploying = pool.submit(
+            cli, proxy.admin, "deploy", "app", "--to", b.address, "--health-path", "/health"
+        )
+        wait_for(lambda: b.stats()["health_checks"] >= 1, what="the deploy to check B")
+        old = proxy.admin.status()["pid"]
+        upgrading = pool.submit(cli, proxy.admin, "upgrade")
+        # changes are refused (409) once the upgrade has begun, and it waits for the lock
+        wait_for(
+            lambda: proxy.admin.call("POST", "/routes/app/start", {}).status == 409,
+            what="the upgrade to begin",
+        )
+        b.set_health(200)
+        deployed, upgraded = deploying.result(120), upgrading.result(120)
+    assert deployed.returncode == 0, deployed
+    assert upgraded.returncode == 0, upgraded
+    status = proxy.admin.status()
+    successors.append(status["pid"])
+    assert status["pid"] != old
+    [upstream] = route_entry(status, "app")["upstreams"]
+    assert upstream["address"] == b.address, status
+    assert proxy.get("/work").get("X-Backend") == "B"
 
 
 def test_sigusr2_upgrades(hold_proxy, successors):

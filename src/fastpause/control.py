@@ -277,6 +277,11 @@ class ControlPlane:
         against it at once and signals ``on_capacity`` if that flips."""
         self.engine.max_connections = limit
 
+    def exclusive(self) -> asyncio.Lock:
+        """Held while nothing else may change the routing: a reload, a deploy's
+        switch, an upgrade's handover (which would otherwise miss a change)."""
+        return self._lock
+
     # ------------------------------------------------------------ reload
 
     async def reload(self, path: str | None = None) -> Reloaded:

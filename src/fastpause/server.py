@@ -249,15 +249,16 @@ class Server:
         self._upgrade = asyncio.current_task()
         control.upgrading = True
         try:
-            handover = Handover(
-                state=control.runtime_state(),
-                listeners=control.listeners.handover(),
-                admin=self._admin.socket if self._admin is not None else None,
-                stop_accepting=control.listeners.close,
-                take=self._taker(control),
-                retire=self._retire,
-            )
-            giver = await start_successor(handover, emit)
+            async with control.exclusive():  # a deploy switching now finishes first
+                handover = Handover(
+                    state=control.runtime_state(),
+                    listeners=control.listeners.handover(),
+                    admin=self._admin.socket if self._admin is not None else None,
+                    stop_accepting=control.listeners.close,
+                    take=self._taker(control),
+                    retire=self._retire,
+                )
+                giver = await start_successor(handover, emit)
         except UpgradeFailed as error:
             complain(f"upgrade failed: {error}; still serving")
             emit({"event": "failed", "error": str(error)})
