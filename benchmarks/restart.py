@@ -5,7 +5,8 @@ restart (SIGTERM, then a new process: what ``systemctl restart`` does).
 backend; fastpause with two routes, ``app`` (the load) and ``held`` (paused,
 holding ``--held`` requests, one connection each); wrk with 64 keep-alive
 connections and a client opening a new connection per request, for
-``--duration`` seconds; at 35 % of the run the proxy is replaced; then ``held``
+``--duration`` seconds (``--workers`` worker processes); at 35 % of the run the
+proxy is replaced; then ``held``
 is resumed. Figures: wrk's non-2xx answers and socket errors (connect: refused;
 read: a keep-alive connection closed under a request), the new-connection
 client's refused and failed requests, held requests answered 200, and how long
@@ -64,11 +65,11 @@ class NewConnections(threading.Thread):
             self.counts[key] += 1
 
 
-def _config(path: Path, port: int, upstream: int, admin: str) -> None:
+def _config(path: Path, port: int, upstream: int, admin: str, workers: int) -> None:
     path.write_text(
         f"""listen = ["127.0.0.1:{port}"]
 admin = "{admin}"
-workers = 1
+workers = {workers}
 shutdown_timeout = "10s"
 
 [[routes]]
@@ -112,14 +113,14 @@ def _held_now(admin: str) -> int:
 
 
 def run_variant(
-    sup: Supervisor, workdir: Path, variant: str, duration: float, held_count: int
+    sup: Supervisor, workdir: Path, variant: str, duration: float, held_count: int, workers: int
 ) -> dict:
     backend_port, port = free_port(), free_port()
     backend = peers.Backend(workdir).start(sup, backend_port)
     base = workdir / f"{variant}-{port}"
     base.mkdir()
     conf, admin = base / "fastpause.toml", f"unix:{base}/admin.sock"
-    _config(conf, port, backend_port, admin)
+    _config(conf, port, backend_port, admin, workers)
     argv = [sys.executable, "-m", "fastpause", "run", "--config", str(conf)]
     env = peers.Fastpause.env()
     proxy = sup.start(f"fastpause-{variant}", argv, env=env)
@@ -160,6 +161,7 @@ def run_variant(
         sup.stop(backend)
     row = {
         "variant": variant,
+        "workers": workers,
         **result.as_dict(),
         "new_connections": clients.counts,
         "held": held_count,
@@ -180,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--held", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=1, help="fastpause's workers")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="fastpause-bench-restart-"))
     rows = []
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_ + 1}", flush=True)
                 for variant in VARIANTS:
                     rows.append(
-                        run_variant(sup, workdir, variant, args.duration, args.held)
+                        run_variant(sup, workdir, variant, args.duration, args.held, args.workers)
                         | {"round": round_}
                     )
     except HarnessError as error:
@@ -200,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"load_before": load_before, "rows": rows}, indent=1))
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[f"workers={args.workers}"] = {"load_before": load_before, "rows": rows}
+    RESULTS.write_text(json.dumps(results, indent=1))
     return 0
 
 

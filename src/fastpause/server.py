@@ -275,7 +275,7 @@ class Server:
     @staticmethod
     def _taker(
         control: ControlPlane,
-    ) -> Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[list[Connection], int]]]:
+    ) -> Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[int, int, int]]]:
         """How this process gives its connections away: its own engine's, or each
         worker's (``WorkerPool.hand_over``)."""
         pool = control.workers
@@ -283,7 +283,7 @@ class Server:
 
             async def from_workers(
                 late: Callable[[list[Connection]], None],
-            ) -> tuple[list[Connection], int]:
+            ) -> tuple[int, int, int]:
                 pool.on_connections = late
                 return await pool.hand_over()
 
@@ -292,10 +292,12 @@ class Server:
 
         async def from_engine(
             late: Callable[[list[Connection]], None],
-        ) -> tuple[list[Connection], int]:
+        ) -> tuple[int, int, int]:
             given, stay = engine.hand_over()
             engine.on_idle = lambda one: late([(*one, 0)])
-            return [(*one, 0) for one in given], stay
+            late([(*one, 0) for one in given])
+            held = sum(1 for one in given if one[2] > 0)
+            return held, len(given) - held, stay
 
         return from_engine
 

@@ -171,9 +171,9 @@ class Handover:
     listeners: list[tuple[ListenKey, list[socket.socket]]]  # a group per listener
     admin: socket.socket | None
     stop_accepting: Callable[[], None]
-    # Gives away every connection the successor can take (and the number of held
-    # requests that stay), then passes each one that goes idle later to the callback.
-    take: Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[list[Connection], int]]]
+    # Gives every connection the successor can take to the callback, now and as they
+    # go idle later; returns (held requests given, idle connections given, held stay).
+    take: Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[int, int, int]]]
     retire: Callable[[], None]  # leave the admin socket, finish in-flight requests, exit
 
 
@@ -278,16 +278,15 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
     # From here on the new process serves: whatever happens, this one retires.
     handover.stop_accepting()
     giver = Giver(channel)
-    given, stay = await handover.take(giver.give)
-    giver.give(given)
+    held, idle, stay = await handover.take(giver.give)
     handover.retire()
     emit(
         {
             "event": "handed_over",
             "pid": process.pid,
             "listeners": len(serving["listeners"]),
-            "held": sum(1 for _, _, left, _, _ in given if left > 0),
-            "idle": sum(1 for _, _, left, _, _ in given if left <= 0),
+            "held": held,
+            "idle": idle,
             "held_staying": stay,
         }
     )

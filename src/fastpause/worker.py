@@ -20,7 +20,6 @@ import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import uvloop
@@ -44,21 +43,19 @@ from fastpause.router import build_table, retired
 from fastpause.server import drain_and_close
 from fastpause.shared_counts import attach
 from fastpause.stats import Stats, collect
-from fastpause.upgrade import adopt_connections, pack_connections, unpack_connections
+from fastpause.upgrade import (
+    FDS_PER_FRAME,
+    Connection,
+    adopt_connections,
+    pack_connections,
+    unpack_connections,
+)
 from fastpause.wire import Channel, WireError, decode
 
 _PR_SET_PDEATHSIG = 1
 PARENT_POLL = 1.0
 # At exit, how long what is still being sent to the supervisor may take.
 FLUSH_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class Passing:
-    """An answer that carries file descriptors (``hand_over``)."""
-
-    value: dict[str, Any]
-    fds: list[int]
 
 
 class Worker:
@@ -154,19 +151,11 @@ class Worker:
         self._spawn(self._send(message, value))
 
     async def _send(self, message: dict[str, Any], value: dict[str, Any]) -> None:
-        """The answer; a ``Passing`` value goes with its descriptors (closed here)."""
         if "id" not in message:
             return  # told, not asked
-        fds: list[int] = []
-        if isinstance(value.get("ok"), Passing):
-            value, fds = {"ok": value["ok"].value}, value["ok"].fds
         assert self._channel is not None
-        try:
-            with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop
-                await self._channel.send({"id": message.get("id"), **value}, fds)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        with contextlib.suppress(ConnectionError):  # the supervisor is gone: we stop too
+            await self._channel.send({"id": message.get("id"), **value})
 
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -302,21 +291,30 @@ class Worker:
 
     # ------------------------------------------------------------ helpers
 
-    def _hand_over(self, args: dict[str, Any], fds: list[int]) -> Passing:
+    def _hand_over(self, args: dict[str, Any], fds: list[int]) -> dict[str, int]:
         """An upgrade: stop accepting (the new process serves the sockets) and give
-        away every connection the successor can take, with their descriptors; the
-        ones that go idle here later follow as ``connections`` events."""
+        away every connection the successor can take, as ``connections`` events with
+        their descriptors (before this answer, in order); those that go idle here
+        later follow the same way. Answers how many went, and how many held stay."""
         engine, _ = self._running()
         assert self._listeners is not None
         self._listeners.close()
         given, stay = engine.hand_over()
         engine.on_idle = self._give_late
-        entries, handed = pack_connections([(*one, self.index) for one in given])
-        return Passing({"connections": entries, "stay": stay}, handed)
+        self._give([(*one, self.index) for one in given])
+        held = sum(1 for one in given if one[2] > 0)
+        return {"held": held, "idle": len(given) - held, "stay": stay}
 
     def _give_late(self, one: tuple[int, bytes, float, float]) -> None:
-        entries, fds = pack_connections([(*one, self.index)])
-        self._spawn(self._tell_with_fds({"event": "connections", "connections": entries}, fds))
+        self._give([(*one, self.index)])
+
+    def _give(self, connections: list[Connection]) -> None:
+        """Send connections to the supervisor, at most ``FDS_PER_FRAME`` a frame;
+        the channel's lock keeps the frames in the order of these calls."""
+        for start in range(0, len(connections), FDS_PER_FRAME):
+            entries, fds = pack_connections(connections[start : start + FDS_PER_FRAME])
+            event = {"event": "connections", "connections": entries}
+            self._spawn(self._tell_with_fds(event, fds))
 
     async def _tell_with_fds(self, event: dict[str, Any], fds: list[int]) -> None:
         assert self._channel is not None

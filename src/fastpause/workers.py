@@ -31,7 +31,7 @@ from fastpause.config import Config
 from fastpause.console import complain, say
 from fastpause.shared_counts import SharedRegion
 from fastpause.stats import Stats, retire
-from fastpause.upgrade import Connection, pack_connections, unpack_connections
+from fastpause.upgrade import FDS_PER_FRAME, Connection, pack_connections, unpack_connections
 from fastpause.wire import Channel, encode
 
 # Interpreter start and imports, then the first snapshot.
@@ -101,15 +101,6 @@ class WorkerProcess:
         timeout: float,
     ) -> Any:
         """Send one message and wait for its answer; ``WorkerLost`` if none comes."""
-        value, received = await self.exchange(op, args, fds, timeout)
-        for fd in received:  # only ``hand_over`` answers with descriptors
-            os.close(fd)
-        return value
-
-    async def exchange(
-        self, op: str, args: dict[str, Any], fds: list[int], timeout: float
-    ) -> tuple[Any, list[int]]:
-        """``request``, with the descriptors the answer carried (the caller's to close)."""
         ident = next(self._ids)
         answer = asyncio.get_running_loop().create_future()
         self._waiting[ident] = answer
@@ -123,12 +114,9 @@ class WorkerProcess:
             raise WorkerLost(f"{self.name} is gone") from None
         finally:
             self._waiting.pop(ident, None)
-        reply, received = reply
         if "error" in reply:
-            for fd in received:
-                os.close(fd)
             raise ValueError(reply["error"])
-        return reply.get("ok"), received
+        return reply.get("ok")
 
     async def tell(self, op: str) -> None:
         """Send one message that needs no answer (the worker may be exiting)."""
@@ -139,12 +127,11 @@ class WorkerProcess:
         if "event" in message:
             self._on_event(self, message, fds)
             return
+        for fd in fds:  # answers carry none
+            os.close(fd)
         answer = self._waiting.get(message.get("id", 0))
         if answer is not None and not answer.done():
-            answer.set_result((message, fds))
-        else:
-            for fd in fds:
-                os.close(fd)
+            answer.set_result(message)
 
     def _on_close(self) -> None:
         for answer in self._waiting.values():
@@ -369,26 +356,16 @@ class WorkerPool:
             )
         return details
 
-    async def hand_over(self) -> tuple[list[Connection], int]:
+    async def hand_over(self) -> tuple[int, int, int]:
         """Every worker stops accepting and gives away the connections a successor can
-        take (``Engine.hand_over``), each tagged with the worker's index; then each one
-        that goes idle there reaches ``on_connections``."""
-        workers = list(self._live.values())
-        answers = await asyncio.gather(
-            *(worker.exchange("hand_over", {}, [], self.timeout) for worker in workers),
-            return_exceptions=True,
+        take (``Engine.hand_over``) as events that reach ``on_connections``, then
+        those that go idle there later. Returns how many held requests and idle
+        connections went, and how many held requests stay."""
+        answers = await self.broadcast("hand_over", {})
+        held, idle, stay = (
+            sum(answer[key] for answer in answers.values) for key in ("held", "idle", "stay")
         )
-        given: list[Connection] = []
-        stay = 0
-        for worker, answer in zip(workers, answers, strict=True):
-            if isinstance(answer, BaseException):
-                complain(f"{worker.name} could not hand its connections over: {answer}")
-                continue
-            value, fds = answer
-            for one in unpack_connections(value["connections"], fds):
-                given.append((*one[:4], worker.index))
-            stay += value["stay"]
-        return given, stay
+        return held, idle, stay
 
     async def adopt(self, connections: list[Connection]) -> None:
         """Connections from the process this one replaces: each old worker's go to one
@@ -400,8 +377,9 @@ class WorkerPool:
         try:
             for index, group in groups.items():
                 worker = self._live.get(index) or next(iter(self._live.values()))
-                entries, fds = pack_connections(group)
-                await worker.request("adopt", {"connections": entries}, fds, self.timeout)
+                for start in range(0, len(group), FDS_PER_FRAME):
+                    entries, fds = pack_connections(group[start : start + FDS_PER_FRAME])
+                    await worker.request("adopt", {"connections": entries}, fds, self.timeout)
         finally:
             for connection in connections:
                 os.close(connection[0])
