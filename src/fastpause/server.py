@@ -359,10 +359,11 @@ class Server:
         if not delay:
             return
         assert self._cut is not None
-        say(f"shutting down in {delay:g}s; health checks answer 503 until then")
         LameDuck().apply(control.engine)
         if control.workers is not None:
             await control.workers.send(LameDuck())
+        # said once every worker applied it: from this line on, health checks fail
+        say(f"shutting down in {delay:g}s; health checks answer 503 until then")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._cut.wait(), delay)
 
