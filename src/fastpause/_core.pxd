@@ -534,6 +534,7 @@ cdef class ClientProtocol:
     cdef void _note_request_line(self, const unsigned char* p, RequestHead* h)
     cdef int _route_request(self, const unsigned char* p, RequestHead* h, bint released) except -1
     cdef void _hold(self, double deadline)
+    cdef void _leave_queue(self, RouteState rs)
     cdef bint _held_bytes_over(self)
     cdef void _reject_held_body(self)
     cdef void release(self)

@@ -355,6 +355,11 @@ cdef class ClientProtocol:
             return
         self._resume(P_CONNECTING)  # the body keeps arriving, bounded by max_held_body
 
+    cdef void _leave_queue(self, RouteState rs):
+        """Out of ``rs``'s queue without a release: its held body bytes stop counting."""
+        self.engine.add_held_bytes(-self.pending_bytes)
+        rs.unlink(self)
+
     cdef bint _held_bytes_over(self):
         """The proxy-wide cap on buffered held bodies; answers 503 when crossed."""
         if self.engine.held_bytes_total() <= self.engine.max_held_bytes:
@@ -514,8 +519,7 @@ cdef class ClientProtocol:
         if rs is not None:
             self.engine.add_held_bytes(n)
             if self.route.max_held_body >= 0 and self.pending_bytes > self.route.max_held_body:
-                rs.unlink(self)
-                self.engine.add_held_bytes(-self.pending_bytes)
+                self._leave_queue(rs)
                 self._reject_held_body()
             elif self._held_bytes_over():
                 pass
@@ -835,8 +839,7 @@ cdef class ClientProtocol:
             self._close_spool()
         self.engine.count_response(self.status)
         if self.held_queue is not None:
-            self.engine.add_held_bytes(-self.pending_bytes)
-            self.held_queue.unlink(self)
+            self._leave_queue(self.held_queue)
         if self.route_active:
             self.route_active = False
             self.route.state.request_ended()
@@ -932,7 +935,7 @@ cdef class ClientProtocol:
         connection, or one with part of its next head.
         """
         cdef bytes replay
-        cdef double left = 0.0, age = 0.0
+        cdef double left = 0.0, age = 0.0, now
         if self.write_paused or (self.out.queued and self.transport.get_write_buffer_size()):
             return None
         if held:
@@ -940,8 +943,9 @@ cdef class ClientProtocol:
                 return None
             replay = (bytes(memoryview(self.head_src)[self.head_off:self.head_off + self.head_len])
                       + (bytes(self.pending) if self.pending is not None else b""))
-            left = self.hold_deadline - _monotonic()
-            age = _monotonic() - self.held_since
+            now = _monotonic()
+            left = self.hold_deadline - now
+            age = now - self.held_since
             if left <= 0:
                 return None
         elif self.state == C_IDLE or self.state == C_HEAD:
@@ -970,8 +974,7 @@ cdef class ClientProtocol:
         """Forget the connection without ending it: the socket lives on in the
         duplicate a successor holds, so closing ours sends nothing to the client."""
         if self.held_queue is not None:
-            self.engine.add_held_bytes(-self.pending_bytes)
-            self.held_queue.unlink(self)
+            self._leave_queue(self.held_queue)
         if self.route is not None:
             self.engine.n_in_flight -= 1
             self.route = None  # no access log line here: the successor writes it
