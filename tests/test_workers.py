@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from deploy_support import fastpause, proxy_output
 from helpers import RawConn, build_request, wait_for
-from hold_support import cli_ok, route_entry
+from hold_support import WAIT, cli_ok, route_entry
 from workers_support import serving_workers
 
 pytest_plugins = ["hold_support", "deploy_support"]
@@ -310,10 +310,13 @@ def test_sigterm_lets_every_worker_finish_its_requests(workers_proxy, backend):
         conn.send(build_request("GET", f"/hold?key=t{index}"))
         backend.wait_held(f"t{index}")
     proxy.terminate()
-    wait_for(
-        lambda: proxy_output(proxy).count("shutting down: ") == WORKERS,
-        what="every worker to start shutting down",
+    wait_for(  # one line for the whole proxy, said once no worker accepts
+        lambda: f"shutting down: {WORKERS} open connections" in proxy_output(proxy),
+        what="the proxy to start shutting down",
     )
+    assert proxy_output(proxy).count("shutting down: ") == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=WAIT).close()
     for index in range(WORKERS):
         backend.release(f"t{index}")
     for conn in first:

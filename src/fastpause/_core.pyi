@@ -297,8 +297,9 @@ class Engine:
     def upstream_unreachable(self, upstream: Upstream, fail_duration: float) -> None:
         """Another worker failed to reach ``upstream``: avoid it for ``fail_duration``."""
     def protocol_factory(self, scheme: str = "http") -> Callable[[], asyncio.Protocol]: ...
-    def shutdown(self) -> None:
-        """Graceful: close idle connections now, busy ones after their current response."""
+    def shutdown(self) -> int:
+        """Graceful: close idle connections now, busy ones after their current response;
+        returns how many are left to finish."""
     def close_all(self) -> None:
         """Cut every client and upstream connection."""
     def wait_drained(self) -> asyncio.Future[None]:

@@ -178,15 +178,21 @@ cdef class Engine:
         """Graceful stop: idle keep-alive connections close now, busy ones after their
         response. A connection accepted but not yet sent a request is not idle: its
         request may be on the wire (closing would reset it), so it gets its first
-        request answered (with ``Connection: close``), within its head timeout."""
+        request answered (with ``Connection: close``), within its head timeout.
+        Returns how many connections are left to finish (those closed here leave
+        ``clients`` a moment later, when their close completes)."""
         cdef ClientProtocol c
         cdef Route route
+        cdef Py_ssize_t closed = 0
         self.shutting_down = True
         for route in self._table.routes:
             route.state.fail_all(503, "the proxy is shutting down")
         for c in list(self.clients):
-            if c.state == C_IDLE and c.started and not c._give_to_successor():
-                c._close()
+            if c.state == C_IDLE and c.started:
+                if not c._give_to_successor():
+                    c._close()
+                closed += 1
+        return len(self.clients) - closed
 
     def hand_over(self):
         """Give a successor (``fastpause upgrade``) every connection it can take: the

@@ -207,7 +207,7 @@ class Server:
         try:
             await pool.start()
         except WorkerLost as error:
-            await pool.stop()
+            await pool.terminate()
             raise StartupError(str(error)) from None
         say(f"{self.config.workers} workers serving: pids {', '.join(map(str, pool.pids()))}")
 
@@ -376,13 +376,16 @@ class Server:
         assert self._cut is not None
         if admin is not None:
             admin.close(handed_over=self._handed_over)
+        grace = control.config.shutdown_timeout
         if control.workers is not None:
-            control.listeners.close()  # the workers close their copies as they stop
-            await control.workers.stop()
+            # every worker has closed its copies of the listeners before the line
+            # is said: from then on, a connect is refused
+            control.listeners.close()
+            say_shutting_down(await control.workers.stop_accepting(), grace)
+            await control.workers.wait_stopped()
         else:
-            await drain_and_close(
-                control.engine, control.listeners, control.config.shutdown_timeout, self._cut
-            )
+            say_shutting_down(stop_accepting(control.engine, control.listeners), grace)
+            await drain(control.engine, grace, self._cut)
         control.close()
         if self._drained is not None and self._upgrade is not None:
             self._drained.set()  # the upgrade's caller hears "done" before we exit
@@ -392,17 +395,22 @@ class Server:
             await admin.finish()
 
 
-async def drain_and_close(
-    engine: _core.Engine, listeners: Listeners, grace: float, cut: asyncio.Event
-) -> None:
-    """The graceful end of a data plane: stop accepting, let in-flight requests finish
-    within ``grace`` (or until ``cut`` is set), then cut what is left."""
+def stop_accepting(engine: _core.Engine, listeners: Listeners) -> int:
+    """The first step of a graceful end: close the listeners, close idle keep-alive
+    connections, and say how many connections are left to finish."""
     engine.on_capacity = None  # connections closing now must not start accepting again
     listeners.close()
-    engine.shutdown()
-    open_connections = engine.connections()
+    return engine.shutdown()
+
+
+def say_shutting_down(open_connections: int, grace: float) -> None:
     plural = "" if open_connections == 1 else "s"
     say(f"shutting down: {open_connections} open connection{plural}, waiting up to {grace:g}s")
+
+
+async def drain(engine: _core.Engine, grace: float, cut: asyncio.Event) -> None:
+    """The rest of a graceful end: let in-flight requests finish within ``grace`` (or
+    until ``cut`` is set), then cut what is left."""
     drained = engine.wait_drained()
     cutting: asyncio.Future[Any] = asyncio.ensure_future(cut.wait())
     await asyncio.wait([drained, cutting], timeout=grace, return_when=asyncio.FIRST_COMPLETED)

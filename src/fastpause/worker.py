@@ -40,7 +40,7 @@ from fastpause.console import complain
 from fastpause.control import retire
 from fastpause.listeners import Listeners
 from fastpause.router import build_table, retired
-from fastpause.server import drain_and_close
+from fastpause.server import drain, say_shutting_down, stop_accepting
 from fastpause.shared_counts import attach
 from fastpause.stats import Stats, collect
 from fastpause.upgrade import (
@@ -73,6 +73,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._signals = 0
+        self._told_to_stop = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retiring: set[asyncio.Task[bool]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any], list[int]], Any]] = {
@@ -85,6 +86,7 @@ class Worker:
             "upstream_up": self._upstream_up,
             "upstream_down": self._upstream_down,
             "cut": self._cut_now,
+            "stop_accepting": self._stop_accepting,
             "hand_over": self._hand_over,
             "adopt": self._adopt_connections,
         }
@@ -100,10 +102,10 @@ class Worker:
         self._channel = Channel(self._channel_socket, self._on_frame, self._stop.set)
         await self._stop.wait()
         if self._engine is not None and self._config is not None:
-            assert self._listeners is not None
-            await drain_and_close(
-                self._engine, self._listeners, self._config.shutdown_timeout, self._cut
-            )
+            grace = self._config.shutdown_timeout
+            if not self._told_to_stop:  # a signal: the supervisor is gone
+                say_shutting_down(self._close_listeners(), grace)
+            await drain(self._engine, grace, self._cut)
             for task in self._retiring:
                 task.cancel()
         if self._access_log is not None:
@@ -112,6 +114,18 @@ class Worker:
             await asyncio.wait(list(self._tasks), timeout=FLUSH_TIMEOUT)
         self._channel.close()
         return 0
+
+    def _stop_accepting(self, args: dict[str, Any], fds: list[int]) -> dict[str, int]:
+        """The supervisor stops: close the listeners now, answer how many connections
+        are left, then drain them (the supervisor says one line for every worker)."""
+        self._told_to_stop = True
+        self._stop.set()
+        return {"connections": self._close_listeners()}
+
+    def _close_listeners(self) -> int:
+        if self._engine is None or self._listeners is None:
+            return 0  # not started yet: nothing to close
+        return stop_accepting(self._engine, self._listeners)
 
     def _cut_now(self, args: dict[str, Any], fds: list[int]) -> None:
         """The supervisor's second stop signal: close what is left, do not wait for it."""

@@ -252,10 +252,22 @@ class WorkerPool:
             self._watch(replacement)
             return
 
-    async def stop(self) -> None:
-        """SIGTERM every worker (it drains; a second SIGTERM cuts) and wait for them."""
+    async def stop_accepting(self) -> int:
+        """The start of a graceful stop: every worker closes its listeners and its idle
+        connections, then drains on its own (``cut`` ends that early). Returns how many
+        connections are left to finish; when it returns, no worker accepts."""
+        self._stopping = True
+        answers = await self.broadcast("stop_accepting", {})
+        return sum(answer["connections"] for answer in answers.values)
+
+    async def terminate(self) -> None:
+        """SIGTERM every worker (a start that failed: nothing is served yet) and wait."""
         self._stopping = True
         self.signal_all(signal.SIGTERM)
+        await self.wait_stopped()
+
+    async def wait_stopped(self) -> None:
+        """Wait until every worker has exited."""
         if self._watchers:
             await asyncio.wait(list(self._watchers))
         self.region.close()
