@@ -25,6 +25,7 @@ ACTIVATE = textwrap.dedent(
         os.close(fd)
     os.environ["LISTEN_PID"] = str(os.getpid())
     os.environ["LISTEN_FDS"] = str(len(fds))
+    os.environ["LISTEN_FDNAMES"] = "web:spare"
     os.execv(sys.executable, [sys.executable, "-m", "fastpause", *sys.argv[2:]])
     """
 )
@@ -112,8 +113,8 @@ def test_socket_activation_serves_the_socket_systemd_passed(tmp_path: Path, back
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", unnamed_port), timeout=30)
         assert (
-            f"systemd passed a socket on 127.0.0.1:{unnamed_port} that no listen entry names"
-            in proxy.stderr()
+            f"systemd passed a socket 'spare' on 127.0.0.1:{unnamed_port} that no listen "
+            "entry names" in proxy.stderr()
         ), proxy.describe()
     finally:
         early.close()

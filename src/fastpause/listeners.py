@@ -113,14 +113,14 @@ class Listeners:
         self,
         protocol_factory: ProtocolFactory | None,
         group_size: int = 1,
-        activated: Sequence[socket.socket] = (),
+        activated: Sequence[tuple[str, socket.socket]] = (),
         inherited: dict[ListenKey, list[list[socket.socket]]] | None = None,
     ) -> None:
         self._protocol_factory = protocol_factory
         self._group_size = group_size  # sockets per address (one per worker)
         # Listening sockets systemd passed (socket activation), by address: a listen
         # entry for that address serves the socket instead of binding its own.
-        self._activated = {_address_of(sock): sock for sock in activated}
+        self._activated = {_address_of(sock): (name, sock) for name, sock in activated}
         # A predecessor's listening sockets (``fastpause upgrade``), by listen entry.
         self._inherited = inherited or {}
         self._bound: dict[ListenKey, list[Listener]] = {}
@@ -159,9 +159,9 @@ class Listeners:
         opened: list[Listener] = []
         try:
             for family, sockaddr in _distinct(infos):
-                inherited = self._activated.pop((family, sockaddr), None)
-                if inherited is not None:  # one socket, shared by the workers if any
-                    group = [inherited] * self._group_size
+                activated = self._activated.pop((family, sockaddr), None)
+                if activated is not None:  # one socket, shared by the workers if any
+                    group = [activated[1]] * self._group_size
                 else:
                     group = _bind_group(family, sockaddr, self._group_size)
                 listener = Listener(group[0], self._protocol_factory, group)
@@ -243,9 +243,11 @@ class Listeners:
         self._adopted = adopted
 
     def close_unused_activated(self) -> list[str]:
-        """Close the sockets systemd passed that no listen entry names; their addresses."""
-        unused = [str(Address(*sockaddr[:2])) for _, sockaddr in self._activated]
-        for sock in self._activated.values():
+        """Close the sockets systemd passed that no listen entry names; for each, its
+        name and address."""
+        unused = []
+        for (_, sockaddr), (name, sock) in self._activated.items():
+            unused.append(f"'{name}' on {Address(*sockaddr[:2])}")
             sock.close()
         self._activated.clear()
         return unused

@@ -164,8 +164,8 @@ class Server:
             )
             engine.on_capacity = control.on_capacity
             await self._listen(listeners)
-            for address in listeners.close_unused_activated():
-                complain(f"systemd passed a socket on {address} that no listen entry names")
+            for unused in listeners.close_unused_activated():
+                complain(f"systemd passed a socket {unused} that no listen entry names")
             for url in listeners.close_unused_inherited():
                 say(f"no longer listening on {url} (not in the config any more)")
             if not serving:

@@ -3,8 +3,11 @@
 Both are a few lines of protocol, so no library: a notification is one datagram
 of ``KEY=VALUE`` lines to the Unix socket ``$NOTIFY_SOCKET`` names (``@`` for the
 abstract namespace); activated sockets are descriptors 3 and up, ``$LISTEN_FDS``
-of them, meant for this process when ``$LISTEN_PID`` is its pid
-(sd_notify(3), sd_listen_fds(3)). Without those variables nothing happens.
+of them, meant for this process when ``$LISTEN_PID`` is its pid, named in
+``$LISTEN_FDNAMES`` (sd_notify(3), sd_listen_fds(3)). A listen entry takes the
+activated socket of its address: an address says which socket is meant as
+precisely as a name would, and the config stays the same with and without
+systemd; the names serve the messages. Without those variables nothing happens.
 """
 
 from __future__ import annotations
@@ -45,19 +48,23 @@ def stopping() -> None:
     notify("STOPPING=1", "STATUS=shutting down")
 
 
-def activated_sockets() -> list[socket.socket]:
+def activated_sockets() -> list[tuple[str, socket.socket]]:
     """The listening sockets systemd passed to this process (none when it did not),
-    taken once: the variables are removed so that no child takes them too."""
+    each with its name (the socket unit's ``FileDescriptorName=``, in
+    ``$LISTEN_FDNAMES``; the unit's name by default), taken once: the variables are
+    removed so that no child takes them too."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
     try:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
         count = 0
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     sockets = []
-    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + count):
+    for index, fd in enumerate(range(LISTEN_FDS_START, LISTEN_FDS_START + count)):
         os.set_inheritable(fd, False)
-        sockets.append(socket.socket(fileno=fd))
+        name = names[index] if index < len(names) and names[index] else f"fd {fd}"
+        sockets.append((name, socket.socket(fileno=fd)))
     return sockets
