@@ -936,6 +936,8 @@ cdef class ClientProtocol:
         """
         cdef bytes replay
         cdef double left = 0.0, age = 0.0, now
+        if self.https:  # the TLS session lives in this process, not in the socket
+            return None
         if self.write_paused or (self.out.queued and self.transport.get_write_buffer_size()):
             return None
         if held:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from fastpause._core import LB_POLICIES, normalize_path
 from fastpause.inputs import InputError, parse_toml, read_file
+from fastpause.tls import TLS_VERSIONS, Certificate, CertificateError, read_certificate
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 from fastpause.wire import plain
 
@@ -47,9 +48,14 @@ class Address:
 
     host: str
     port: int
+    tls: bool = False  # a listener's "https://": connections start with a TLS handshake
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
 
 @plain
@@ -154,6 +160,9 @@ class Config:
     request_buffer_dir: str = field(default_factory=tempfile.gettempdir)
     admin: AdminAddress | None = field(default_factory=default_admin_address)
     admin_token: str | None = None
+    certificates: tuple[Certificate, ...] = ()
+    tls_min_version: str = "1.2"
+    tls_handshake_timeout: float = 10.0
     source: str | None = field(default=None, compare=False)
 
 
@@ -212,6 +221,7 @@ def parse(data: Mapping[str, Any], source: str | None) -> Config:
         config = Config(**values, source=source)
         with _at("admin"):
             check_admin_access(config)
+        _check_tls(config)
     except _Invalid as error:
         raise ConfigError(source, error.where, error.problem) from None
     return config
@@ -228,6 +238,11 @@ def quick_config(listen: Sequence[str], to: Sequence[str]) -> Config:
     try:
         with _at("--listen"):
             listeners = _addresses(listen=True)(list(listen) or [DEFAULT_LISTEN])
+            if any(address.tls for address in listeners):
+                raise ValueError(
+                    "an https:// listener needs a certificate: use --config with a "
+                    "[[certificates]] table"
+                )
         with _at("--to"):
             upstreams = _addresses(listen=False)(list(to) or [DEFAULT_UPSTREAM])
     except _Invalid as error:
@@ -306,6 +321,17 @@ def check_admin_access(config: Config) -> None:
         )
 
 
+def _check_tls(config: Config) -> None:
+    """An ``https://`` listener needs a certificate to present."""
+    for index, address in enumerate(config.listen):
+        if address.tls and not config.certificates:
+            raise _Invalid(
+                f"listen[{index}]",
+                f"https://{address} needs a certificate: add a [[certificates]] table "
+                "with cert and key",
+            )
+
+
 def _is_loopback(address: Address) -> bool:
     """Only ``localhost`` and loopback IP literals: any other name may resolve anywhere."""
     if address.host == "localhost":
@@ -335,6 +361,20 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
     if not port_text.isascii() or not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
         raise ValueError(f"invalid address {text!r}: port must be a number from {lowest} to 65535")
     return Address(host, int(port_text))
+
+
+def parse_listen_address(text: str) -> Address:
+    """A listener: ``https://HOST:PORT`` (TLS), ``http://HOST:PORT`` or ``HOST:PORT``
+    (plain HTTP); port 0 picks a free port."""
+    scheme, separator, rest = text.partition("://")
+    if not separator:
+        return parse_address(text, allow_port_zero=True)
+    if scheme not in ("http", "https"):
+        raise ValueError(f"invalid listener {text!r}: the scheme must be http:// or https://")
+    if "/" in rest:
+        raise ValueError(f"invalid listener {text!r}: a listener has no path")
+    address = parse_address(rest, allow_port_zero=True)
+    return replace(address, tls=scheme == "https")
 
 
 def _is_hostname(host: str) -> bool:
@@ -645,8 +685,9 @@ def _addresses(*, listen: bool) -> Parser:
             with _at(f"[{index}]"):
                 if not isinstance(item, str):
                     raise ValueError(f"expected a HOST:PORT string, got {describe(item)}")
-                address = parse_address(item, allow_port_zero=listen)
-                if address in addresses and address.port != 0:  # each :0 is its own free port
+                address = parse_listen_address(item) if listen else parse_address(item)
+                same = [a for a in addresses if (a.host, a.port) == (address.host, address.port)]
+                if same and address.port != 0:  # each :0 is its own free port
                     raise ValueError(f"duplicate address '{item}'")
                 addresses.append(address)
         return tuple(addresses)
@@ -753,6 +794,45 @@ def _route(table: Mapping[str, Any]) -> RouteConfig:
     return RouteConfig(**values, upstreams=upstreams.addresses, weights=weights)
 
 
+def _certificates(value: Any) -> tuple[Certificate, ...]:
+    """The ``[[certificates]]`` array: each checked now (files, PEM, key matching), at
+    most one ``default``."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"expected an array of tables ([[certificates]]), got {describe(value)}")
+    certificates: list[Certificate] = []
+    for index, table in enumerate(value):
+        with _at(f"[{index}]"):
+            certificate = _certificate(table)
+            if certificate.default and any(seen.default for seen in certificates):
+                raise _Invalid("default", "only one certificate can be the default")
+            certificates.append(certificate)
+    return tuple(certificates)
+
+
+def _certificate(table: Mapping[str, Any]) -> Certificate:
+    values = _read_table(table, _CERTIFICATE)
+    for required in ("cert", "key"):
+        if required not in values:
+            raise _Invalid("", f"missing required key '{required}'")
+    try:
+        return read_certificate(
+            values["cert"], values["key"], values.get("hosts", ()), values.get("default", False)
+        )
+    except CertificateError as error:
+        raise _Invalid(error.field, str(error)) from None
+
+
+def _tls_version(value: Any) -> str:
+    if value not in TLS_VERSIONS:
+        raise ValueError(f"expected '1.2' or '1.3', got {describe(value)}")
+    return value
+
+
+def _path(value: Any) -> str:
+    """A file path, made absolute (a worker or a successor may run elsewhere)."""
+    return os.path.abspath(_string(value))
+
+
 _TOP_LEVEL: dict[str, Parser] = {
     "listen": _addresses(listen=True),
     "routes": _routes,
@@ -778,6 +858,16 @@ _TOP_LEVEL: dict[str, Parser] = {
     "request_buffer_dir": _writable_directory,
     "admin": _admin,
     "admin_token": _admin_token,
+    "certificates": _certificates,
+    "tls_min_version": _tls_version,
+    "tls_handshake_timeout": _duration(allow_zero=False),
+}
+
+_CERTIFICATE: dict[str, Parser] = {
+    "cert": _path,
+    "key": _path,
+    "hosts": _hosts,
+    "default": _boolean,
 }
 
 _ROUTE: dict[str, Parser] = {

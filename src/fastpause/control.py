@@ -52,6 +52,7 @@ from fastpause.listeners import ListenError, Listeners, reason
 from fastpause.router import build_table, dialed, resolve_upstreams, retired
 from fastpause.statefile import RouteRuntime, RuntimeState, StateFileError
 from fastpause.stats import Stats, collect, merge
+from fastpause.tls import CertificateError, Certificates
 from fastpause.workers import Start, WorkerPool, share_limits
 
 NO_CONFIG_FILE = "no config file to reload; start with --config or pass one"
@@ -318,6 +319,10 @@ class ControlPlane:
         old = self.engine.table
         table = build_table(effective, previous=old, resolved={**dialed(old), **resolved})
         try:
+            certificates = Certificates(config)  # renewed files are read again
+        except CertificateError as error:
+            raise ReloadError(f"{config.source}: certificates: {error}") from None
+        try:
             change = await self.listeners.prepare(config.listen)
         except ListenError as error:
             raise ReloadError(str(error)) from None
@@ -329,6 +334,8 @@ class ControlPlane:
             raise ReloadError(problem) from None
         # Nothing below can fail: the reload happens.
         self.engine.table = table
+        if self.listeners.tls is not None:
+            self.listeners.tls.install(certificates, config)
         opened, closed = self.listeners.commit(change)
         self._switch_access_log(access_log)
         self.engine.max_held_bytes = config.max_held_bytes

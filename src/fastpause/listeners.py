@@ -19,14 +19,18 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastpause.config import Address
 from fastpause.console import complain
+from fastpause.tls import ServerTls
 
 # A listen entry: the address as written, and which of several equal entries it is
 # (each "127.0.0.1:0" is its own free port, so equal entries are distinct sockets).
 ListenKey = tuple[Address, int]
 ProtocolFactory = Callable[[], asyncio.Protocol]
+# The data plane's protocol factory for a scheme (``Engine.protocol_factory``).
+Protocols = Callable[[str], ProtocolFactory]
 # The supervisor of worker processes binds listeners without serving them: the
 # workers accept on the sockets it sends them.
 BIND_ONLY = None
@@ -53,15 +57,17 @@ class Listener:
         sock: socket.socket,
         protocol_factory: ProtocolFactory | None,
         group: list[socket.socket] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.socket = sock
         self.group = group or [sock]
         self._protocol_factory = protocol_factory
+        self.tls = tls  # set for an https:// listener
         self._server: asyncio.Server | None = None
         self._opening = False
         self._wanted = False  # whether a server should be accepting now
         host, port = sock.getsockname()[:2]
-        self.url = f"http://{Address(host, port)}"
+        self.url = f"{'https' if tls else 'http'}://{Address(host, port)}"
 
     @property
     def serving(self) -> bool:
@@ -75,8 +81,14 @@ class Listener:
         self._opening = True
         try:
             duplicate = socket.socket(fileno=os.dup(self.socket.fileno()))
+            tls: dict[str, Any] = {}
+            if self.tls is not None:
+                tls = {
+                    "ssl": self.tls.context,
+                    "ssl_handshake_timeout": self.tls.handshake_timeout,
+                }
             server = await asyncio.get_running_loop().create_server(
-                self._protocol_factory, sock=duplicate, backlog=BACKLOG
+                self._protocol_factory, sock=duplicate, backlog=BACKLOG, **tls
             )
         finally:
             self._opening = False
@@ -111,12 +123,14 @@ class Listeners:
 
     def __init__(
         self,
-        protocol_factory: ProtocolFactory | None,
+        protocols: Protocols | None,
+        tls: ServerTls | None = None,
         group_size: int = 1,
         activated: Sequence[tuple[str, socket.socket]] = (),
         inherited: dict[ListenKey, list[list[socket.socket]]] | None = None,
     ) -> None:
-        self._protocol_factory = protocol_factory
+        self._protocols = protocols
+        self.tls = tls  # the certificates of every https:// listener
         self._group_size = group_size  # sockets per address (one per worker)
         # Listening sockets systemd passed (socket activation), by address: a listen
         # entry for that address serves the socket instead of binding its own.
@@ -143,7 +157,9 @@ class Listeners:
             address = key[0]
             try:
                 if key in self._inherited:
-                    change.opened[key] = await self._take_over(self._inherited.pop(key))
+                    change.opened[key] = await self._take_over(
+                        self._inherited.pop(key), address.tls
+                    )
                     continue
                 change.opened[key] = await self._open(address)
             except OSError as error:
@@ -164,7 +180,7 @@ class Listeners:
                     group = [activated[1]] * self._group_size
                 else:
                     group = _bind_group(family, sockaddr, self._group_size)
-                listener = Listener(group[0], self._protocol_factory, group)
+                listener = self._listener(group, address.tls)
                 opened.append(listener)
                 if self.accepting:
                     await listener.accept()
@@ -175,12 +191,15 @@ class Listeners:
         self._live.update(opened)
         return opened
 
-    async def _take_over(self, groups: list[list[socket.socket]]) -> list[Listener]:
+    def _listener(self, group: list[socket.socket], tls: bool) -> Listener:
+        if tls and self.tls is None:
+            raise ValueError("an https:// listener without certificates")
+        factory = self._protocols("https" if tls else "http") if self._protocols else None
+        return Listener(group[0], factory, group, self.tls if tls else None)
+
+    async def _take_over(self, groups: list[list[socket.socket]], tls: bool) -> list[Listener]:
         """Serve a predecessor's sockets: its SO_REUSEPORT groups resized to ours."""
-        opened = [
-            Listener(group[0], self._protocol_factory, _resize(group, self._group_size))
-            for group in groups
-        ]
+        opened = [self._listener(_resize(group, self._group_size), tls) for group in groups]
         self._live.update(opened)
         if self.accepting:
             for listener in opened:
@@ -190,9 +209,9 @@ class Listeners:
     def close_unused_inherited(self) -> list[str]:
         """Close the predecessor's sockets that no listen entry names any more."""
         urls = []
-        for groups in self._inherited.values():
+        for (address, _), groups in self._inherited.items():
             for group in groups:
-                urls.append(Listener(group[0], None).url)
+                urls.append(f"{address.scheme}://{Address(*group[0].getsockname()[:2])}")
                 for sock in group:
                     sock.close()
         self._inherited.clear()
@@ -224,12 +243,13 @@ class Listeners:
             self._close(listeners)
         change.opened.clear()
 
-    async def adopt(self, sockets: Sequence[socket.socket]) -> None:
-        """Serve listening sockets bound by another process (a worker's supervisor);
-        adopted listeners not in ``sockets`` any more are closed."""
+    async def adopt(self, sockets: Sequence[socket.socket], tls: Sequence[bool]) -> None:
+        """Serve listening sockets bound by another process (a worker's supervisor),
+        ``tls`` saying which are https://; adopted listeners not in ``sockets`` any
+        more are closed."""
         adopted: dict[str, Listener] = {}
-        for sock in sockets:
-            listener = Listener(sock, self._protocol_factory)
+        for sock, secure in zip(sockets, tls, strict=True):
+            listener = self._listener([sock], secure)
             known = self._adopted.pop(listener.url, None)
             if known is not None:
                 sock.close()  # a duplicate of one already served
@@ -252,14 +272,17 @@ class Listeners:
         self._activated.clear()
         return unused
 
-    def sockets(self, index: int) -> list[socket.socket]:
-        """Worker ``index``'s socket of every bound address, in config order."""
+    def sockets(self, index: int) -> list[tuple[socket.socket, bool]]:
+        """Worker ``index``'s socket of every bound address, in config order, and
+        whether it is an https:// one."""
         return [
-            listener.group[index] for listeners in self._bound.values() for listener in listeners
+            (listener.group[index], listener.tls is not None)
+            for listeners in self._bound.values()
+            for listener in listeners
         ]
 
     def urls(self) -> list[str]:
-        """``http://HOST:PORT`` per bound socket, in config order, with the real port."""
+        """``http(s)://HOST:PORT`` per bound socket, in config order, with the real port."""
         return [listener.url for listeners in self._bound.values() for listener in listeners]
 
     def close(self) -> None:

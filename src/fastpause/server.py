@@ -24,6 +24,7 @@ from fastpause.config import Address, Config, ConfigError, Overrides
 from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
 from fastpause.router import describe_match, path_prefix
+from fastpause.tls import CertificateError, ServerTls
 from fastpause.upgrade import (
     Connection,
     Event,
@@ -148,7 +149,8 @@ class Server:
             self._admin = admin
             serving = self.config.workers == 1
             listeners = Listeners(
-                engine.protocol_factory("http") if serving else BIND_ONLY,
+                engine.protocol_factory if serving else BIND_ONLY,
+                self._server_tls(),
                 group_size=self.config.workers,
                 activated=systemd.activated_sockets(),
                 inherited=self._inherited.listeners,
@@ -334,6 +336,14 @@ class Server:
             return AccessLog.open(target, self.config.access_log_format)
         except OSError as error:
             raise StartupError(f"cannot open access log {target}: {reason(error)}") from None
+
+    def _server_tls(self) -> ServerTls:
+        """The certificates of the https:// listeners (checked when the config was
+        read; a file changed since then stops the start here)."""
+        try:
+            return ServerTls(self.config)
+        except CertificateError as error:
+            raise StartupError(f"{self.config.source}: certificates: {error}") from None
 
     async def _listen(self, listeners: Listeners) -> None:
         """Bind every listener, or close those already bound and report the failure."""

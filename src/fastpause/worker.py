@@ -43,6 +43,7 @@ from fastpause.router import build_table, retired
 from fastpause.server import drain, say_shutting_down, stop_accepting
 from fastpause.shared_counts import attach
 from fastpause.stats import Stats, collect
+from fastpause.tls import CertificateError, Certificates, ServerTls
 from fastpause.upgrade import (
     FDS_PER_FRAME,
     Connection,
@@ -70,6 +71,7 @@ class Worker:
         self._listeners: Listeners | None = None
         self._access_log: AccessLog | None = None
         self._shared: _core.SharedCounts | None = None
+        self._tls: ServerTls | None = None
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._signals = 0
@@ -202,21 +204,22 @@ class Worker:
         self._set_health(snapshot.unhealthy)
         for command in decode(args["modes"]):
             apply(command, table)
-        self._listeners = Listeners(self._engine.protocol_factory("http"))
+        self._tls = ServerTls(config)
+        self._listeners = Listeners(self._engine.protocol_factory, self._tls)
         self._engine.on_capacity = self._on_capacity
         self._engine.on_upstream_up = self._tell_upstream_up
         self._engine.on_upstream_down = self._tell_upstream_down
-        return self._adopt(listening)
+        return self._adopt(listening, args["tls"])
 
-    async def _adopt(self, fds: list[int]) -> dict[str, Any]:
+    async def _adopt(self, fds: list[int], tls: list[bool]) -> dict[str, Any]:
         assert self._listeners is not None
         sockets = [socket.socket(fileno=fd) for fd in fds]
-        await self._listeners.adopt(sockets)
+        await self._listeners.adopt(sockets, tls)
         return {"pid": os.getpid()}
 
     def _listen(self, args: dict[str, Any], fds: list[int]) -> Awaitable[dict[str, Any]]:
         """The supervisor's listeners after a reload: serve these, close the others."""
-        return self._adopt(fds)
+        return self._adopt(fds, args["tls"])
 
     def _command(self, args: dict[str, Any], fds: list[int]) -> Any:
         """Apply a command of ``fastpause.commands``: to a route, or to the data plane."""
@@ -243,6 +246,7 @@ class Worker:
         engine.max_held_bytes = config.max_held_bytes
         engine.max_connections = config.max_connections
         self._switch_access_log(previous, config)
+        self._switch_certificates(config)
         self._config = config
         self._share_route_counts(snapshot)
         self._set_health(snapshot.unhealthy)
@@ -378,6 +382,14 @@ class Worker:
                 healthy = (route.name, upstream.address) not in down
                 if upstream.healthy != healthy:
                     engine.set_upstream_health(upstream, healthy)
+
+    def _switch_certificates(self, config: Config) -> None:
+        """Read the certificates again: a reload may name renewed files."""
+        assert self._tls is not None
+        try:
+            self._tls.install(Certificates(config), config)
+        except CertificateError as error:  # the supervisor loaded them a moment ago
+            complain(f"worker {self.index}: certificates: {error}")
 
     def _switch_access_log(self, previous: Config, config: Config) -> None:
         target = (config.access_log, config.access_log_format)

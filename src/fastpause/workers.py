@@ -153,7 +153,7 @@ class WorkerPool:
         self,
         count: int,
         start_state: Callable[[], Start],
-        sockets: Callable[[int], list[socket.socket]],
+        sockets: Callable[[int], list[tuple[socket.socket, bool]]],
         timeout: float,
     ) -> None:
         self.count = count
@@ -206,8 +206,9 @@ class WorkerPool:
                     "snapshot": encode(state.snapshot),
                     "modes": encode(state.modes),
                     "workers": self.count,
+                    "tls": [tls for _, tls in sockets],
                 },
-                [sock.fileno() for sock in sockets] + [self.region.fd],
+                [sock.fileno() for sock, _ in sockets] + [self.region.fd],
                 timeout=START_TIMEOUT,
             )
         except (WorkerLost, ValueError) as error:
@@ -432,7 +433,9 @@ class WorkerPool:
     async def listen(self) -> Answers:
         """The supervisor's listeners changed: every worker serves the new set."""
         return await self.broadcast(
-            "listen", {}, lambda worker: [sock.fileno() for sock in self._sockets(worker.index)]
+            "listen",
+            {"tls": [tls for _, tls in self._sockets(0)]},
+            lambda worker: [sock.fileno() for sock, _ in self._sockets(worker.index)],
         )
 
 
