@@ -94,12 +94,28 @@ class Running:
         return children[0] if children else self.proc.pid
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """One certificate for every peer's HTTPS listener: PEM certificate, key, and both
+    in one file (HAProxy's ``crt``)."""
+
+    cert: Path
+    key: Path
+    combined: Path
+
+
 class Peer:
     name = ""
     label = ""
     # Processes or threads serving requests (NGINX worker_processes, HAProxy nbthread,
     # fastpause workers, Caddy GOMAXPROCS): 1 everywhere but the workers scenario.
     workers = 1
+    # Set for the HTTPS scenarios: the listener terminates TLS 1.3 with this certificate.
+    tls: TlsFiles | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -222,10 +238,17 @@ class Fastpause(Peer):
         cls.built_from = f"commit {commit}" + (" + uncommitted changes in src/" if dirty else "")
 
     def write_config(self, path: Path, port: int, upstream: int, admin: str) -> None:
+        tls = ""
+        if self.tls:
+            tls = (
+                f'tls_min_version = "1.3"\n\n[[certificates]]\ncert = "{self.tls.cert}"\n'
+                f'key = "{self.tls.key}"\n'
+            )
         path.write_text(
-            f"""listen = ["127.0.0.1:{port}"]
+            f"""listen = ["{self.scheme}://127.0.0.1:{port}"]
 admin = "{admin}"
 workers = {self.workers}
+{tls}
 
 [[routes]]
 name = "app"
@@ -305,7 +328,8 @@ http {{
         keepalive_requests 100000000;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=16384;
+        listen 127.0.0.1:{port}{" ssl" if self.tls else ""} backlog=16384;
+{self._tls_directives()}
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
@@ -322,6 +346,16 @@ http {{
         wait_for_port(port, proc)
         return Running(self, proc, port, upstream, conf)
 
+    def _tls_directives(self) -> str:
+        if not self.tls:
+            return ""
+        return (
+            f"        ssl_certificate {self.tls.cert};\n"
+            f"        ssl_certificate_key {self.tls.key};\n"
+            "        ssl_protocols TLSv1.3;\n"
+            "        ssl_session_cache shared:SSL:10m;"
+        )
+
     def version(self) -> str:
         out = run([_nginx_binary(), "-v"], timeout=30)
         return out.strip().split("/", 1)[-1]
@@ -333,6 +367,7 @@ class Haproxy(Peer):
 
     def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
         conf = self.workdir / f"haproxy-{port}.cfg"
+        tls = f" ssl crt {self.tls.combined} ssl-min-ver TLSv1.3" if self.tls else ""
         conf.write_text(
             f"""global
     nbthread {self.workers}
@@ -348,7 +383,7 @@ defaults
     timeout http-keep-alive 300s
 
 frontend fe
-    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{port}{tls}
     default_backend be
 
 backend be
@@ -371,13 +406,14 @@ class Caddy(Peer):
 
     def caddyfile(self, port: int, upstream: int, admin: str, hold: bool) -> str:
         retry = "\n\t\tlb_try_duration 30s\n\t\tlb_try_interval 250ms" if hold else ""
+        tls = f"\n\ttls {self.tls.cert} {self.tls.key} {{\n\t\tprotocols tls1.3\n\t}}"
         return f"""{{
 \tadmin {admin}
 \tauto_https off
 }}
 
-:{port} {{
-\tbind 127.0.0.1
+{self.scheme}://:{port} {{
+\tbind 127.0.0.1{tls if self.tls else ""}
 \treverse_proxy 127.0.0.1:{upstream} {{
 \t\ttransport http {{
 \t\t\tkeepalive_idle_conns_per_host 512

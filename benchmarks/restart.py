@@ -17,9 +17,9 @@ closed under a request), the new-connection client's refused and failed requests
 held requests answered 200, and how long the replacement took (until the old
 process is gone). Results go to ``benchmarks/results/restart.json``.
 
-NGINX runs in the foreground, started through a shell that exits at once: NGINX
-ignores USR2 while its parent is the process that started it, which a
-supervised foreground NGINX always has.
+NGINX runs in the foreground, started through a shell that exits once NGINX has
+written its pid file: NGINX ignores USR2 while the parent it started with is
+alive, which a supervised foreground NGINX always has.
 """
 
 from __future__ import annotations
@@ -206,10 +206,15 @@ http {{
 }}
 """
         )
-        command = f"{peers._nginx_binary()} -e {self.base}/error.log -p {self.base} -c {conf} &"
+        # NGINX acts on USR2 only once the parent it started with is gone: the shell
+        # exits as soon as NGINX has written its pid file (it noted its parent by then).
+        self.pid_file = self.base / "nginx.pid"
+        command = (
+            f"{peers._nginx_binary()} -e {self.base}/error.log -p {self.base} -c {conf} & "
+            f"while [ ! -s {self.pid_file} ]; do sleep 0.01; done"
+        )
         self.procs.append(self.sup.start(f"nginx-{self.port}", ["sh", "-c", command]))
         wait_for_port(self.port)
-        self.pid_file = self.base / "nginx.pid"
 
     def _master(self, path: Path) -> int:
         deadline = time.monotonic() + GRACE

@@ -11,6 +11,7 @@ peak RSS (VmHWM, reset before each measurement).
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import load
@@ -67,12 +68,12 @@ def run_scenario(
             started[name] = registry[name](workdir).start(sup, free_port(), backend_port)
         for name in peers:  # warm up: pools filled, caches hot
             running = started[name]
-            url = f"http://127.0.0.1:{running.port}{BODIES[body]}"
+            url = f"{running.peer.scheme}://127.0.0.1:{running.port}{BODIES[body]}"
             load.finish_wrk(sup, load.start_wrk(sup, url, script, 1), 1)
         for round_no in range(1, rounds + 1):
             for name in peers:
                 running = started[name]
-                url = f"http://127.0.0.1:{running.port}{BODIES[body]}"
+                url = f"{running.peer.scheme}://127.0.0.1:{running.port}{BODIES[body]}"
                 row = measure(sup, running, url, script, duration)
                 row.update(scenario=scenario, proxy=name, round=round_no, time=time.time())
                 rows.append(row)
@@ -123,3 +124,27 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict]]:
                 figures[f"vs_{ref}"] = {f: statistics.median(v) for f, v in ratios.items() if v}
             out[scenario][proxy] = figures
     return out
+
+
+def print_round_ratios(rows: list[dict], names: list[str], scenarios: Sequence[str]) -> None:
+    """Each round's CPU-per-request and requests/s ratio of every proxy against the
+    NGINX measurement of the same round (the spread, not only a median)."""
+    for scenario in scenarios:
+        by_round: dict[int, dict[str, dict]] = {}
+        for row in rows:
+            if row["scenario"] == scenario:
+                by_round.setdefault(row["round"], {})[row["proxy"]] = row
+        for name in names if by_round else ():
+            if name == "nginx":
+                continue
+            ratios = [
+                r[name]["cpu_us_per_request"] / r["nginx"]["cpu_us_per_request"]
+                for r in by_round.values()
+            ]
+            rps = [r[name]["rps"] / r["nginx"]["rps"] for r in by_round.values()]
+            print(
+                f"{scenario} {name} vs NGINX: CPU/request "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + "; requests/s "
+                + ", ".join(f"{x:.2f}" for x in rps)
+            )

@@ -78,25 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = throughput.summarize(rows)
-    for scenario in SCENARIOS:
-        by_round: dict[int, dict[str, dict]] = {}
-        for row in rows:
-            if row["scenario"] == scenario:
-                by_round.setdefault(row["round"], {})[row["proxy"]] = row
-        for name in names if by_round else ():
-            if name == "nginx":
-                continue
-            ratios = [
-                r[name]["cpu_us_per_request"] / r["nginx"]["cpu_us_per_request"]
-                for r in by_round.values()
-            ]
-            rps = [r[name]["rps"] / r["nginx"]["rps"] for r in by_round.values()]
-            print(
-                f"{scenario} {name} vs NGINX: CPU/request "
-                + ", ".join(f"{x:.2f}" for x in ratios)
-                + "; requests/s "
-                + ", ".join(f"{x:.2f}" for x in rps)
-            )
+    throughput.print_round_ratios(rows, names, SCENARIOS)
     RESULTS.parent.mkdir(exist_ok=True)
     results = {"load_before": load_before, "rows": rows, "summary": summary}
     if args.only_hold and RESULTS.exists():  # keep the throughput rounds of an earlier run

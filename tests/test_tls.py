@@ -20,7 +20,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from deploy_support import edit_config, fastpause, proxy_output, wait_for
-from helpers import RawConn, build_request, free_port
+from helpers import RawConn, build_request, free_port, request
 from hold_support import Pending
 
 pytest_plugins = ["hold_support", "deploy_support"]  # hold_proxy, late_backend
@@ -416,3 +416,44 @@ def test_abandoned_handshakes_leave_nothing_behind(proxy_factory, ca, pairs):
     with tls_conn(port, client_context(ca), "app.test") as conn:
         assert get(conn, "/inspect").status == 200
     assert "Traceback" not in proxy.stderr() + proxy_output(proxy)
+
+
+# --------------------------------------------------------------------------- redirects, HSTS
+
+
+def test_redirect_to_https_and_hsts(proxy_factory, backend, ca, pairs):
+    """``redirect_https``: GET and HEAD get 301, other methods 308 (the client repeats
+    the method and body), to the same host and target on the HTTPS port; HTTPS
+    responses carry the route's HSTS field, plain ones never do."""
+    tls_port = free_port()
+    top = tls_top(pairs)
+    top["listen"] = [top["listen"][0], f"https://127.0.0.1:{tls_port}"]
+    hsts = "max-age=31536000; includeSubDomains"
+    proxy = proxy_factory(top=top, route={"redirect_https": True, "hsts": hsts})
+    for method, status in [("GET", 301), ("HEAD", 301), ("POST", 308), ("DELETE", 308)]:
+        body = b"x=1" if method == "POST" else b""
+        raw = build_request(method, "/inspect?a=1&b=2", host="app.test:80", body=body)
+        resp = request(proxy.port, raw, method=method)
+        assert resp.status == status, (method, resp)
+        assert resp.get("Location") == f"https://app.test:{tls_port}/inspect?a=1&b=2"
+        assert resp.get("Strict-Transport-Security") is None
+    assert proxy.request(build_request("GET", "/", host=None)).status == 400  # no Host
+    assert backend.stats()["heads"] == 0, "a redirected request reached the backend"
+
+    with tls_conn(tls_port, client_context(ca), "app.test") as conn:
+        resp = get(conn, "/inspect?secure")
+        assert resp.status == 200, resp
+        assert resp.get("Strict-Transport-Security") == hsts
+
+
+def test_redirect_without_an_https_port_is_a_config_error(tmp_path):
+    config = tmp_path / "redirect.toml"
+    config.write_text(
+        'listen = ["127.0.0.1:8080"]\n[[routes]]\nname = "app"\n'
+        'upstreams = ["127.0.0.1:9"]\nredirect_https = true\n'
+    )
+    done = fastpause("validate", str(config))
+    assert done.returncode != 0
+    assert f"{config}: routes[0].redirect_https: no https:// listener" in done.stderr
+    config.write_text(config.read_text() + "hsts = \"1 year\"\n")
+    assert "routes[0].hsts: invalid value '1 year'" in fastpause("validate", str(config)).stderr

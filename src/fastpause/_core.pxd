@@ -259,6 +259,10 @@ cdef class Route:
     cdef readonly long long max_held_body
     cdef bytes health_path
     cdef bytes hold_time_header
+    # redirect_https: None, or what follows the host in the Location (":8443", or b""
+    # for 443); hsts: the whole Strict-Transport-Security field line, or None
+    cdef readonly bytes https_redirect
+    cdef bytes hsts_field
     cdef readonly int retry_after
     cdef readonly double fail_duration
     cdef readonly tuple hosts
@@ -567,6 +571,7 @@ cdef class ClientProtocol:
     cdef void response_broken(self, str why)
     cdef void _send_plain(self, int status, bytes body)
     cdef void _send_error(self, int status, str why, bint close, int retry_after)
+    cdef void _redirect_to_https(self, const unsigned char* p, RequestHead* h, bytes port)
     cdef void _send_response(self, int status, bytes head, bytes body, bint close)
     cdef bytes _extra_fields(self)
     cdef int _end_request(self) except -1

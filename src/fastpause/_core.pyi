@@ -179,6 +179,8 @@ class Route:
         spool_dir: str | None = None,
         lb: str = "round_robin",
         weights: Sequence[int] | None = None,
+        https_redirect_port: int | None = None,
+        hsts: str | None = None,
     ) -> None:
         """ValueError for an unknown ``lb`` (see LB_POLICIES), bad weights or hosts, or a
         ``path_prefix`` not in normal form (see ``normalize_path``)."""

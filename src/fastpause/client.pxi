@@ -296,6 +296,9 @@ cdef class ClientProtocol:
         cdef Route route = self.route
         cdef RouteState rs = route.state
         cdef Upstream up
+        if route.https_redirect is not None and not self.https:
+            self._redirect_to_https(p, h, route.https_redirect)
+            return 0
         if route.health_path is not None \
                 and (rs.mode != MODE_RUNNING or self.engine.lame_duck) \
                 and _is_health_check(p, h, route.health_path):
@@ -734,13 +737,16 @@ cdef class ClientProtocol:
         return chunked
 
     cdef bytes _extra_fields(self):
-        """Fields the proxy adds to the response: the affinity cookie, and the hold time
-        (``<hold_time_header>: <ms>``) for a request that was held, when configured."""
+        """Fields the proxy adds to the response: the affinity cookie, the hold time
+        (``<hold_time_header>: <ms>``) for a request that was held, and HSTS on HTTPS,
+        when configured."""
         cdef bytes fields = self.set_cookie
         if self.was_held and self.route.hold_time_header is not None:
             held = b"%s: %d\r\n" % (self.route.hold_time_header,
                                      <long long>(self.held_for * 1000))
             fields = held if fields is None else fields + held
+        if self.https and self.route.hsts_field is not None:
+            fields = self.route.hsts_field if fields is None else fields + self.route.hsts_field
         return fields
 
     cdef void start_tunnel(self, bytes head):
@@ -800,6 +806,21 @@ cdef class ClientProtocol:
     cdef void _send_plain(self, int status, bytes body):
         """A response made by the proxy itself (health checks while paused)."""
         self._send_response(status, plain_head(status, len(body), 0), body, False)
+
+    cdef void _redirect_to_https(self, const unsigned char* p, RequestHead* h, bytes port):
+        """``redirect_https``: the same URL over HTTPS. 301 for GET and HEAD; 308 for
+        the other methods, which must be repeated with their body."""
+        cdef int status
+        if h.host_len == 0:
+            self._send_error(400, "a redirect to HTTPS needs a Host header", False, 0)
+            return
+        status = 301 if self.is_head or (h.method_len == 3 and memcmp(p, b"GET", 3) == 0) \
+            else 308
+        location = (b"https://" + p[h.host_start:h.host_start + h.host_len] + port
+                    + p[h.path_start:h.path_start + h.path_len])
+        body = b"%d %s: %s\n" % (status, _REASONS[status].encode("ascii"), location)
+        self._send_response(status, plain_head(status, len(body), 0)
+                            + b"Location: " + location + b"\r\n", body, False)
 
     cdef void _send_error(self, int status, str why, bint close, int retry_after):
         cdef bytes body = error_body(status, why)

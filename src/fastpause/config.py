@@ -113,6 +113,8 @@ class RouteConfig:
     fail_duration: float = 10.0
     hold_time_header: str | None = None
     retry_after: int = 5
+    redirect_https: bool = False  # plain-HTTP requests get a redirect to HTTPS
+    hsts: str | None = None  # Strict-Transport-Security on HTTPS responses
 
     def upstream_weights(self) -> list[int]:
         """The weight of each upstream, in order (1 where none was given)."""
@@ -163,6 +165,7 @@ class Config:
     certificates: tuple[Certificate, ...] = ()
     tls_min_version: str = "1.2"
     tls_handshake_timeout: float = 10.0
+    https_port: int = 0  # where redirect_https points; 0: the first https:// listener's
     source: str | None = field(default=None, compare=False)
 
 
@@ -322,7 +325,8 @@ def check_admin_access(config: Config) -> None:
 
 
 def _check_tls(config: Config) -> None:
-    """An ``https://`` listener needs a certificate to present."""
+    """An ``https://`` listener needs a certificate to present; a redirect to HTTPS
+    needs a port to point at."""
     for index, address in enumerate(config.listen):
         if address.tls and not config.certificates:
             raise _Invalid(
@@ -330,6 +334,21 @@ def _check_tls(config: Config) -> None:
                 f"https://{address} needs a certificate: add a [[certificates]] table "
                 "with cert and key",
             )
+    for index, route in enumerate(config.routes):
+        if route.redirect_https and not redirect_port(config):
+            raise _Invalid(
+                f"routes[{index}].redirect_https",
+                "no https:// listener with a fixed port to redirect to: add one to listen, "
+                "or set https_port",
+            )
+
+
+def redirect_port(config: Config) -> int:
+    """The port ``redirect_https`` sends clients to: ``https_port``, else the first
+    ``https://`` listener's (0 when neither says)."""
+    if config.https_port:
+        return config.https_port
+    return next((address.port for address in config.listen if address.tls), 0)
 
 
 def _is_loopback(address: Address) -> bool:
@@ -822,6 +841,16 @@ def _certificate(table: Mapping[str, Any]) -> Certificate:
         raise _Invalid(error.field, str(error)) from None
 
 
+def _hsts(value: Any) -> str:
+    """A Strict-Transport-Security value, e.g. ``max-age=31536000; includeSubDomains``."""
+    text = _string(value)
+    if not text.startswith("max-age=") or not all(" " <= char <= "~" for char in text):
+        raise ValueError(
+            f"invalid value {text!r}: expected e.g. 'max-age=31536000; includeSubDomains'"
+        )
+    return text
+
+
 def _tls_version(value: Any) -> str:
     if value not in TLS_VERSIONS:
         raise ValueError(f"expected '1.2' or '1.3', got {describe(value)}")
@@ -861,6 +890,7 @@ _TOP_LEVEL: dict[str, Parser] = {
     "certificates": _certificates,
     "tls_min_version": _tls_version,
     "tls_handshake_timeout": _duration(allow_zero=False),
+    "https_port": _integer(1, 65535),
 }
 
 _CERTIFICATE: dict[str, Parser] = {
@@ -901,6 +931,8 @@ _ROUTE: dict[str, Parser] = {
     "fail_duration": _duration(allow_zero=True),  # 0s: passive health off
     "hold_time_header": _hold_time_header,
     "retry_after": parse_whole_seconds,
+    "redirect_https": _boolean,
+    "hsts": _hsts,
 }
 
 _WEIGHTED_UPSTREAM: dict[str, Parser] = {

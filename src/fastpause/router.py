@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from fastpause import _core
-from fastpause.config import Address, Config, ConfigError, RouteConfig
+from fastpause.config import Address, Config, ConfigError, RouteConfig, redirect_port
 
 # An upstream's identity for reuse: same address as written, same resolved IP,
 # same pool settings. Anything else gets a fresh pool.
@@ -199,4 +199,6 @@ def _route(
         spool_dir=config.request_buffer_dir if route.request_buffering == "disk" else None,
         lb=route.lb,
         weights=route.upstream_weights(),
+        https_redirect_port=redirect_port(config) if route.redirect_https else None,
+        hsts=route.hsts,
     )

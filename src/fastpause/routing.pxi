@@ -143,7 +143,8 @@ cdef class Route:
                  str hold_time_header=None, int retry_after=5, double fail_duration=10.0,
                  hosts=(), str path_prefix=None, bint strip_path_prefix=False,
                  bint underscores_in_headers=False, long long request_buffer=0,
-                 str spool_dir=None, str lb="round_robin", weights=None):
+                 str spool_dir=None, str lb="round_robin", weights=None,
+                 https_redirect_port=None, str hsts=None):
         if not upstreams:
             raise ValueError(f"route {name!r} needs at least one upstream")
         for u in upstreams:
@@ -170,6 +171,11 @@ cdef class Route:
         self.max_held_body = max_held_body
         self.health_path = health_path.encode("ascii") if health_path else None
         self.hold_time_header = hold_time_header.encode("ascii") if hold_time_header else None
+        self.https_redirect = (None if https_redirect_port is None
+                               else b"" if https_redirect_port == 443
+                               else b":%d" % https_redirect_port)
+        self.hsts_field = (b"Strict-Transport-Security: %s\r\n" % hsts.encode("ascii")
+                           if hsts else None)
         self.retry_after = retry_after
         self.fail_duration = fail_duration
         self.hosts = tuple(_normal_host(h) for h in hosts)
