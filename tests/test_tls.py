@@ -455,5 +455,5 @@ def test_redirect_without_an_https_port_is_a_config_error(tmp_path):
     done = fastpause("validate", str(config))
     assert done.returncode != 0
     assert f"{config}: routes[0].redirect_https: no https:// listener" in done.stderr
-    config.write_text(config.read_text() + "hsts = \"1 year\"\n")
+    config.write_text(config.read_text() + 'hsts = "1 year"\n')
     assert "routes[0].hsts: invalid value '1 year'" in fastpause("validate", str(config)).stderr
