@@ -25,7 +25,7 @@ if str(TESTS_DIR) not in sys.path:  # so test modules can `import helpers`
 
 # the shared support modules assert too: rewrite them, once, before anything imports them
 pytest.register_assert_rewrite(
-    "helpers", "hold_support", "deploy_support", "ws_support", "fault_support"
+    "helpers", "hold_support", "deploy_support", "ws_support", "fault_support", "tls_support"
 )
 
 from helpers import (  # noqa: E402

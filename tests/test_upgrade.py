@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from deploy_support import proxy_output
 from helpers import (
     IncompleteResponse,
     RawConn,
@@ -27,8 +28,9 @@ from helpers import (
 )
 from hold_support import cli, cli_ok, route_entry, send_held, send_in_order
 from test_hold_release import assert_released_in_arrival_order, by_worker
+from tls_support import client_context, get, https_port, tls_conn, tls_top
 
-pytest_plugins = ["hold_support", "deploy_support"]
+pytest_plugins = ["hold_support", "deploy_support", "tls_support"]
 
 HELD = 1000
 HELD_OVER_WORKERS = 600  # over two workers: more than one frame's 253 descriptors each
@@ -393,3 +395,50 @@ def test_sigusr2_upgrades(hold_proxy, successors):
     said = f"fastpause: upgrade: handed_over: pid {new}"
     assert proxy.output.wait_for(lambda s: s.startswith(said)), proxy.describe()
     assert proxy.get("/inspect").status == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_held_https_requests_are_answered_by_the_new_process(
+    hold_proxy, recorder, successors, pairs, ca, workers
+):
+    """A TLS session cannot move to another process: the old one keeps decrypting and
+    relays the bytes to the new one, which holds, releases and answers them; an idle
+    HTTPS keep-alive connection carries on the same way; the old process exits once
+    its last relayed connection has closed."""
+    proxy = hold_proxy(upstreams=[recorder.address], top=tls_top(pairs, workers=workers))
+    port, context = https_port(proxy), client_context(ca)
+    kept = tls_conn(port, context, "app.test")
+    assert get(kept, "/warm").status == 200
+    cli_ok(proxy.admin, "pause", "app", "--max-hold", "10m")
+    held = []
+    for index in range(3):
+        conn = tls_conn(port, context, "app.test")
+        conn.send(build_request("GET", f"/order/{index}", host="app.test"))
+        proxy.admin.wait_held(index + 1)
+        held.append(conn)
+    old = proxy.admin.status()["pid"]
+
+    said = cli_ok(proxy.admin, "upgrade").stdout
+    new = proxy.admin.status()["pid"]
+    successors.append(new)
+    assert new != old and "3 held requests and 1 idle connection" in said, said
+    assert route_entry(proxy.admin.status(), "app")["held"] == 3  # held in the new one
+
+    cli_ok(proxy.admin, "resume", "app")  # the new process's resume releases them
+    for index, conn in enumerate(held):
+        resp = conn.read_response()
+        assert (resp.status, resp.body) == (200, f"recorded /order/{index}\n".encode()), resp
+        conn.close()
+    assert get(kept, "/after").status == 200  # through the relay, served by the new one
+    assert recorder.targets()[0] == "/warm" and recorder.targets()[-1] == "/after"
+    targets, released = [f"/order/{i}" for i in range(3)], recorder.log()[1:4]
+    if workers == 1:  # with workers, each holds its own queue: no order across them
+        assert_released_in_arrival_order(targets, released)
+    assert sorted(entry["target"] for entry in released) == targets
+    assert alive(old), "the old process left while it relayed a connection"
+    kept.close()
+    wait_for(lambda: not alive(old), what=f"the old process {old} to exit")
+    said = proxy_output(proxy)  # a line per process that relays (each worker)
+    relayed = re.findall(r"relaying (\d+) TLS connections? to the new process", said)
+    assert sum(map(int, relayed)) == 4, proxy.describe()
+    assert "no longer listening" not in said, said  # the HTTPS socket was handed over too

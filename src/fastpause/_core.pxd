@@ -371,6 +371,9 @@ cdef class Engine:
     cdef readonly bint at_capacity
     cdef public bint lame_duck  # shutting down soon: health checks answer 503
     cdef public object on_idle  # set by an upgrade: takes connections as they go idle
+    # set by an upgrade: takes a TLS client's transport over (it relays the decrypted
+    # bytes to a socket) and returns the descriptor of that socket's other end
+    cdef public object relay_tls
     cdef long long n_held_bytes
     cdef SharedCounts shared  # None: this process is the whole proxy
     cdef set clients
@@ -528,7 +531,7 @@ cdef class ClientProtocol:
     cdef double hold_until  # an adopted held request's deadline, kept from its old process
     cdef object _hand_over(self, bint held)
     cdef bint _give_to_successor(self)
-    cdef void _give_away(self)
+    cdef void _give_away(self, bint relayed)
     cdef void _append(self, object data)
     cdef int _advance(self) except -1
     cdef bint _advance_once(self) except -1

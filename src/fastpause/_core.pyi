@@ -283,7 +283,8 @@ class Engine:
     503 (whatever the route's mode) while every other request is served."""
     def share_counts(self, shared: SharedCounts) -> None:
         """Publish the held body bytes and cap them with every worker's."""
-    on_idle: Callable[[tuple[int, bytes, float, float]], None] | None
+    on_idle: Callable[[tuple[int, bytes, float, float, bool]], None] | None
+    relay_tls: Callable[[asyncio.BaseTransport], int] | None
     """Set after ``hand_over``: every connection that goes idle here from then on
     (its exchange finished in this process) is given to it instead of closed."""
     def hand_over(self) -> tuple[list[tuple[int, bytes, float, float]], int]:

@@ -32,6 +32,7 @@ from fastpause.config import (
     parse_admin_address,
     quick_config,
 )
+from fastpause.console import plural
 from fastpause.deploy import DEFAULT_DEPLOY_TIMEOUT, Deploy
 from fastpause.router import build_table, describe_match
 from fastpause.server import Server
@@ -197,7 +198,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = load(args.file)
     build_table(config)  # resolves upstream host names: a name that fails here fails at run
     routes, listeners = len(config.routes), len(config.listen)
-    print(f"{args.file}: ok ({_count(routes, 'route')}, {_count(listeners, 'listener')})")
+    print(f"{args.file}: ok ({plural(routes, 'route')}, {plural(listeners, 'listener')})")
     return 0
 
 
@@ -221,7 +222,7 @@ def _pause(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     outcome = _post(args, Resume)
-    held = _count(outcome["released"], "held request")
+    held = plural(outcome["released"], "held request")
     if outcome["rate"] is None:
         print(f"{args.route}: resumed; released {held}")
     else:
@@ -231,7 +232,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _stop(args: argparse.Namespace) -> int:
     outcome = _post(args, Stop)
-    held = _count(outcome["answered"], "held request")
+    held = plural(outcome["answered"], "held request")
     print(f"{args.route}: stopped; answered {held} with 503")
     return 0
 
@@ -266,7 +267,7 @@ def _reload(args: argparse.Namespace) -> int:
     outcome = _client(args).post("/reload", body(Reload, args), RELOAD_TIMEOUT)
     for note in outcome["notes"]:
         print(note)
-    print(f"reloaded {outcome['config']}: {_count(outcome['routes'], 'route')}")
+    print(f"reloaded {outcome['config']}: {plural(outcome['routes'], 'route')}")
     return 0
 
 
@@ -323,22 +324,22 @@ def _upgrade_step(event: dict[str, Any]) -> str | None:
     if kind == "started":
         return f"started pid {event['pid']}"
     if kind == "loaded":
-        return f"the new process loaded its config ({_count(event['routes'], 'route')})"
+        return f"the new process loaded its config ({plural(event['routes'], 'route')})"
     if kind == "handed_over":
-        listeners = _count(event["listeners"], "listener")
+        listeners = plural(event["listeners"], "listener")
         line = (
             f"pid {event['pid']} took over {listeners}, the admin API, "
-            f"{_count(event['held'], 'held request')} and "
-            f"{_count(event['idle'], 'idle connection')}"
+            f"{plural(event['held'], 'held request')} and "
+            f"{plural(event['idle'], 'idle connection')}"
         )
         if event["held_staying"]:
-            staying = _count(event["held_staying"], "held request")
+            staying = plural(event["held_staying"], "held request")
             line += f"; {staying} still receiving a body answered 503"
         return line
     if kind == "warning":
         return f"warning: {event['error']}"
     if kind == "draining":
-        return f"the old process finishes {_count(event['in_flight'], 'request')} in flight"
+        return f"the old process finishes {plural(event['in_flight'], 'request')} in flight"
     if kind == "done":
         return f"done: the old process (pid {event['pid']}) exits"
     return None
@@ -352,7 +353,7 @@ def _deploy_step(route: str, event: dict[str, Any]) -> str | None:
     if kind == "healthy":
         return f"{route}: {event['target']} is healthy"
     if kind == "switched":
-        released = _count(event["held_released"], "held request")
+        released = plural(event["held_released"], "held request")
         return f"{route}: switched {', '.join(event['from'])} -> {', '.join(event['to'])} " + (
             f"({released} released)"
         )
@@ -386,7 +387,7 @@ def _status_text(status: dict[str, Any]) -> str:
     )
     restarts = status.get("worker_restarts", 0)
     if restarts:
-        summary += f"; {_count(restarts, 'worker restart')}"
+        summary += f"; {plural(restarts, 'worker restart')}"
     if not status.get("accepting", True):
         summary += (
             f"; connection limit {status['max_connections']} reached, not accepting "
@@ -494,8 +495,3 @@ def _parse_admin(text: str, source: str, where: str) -> AdminAddress:
 def _action(route: str, action: str) -> str:
     """``/routes/ROUTE/ACTION``; the name is quoted so a stray '/' cannot change the path."""
     return f"/routes/{quote(route, safe='')}/{action}"
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 route``, ``2 routes``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"

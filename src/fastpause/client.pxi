@@ -950,6 +950,9 @@ cdef class ClientProtocol:
         exchange in progress, a held request whose body is still arriving): it then
         ends here.
 
+        A TLS connection goes as the other end of a socket this process relays its
+        decrypted bytes to (``Engine.relay_tls``), when an upgrade set one.
+
         Held (``held``): a whole request waiting in its queue - the successor reads
         its head, its body as it will be sent (the re-framed chunks, so the head's
         framing still holds) and any pipelined bytes after it. Otherwise an idle
@@ -957,8 +960,8 @@ cdef class ClientProtocol:
         """
         cdef bytes replay
         cdef double left = 0.0, age = 0.0, now
-        if self.https:  # the TLS session lives in this process, not in the socket
-            return None
+        if self.https and self.engine.relay_tls is None:
+            return None  # its TLS session lives in this process, not in the socket
         if self.write_paused or (self.out.queued and self.transport.get_write_buffer_size()):
             return None
         if held:
@@ -977,9 +980,12 @@ cdef class ClientProtocol:
             return None
         if self.rbuf is not None:
             replay += bytes(memoryview(self.rbuf)[self.rpos:])
-        fd = os.dup(self.transport.get_extra_info("socket").fileno())
-        self._give_away()
-        return (fd, replay, left, age)
+        if self.https:  # this process goes on decrypting; the successor gets the bytes
+            fd = self.engine.relay_tls(self.transport)
+        else:
+            fd = os.dup(self.transport.get_extra_info("socket").fileno())
+        self._give_away(self.https)
+        return (fd, replay, left, age, self.https)
 
     cdef bint _give_to_successor(self):
         """After an upgrade handed the connections over, one that goes idle here
@@ -993,18 +999,26 @@ cdef class ClientProtocol:
         self.engine.on_idle(one)
         return True
 
-    cdef void _give_away(self):
+    cdef void _give_away(self, bint relayed):
         """Forget the connection without ending it: the socket lives on in the
-        duplicate a successor holds, so closing ours sends nothing to the client."""
+        duplicate a successor holds, so closing ours sends nothing to the client.
+        A relayed (TLS) one keeps its transport, now read by the relay: this
+        protocol hears nothing more of it, so it ends here as if it were lost."""
         if self.held_queue is not None:
             self._leave_queue(self.held_queue)
         if self.route is not None:
             self.engine.n_in_flight -= 1
             self.route = None  # no access log line here: the successor writes it
         self.state = C_CLOSED
-        self.deadline.clear()
         self.out.detach()
-        self.transport.abort()
+        if relayed:
+            self.deadline.dispose()
+            self.rbuf = None
+            self.pending = None
+            self.engine.client_closed(self)
+        else:
+            self.deadline.clear()
+            self.transport.abort()
 
     def replay(self, bytes data not None, double hold_left, double held_age):
         """A connection adopted from the process this one replaces: read ``data`` as if

@@ -22,9 +22,15 @@ def complain(message: str) -> None:
     _write(sys.stderr, message)
 
 
+def plural(number: int, noun: str) -> str:
+    """``1 route``, ``2 routes``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _write(stream: TextIO, message: str) -> None:
-    try:
-        print(f"fastpause: {message}", file=stream, flush=True)
+    try:  # one write: the lines of workers sharing the stream do not interleave
+        stream.write(f"fastpause: {message}\n")
+        stream.flush()
     except OSError:  # EPIPE, EIO: whoever read our output is gone
         _silence(stream)
 

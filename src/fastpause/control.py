@@ -36,7 +36,7 @@ from fastpause.config import (
     load,
     parse_address,
 )
-from fastpause.console import complain, say
+from fastpause.console import complain, plural, say
 from fastpause.deploy import (
     DEFAULT_HEALTH_PATH,
     Deploy,
@@ -302,7 +302,7 @@ class ControlPlane:
             systemd.ready(f"serving on {', '.join(self.listeners.urls())}")
         for note in reloaded.notes:
             say(note)
-        say(f"reloaded {reloaded.path}: {_count(reloaded.routes, 'route')}")
+        say(f"reloaded {reloaded.path}: {plural(reloaded.routes, 'route')}")
         return reloaded
 
     async def _reload(self, path: str | None) -> Reloaded:
@@ -713,7 +713,3 @@ def _addresses(texts: Iterable[str] | None) -> tuple[Address, ...]:
 
 def _describe_admin(config: Config) -> str:
     return "off" if config.admin is None else str(config.admin)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"

@@ -24,6 +24,7 @@ cdef class Engine:
         self.shutting_down = False
         self.lame_duck = False
         self.on_idle = None
+        self.relay_tls = None
         self.drained = None
         self.rng_state0 = (<uint64_t*><char*>seed)[0] | 1
         self.rng_state1 = (<uint64_t*><char*>seed)[1] | 1
@@ -183,22 +184,23 @@ cdef class Engine:
         ``clients`` a moment later, when their close completes)."""
         cdef ClientProtocol c
         cdef Route route
-        cdef Py_ssize_t closed = 0
+        cdef Py_ssize_t left = 0
         self.shutting_down = True
         for route in self._table.routes:
             route.state.fail_all(503, "the proxy is shutting down")
         for c in list(self.clients):
-            if c.state == C_IDLE and c.started:
-                if not c._give_to_successor():
-                    c._close()
-                closed += 1
-        return len(self.clients) - closed
+            if c.state == C_IDLE and c.started and not c._give_to_successor():
+                c._close()
+            if c.state != C_CLOSED:
+                left += 1
+        return left
 
     def hand_over(self):
         """Give a successor (``fastpause upgrade``) every connection it can take: the
         held requests, route by route in arrival order, then the idle connections.
-        Returns ``[(fd, replay, hold_left, held_age)]`` and the number of held requests that
-        stay (their bodies are still arriving): the caller stopped accepting first."""
+        Returns ``[(fd, replay, hold_left, held_age, https)]`` and the number of held
+        requests that stay (their bodies are still arriving): the caller stopped
+        accepting first."""
         cdef ClientProtocol c
         cdef Route route
         cdef list given = []

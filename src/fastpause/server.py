@@ -21,8 +21,10 @@ from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.commands import LameDuck
 from fastpause.config import Address, Config, ConfigError, Overrides
-from fastpause.control import ControlPlane, ReloadError, Startup, complain, say, start_table
+from fastpause.console import complain, say
+from fastpause.control import ControlPlane, ReloadError, Startup, start_table
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
+from fastpause.relay import Relays
 from fastpause.router import describe_match, path_prefix
 from fastpause.tls import CertificateError, ServerTls
 from fastpause.upgrade import (
@@ -33,6 +35,7 @@ from fastpause.upgrade import (
     Successor,
     UpgradeFailed,
     adopt_connections,
+    hand_over_engine,
     start_successor,
 )
 from fastpause.wire import WireError
@@ -85,6 +88,7 @@ class Server:
         self._handed_over = False
         self._drained: asyncio.Event | None = None
         self._adopting: asyncio.Task[None] | None = None  # connections from the predecessor
+        self._relays = Relays()  # TLS connections given to a successor (one process)
 
     def run(self) -> int:
         """Serve until stopped; return the process exit status.
@@ -274,8 +278,8 @@ class Server:
         await giver.flush()  # the connections that went idle while draining
         emit({"event": "done", "finished": in_flight, "pid": os.getpid()})
 
-    @staticmethod
     def _taker(
+        self,
         control: ControlPlane,
     ) -> Callable[[Callable[[list[Connection]], None]], Awaitable[tuple[int, int, int]]]:
         """How this process gives its connections away: its own engine's, or each
@@ -290,16 +294,12 @@ class Server:
                 return await pool.hand_over()
 
             return from_workers
-        engine = control.engine
+        engine, relays = control.engine, self._relays
 
         async def from_engine(
             late: Callable[[list[Connection]], None],
         ) -> tuple[int, int, int]:
-            given, stay = engine.hand_over()
-            engine.on_idle = lambda one: late([(*one, 0)])
-            late([(*one, 0) for one in given])
-            held = sum(1 for one in given if one[2] > 0)
-            return held, len(given) - held, stay
+            return hand_over_engine(engine, relays, late, 0)
 
         return from_engine
 
@@ -392,7 +392,7 @@ class Server:
             # is said: from then on, a connect is refused
             control.listeners.close()
             say_shutting_down(await control.workers.stop_accepting(), grace)
-            await control.workers.wait_stopped()
+            await control.workers.wait_drained()
         else:
             say_shutting_down(stop_accepting(control.engine, control.listeners), grace)
             await drain(control.engine, grace, self._cut)
@@ -401,6 +401,9 @@ class Server:
             self._drained.set()  # the upgrade's caller hears "done" before we exit
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._upgrade), UPGRADE_GOODBYE)
+        if control.workers is not None:
+            await control.workers.wait_stopped()  # they may relay TLS connections a while
+        await self._relays.wait_closed(self._cut)
         if admin is not None:
             await admin.finish()
 

@@ -38,12 +38,13 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastpause import _core
 from fastpause.config import Address
 from fastpause.console import complain
 from fastpause.listeners import ListenKey
+from fastpause.relay import Relays
 from fastpause.statefile import RuntimeState, StateFileError, from_json
 from fastpause.wire import Channel, FrameReader, WireError, send_frame
 
@@ -54,9 +55,22 @@ FDS_PER_FRAME = 200
 LOAD_TIMEOUT = 60.0
 
 Event = dict[str, Any]
-# A connection given away: (fd, bytes to read again, seconds left to hold, held for,
-# the old worker it comes from: 0 without workers).
-Connection = tuple[int, bytes, float, float, int]
+
+
+class Connection(NamedTuple):
+    """A connection given away (``Engine.hand_over``), and the old worker it comes
+    from (0 without workers)."""
+
+    fd: int
+    replay: bytes  # what was read of it, to be read again
+    hold_left: float  # seconds its held request may still wait (0: not held)
+    held_age: float  # how long that request has been held
+    https: bool  # its client speaks TLS to the old process, which relays (``relay``)
+    group: int = 0
+
+    @classmethod
+    def given(cls, one: tuple[int, bytes, float, float, bool], group: int) -> Connection:
+        return cls(*one, group=group)
 
 
 class UpgradeFailed(Exception):
@@ -107,8 +121,8 @@ class Successor:
             raise WireError(f"expected sockets, got {message.get('op')!r}")
         sockets = [socket.socket(fileno=fd) for fd in fds]
         inherited = Inherited()
-        for host, port, index, count in message["listeners"]:
-            groups = inherited.listeners.setdefault((Address(host, port), index), [])
+        for host, port, tls, index, count in message["listeners"]:
+            groups = inherited.listeners.setdefault((Address(host, port, tls), index), [])
             groups.append(sockets[:count])
             sockets = sockets[count:]
         if message["admin"]:
@@ -211,19 +225,41 @@ class Giver:
                 os.close(fd)
 
 
+def hand_over_engine(
+    engine: _core.Engine, relays: Relays, give: Callable[[list[Connection]], None], group: int
+) -> tuple[int, int, int]:
+    """Give away every connection of ``engine`` a successor can take, now and as more
+    go idle, to ``give``, TLS ones through ``relays``; the caller stopped accepting.
+    Returns how many held requests and idle connections went, and how many held
+    requests stay (their bodies are still arriving)."""
+    engine.relay_tls = relays.take
+    given, stay = engine.hand_over()
+    engine.on_idle = lambda one: give([Connection.given(one, group)])
+    connections = [Connection.given(one, group) for one in given]
+    give(connections)
+    held = sum(1 for one in connections if one.hold_left > 0)
+    return held, len(connections) - held, stay
+
+
 def pack_connections(connections: list[Connection]) -> tuple[list[list[Any]], list[int]]:
     """Connections as plain values for a frame, and the descriptors to send with it."""
     entries = [
-        [base64.b64encode(replay).decode("ascii"), left, age, group]
-        for _, replay, left, age, group in connections
+        [
+            base64.b64encode(one.replay).decode("ascii"),
+            one.hold_left,
+            one.held_age,
+            one.https,
+            one.group,
+        ]
+        for one in connections
     ]
-    return entries, [connection[0] for connection in connections]
+    return entries, [one.fd for one in connections]
 
 
 def unpack_connections(entries: list[list[Any]], fds: list[int]) -> list[Connection]:
     return [
-        (fd, base64.b64decode(replay), float(left), float(age), int(group))
-        for fd, (replay, left, age, group) in zip(fds, entries, strict=True)
+        Connection(fd, base64.b64decode(replay), float(left), float(age), bool(https), int(group))
+        for fd, (replay, left, age, https, group) in zip(fds, entries, strict=True)
     ]
 
 
@@ -231,10 +267,11 @@ async def adopt_connections(engine: _core.Engine, connections: list[Connection])
     """Serve connections another process gave away, in order, reading again what it
     had read of them (``ClientProtocol.replay``)."""
     loop = asyncio.get_running_loop()
-    factory = engine.protocol_factory("http")
-    for fd, replay, left, age, _ in connections:
-        _, protocol = await loop.connect_accepted_socket(factory, socket.socket(fileno=fd))
-        protocol.replay(replay, left, age)
+    factories = {https: engine.protocol_factory("https" if https else "http") for https in (0, 1)}
+    for one in connections:
+        factory = factories[one.https]
+        _, protocol = await loop.connect_accepted_socket(factory, socket.socket(fileno=one.fd))
+        protocol.replay(one.replay, one.hold_left, one.held_age)
 
 
 async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> Giver:
@@ -264,7 +301,10 @@ async def start_successor(handover: Handover, emit: Callable[[Event], None]) -> 
         fds = [sock.fileno() for _, group in handover.listeners for sock in group]
         if handover.admin is not None:
             fds.append(handover.admin.fileno())
-        keys = [[key[0].host, key[0].port, key[1], len(group)] for key, group in handover.listeners]
+        keys = [
+            [key[0].host, key[0].port, key[0].tls, key[1], len(group)]
+            for key, group in handover.listeners
+        ]
         await channel.send(
             {"op": "sockets", "listeners": keys, "admin": handover.admin is not None}, fds
         )

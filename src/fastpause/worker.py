@@ -39,6 +39,7 @@ from fastpause.config import Config
 from fastpause.console import complain
 from fastpause.control import retire
 from fastpause.listeners import Listeners
+from fastpause.relay import Relays
 from fastpause.router import build_table, retired
 from fastpause.server import drain, say_shutting_down, stop_accepting
 from fastpause.shared_counts import attach
@@ -48,6 +49,7 @@ from fastpause.upgrade import (
     FDS_PER_FRAME,
     Connection,
     adopt_connections,
+    hand_over_engine,
     pack_connections,
     unpack_connections,
 )
@@ -72,6 +74,7 @@ class Worker:
         self._access_log: AccessLog | None = None
         self._shared: _core.SharedCounts | None = None
         self._tls: ServerTls | None = None
+        self._relays = Relays()  # TLS connections given to a successor
         self._stop = asyncio.Event()
         self._cut = asyncio.Event()
         self._signals = 0
@@ -108,6 +111,8 @@ class Worker:
             if not self._told_to_stop:  # a signal: the supervisor is gone
                 say_shutting_down(self._close_listeners(), grace)
             await drain(self._engine, grace, self._cut)
+            self._tell({"event": "drained"})
+            await self._relays.wait_closed(self._cut)
             for task in self._retiring:
                 task.cancel()
         if self._access_log is not None:
@@ -283,8 +288,7 @@ class Worker:
         self._tell({"event": "upstream_down", "address": address, "fail_duration": fail_duration})
 
     def _tell(self, event: dict[str, Any]) -> None:
-        if self._channel is not None:
-            self._spawn(self._channel.send(event))
+        self._spawn(self._tell_with_fds(event, []))
 
     async def _drain(self, args: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         """Wait (bounded) until nothing of a route is in flight here."""
@@ -317,14 +321,8 @@ class Worker:
         engine, _ = self._running()
         assert self._listeners is not None
         self._listeners.close()
-        given, stay = engine.hand_over()
-        engine.on_idle = self._give_late
-        self._give([(*one, self.index) for one in given])
-        held = sum(1 for one in given if one[2] > 0)
-        return {"held": held, "idle": len(given) - held, "stay": stay}
-
-    def _give_late(self, one: tuple[int, bytes, float, float]) -> None:
-        self._give([(*one, self.index)])
+        held, idle, stay = hand_over_engine(engine, self._relays, self._give, self.index)
+        return {"held": held, "idle": idle, "stay": stay}
 
     def _give(self, connections: list[Connection]) -> None:
         """Send connections to the supervisor, at most ``FDS_PER_FRAME`` a frame;
@@ -335,6 +333,7 @@ class Worker:
             self._spawn(self._tell_with_fds(event, fds))
 
     async def _tell_with_fds(self, event: dict[str, Any], fds: list[int]) -> None:
+        """Send an event; a supervisor that is gone hears nothing (we stop too)."""
         assert self._channel is not None
         try:
             with contextlib.suppress(ConnectionError):

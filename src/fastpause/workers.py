@@ -84,6 +84,8 @@ class WorkerProcess:
         self._on_event = on_event
         self.process = process
         self.last_stats: Stats | None = None  # what it had counted when last asked
+        # stopping: its requests are done (it may still relay TLS connections), or it exited
+        self.drained = asyncio.Event()
         self.started = asyncio.get_running_loop().time()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
@@ -225,6 +227,7 @@ class WorkerPool:
     async def _supervise(self, worker: WorkerProcess) -> None:
         """Wait for ``worker`` to exit; unless the proxy is stopping, replace it."""
         status = await worker.process.wait()
+        worker.drained.set()
         worker.close()
         if self._live.get(worker.index) is worker:
             del self._live[worker.index]
@@ -266,6 +269,12 @@ class WorkerPool:
         self._stopping = True
         self.signal_all(signal.SIGTERM)
         await self.wait_stopped()
+
+    async def wait_drained(self) -> None:
+        """After ``stop_accepting``: until every worker has finished its requests (or
+        exited); TLS connections an upgrade relays may keep them running longer."""
+        for worker in list(self._live.values()):
+            await worker.drained.wait()
 
     async def wait_stopped(self) -> None:
         """Wait until every worker has exited."""
@@ -386,7 +395,7 @@ class WorkerPool:
         its order."""
         groups: dict[int, list[Connection]] = {}
         for connection in connections:
-            groups.setdefault(connection[4] % self.count, []).append(connection)
+            groups.setdefault(connection.group % self.count, []).append(connection)
         try:
             for index, group in groups.items():
                 worker = self._live.get(index) or next(iter(self._live.values()))
@@ -395,7 +404,7 @@ class WorkerPool:
                     await worker.request("adopt", {"connections": entries}, fds, self.timeout)
         finally:
             for connection in connections:
-                os.close(connection[0])
+                os.close(connection.fd)
 
     async def send(self, command: Any) -> Answers:
         """Any command (``fastpause.commands``), applied by every live worker."""
@@ -415,7 +424,9 @@ class WorkerPool:
             return
         for fd in fds:
             os.close(fd)
-        if event["event"] in ("upstream_up", "upstream_down"):
+        if event["event"] == "drained":
+            worker.drained.set()
+        elif event["event"] in ("upstream_up", "upstream_down"):
             args = {key: value for key, value in event.items() if key != "event"}
             self._send_soon(event["event"], args, worker)
 
