@@ -51,6 +51,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 import sys
 from collections import Counter
@@ -762,8 +763,15 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS")
     args = parser.parse_args()
-    server = await asyncio.start_server(handle, args.host, args.port, limit=1 << 20, backlog=1024)
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(*args.tls)
+    server = await asyncio.start_server(
+        handle, args.host, args.port, limit=1 << 20, backlog=1024, ssl=tls
+    )
     port = server.sockets[0].getsockname()[1]
     print(f"backend: listening on {args.host}:{port}", flush=True)
     async with server:

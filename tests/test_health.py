@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from fastpause import _core
+from fastpause.config import Address
 from fastpause.health import (
     Check,
     CheckSettings,
@@ -251,9 +252,8 @@ def test_wait_until_healthy_returns_none_once_passes_are_met() -> None:
         async with TinyServer(b"HTTP/1.1 200 OK\r\n\r\n") as server:
             settings = CheckSettings("/up", interval=0.001, passes=3)
             deadline = asyncio.get_running_loop().time() + 30
-            problem = await wait_until_healthy(
-                f"127.0.0.1:{server.port}", "127.0.0.1", server.port, settings, deadline
-            )
+            target = Address("127.0.0.1", server.port)
+            problem = await wait_until_healthy(target, "127.0.0.1", settings, deadline)
             return problem, len(server.requests)
 
     assert run(scenario) == (None, 3)
@@ -264,7 +264,8 @@ def test_wait_until_healthy_reports_the_last_problem_at_the_deadline() -> None:
         async with TinyServer(b"HTTP/1.1 503 Service Unavailable\r\n\r\n") as server:
             settings = CheckSettings("/up", interval=0.01)
             deadline = asyncio.get_running_loop().time() + 0.1
-            return await wait_until_healthy("t", "127.0.0.1", server.port, settings, deadline)
+            target = Address("127.0.0.1", server.port)
+            return await wait_until_healthy(target, "127.0.0.1", settings, deadline)
 
     assert run(scenario) == "status 503"
 
@@ -274,7 +275,8 @@ def test_passing_too_few_times_in_a_row_is_not_healthy() -> None:
         async with TinyServer(b"HTTP/1.1 200 OK\r\n\r\n") as server:
             settings = CheckSettings("/up", interval=0.01, passes=1_000_000)
             deadline = asyncio.get_running_loop().time() + 0.1
-            return await wait_until_healthy("t", "127.0.0.1", server.port, settings, deadline)
+            target = Address("127.0.0.1", server.port)
+            return await wait_until_healthy(target, "127.0.0.1", settings, deadline)
 
     problem = run(scenario)
     assert isinstance(problem, str)
@@ -284,7 +286,8 @@ def test_passing_too_few_times_in_a_row_is_not_healthy() -> None:
 def test_a_deadline_already_past_checks_nothing() -> None:
     async def scenario() -> str | None:
         deadline = asyncio.get_running_loop().time() - 1
-        return await wait_until_healthy("t", "127.0.0.1", 9, CheckSettings("/up"), deadline)
+        target = Address("127.0.0.1", 9)
+        return await wait_until_healthy(target, "127.0.0.1", CheckSettings("/up"), deadline)
 
     assert run(scenario) == "no answer before the deploy timeout"
 
@@ -296,6 +299,7 @@ def test_a_check_cut_short_by_the_deadline_keeps_the_problem_before_it() -> None
         async with TinyServer(b"HTTP/1.1 503 Service Unavailable\r\n\r\n", None) as server:
             settings = CheckSettings("/up", interval=0.001, timeout=60.0)
             deadline = asyncio.get_running_loop().time() + 0.2
-            return await wait_until_healthy("t", "127.0.0.1", server.port, settings, deadline)
+            target = Address("127.0.0.1", server.port)
+            return await wait_until_healthy(target, "127.0.0.1", settings, deadline)
 
     assert run(scenario) == "status 503"

@@ -382,3 +382,82 @@ def test_redirect_without_an_https_port_is_a_config_error(tmp_path):
     assert f"{config}: routes[0].redirect_https: no https:// listener" in done.stderr
     config.write_text(config.read_text() + 'hsts = "1 year"\n')
     assert "routes[0].hsts: invalid value '1 year'" in fastpause("validate", str(config)).stderr
+
+
+# --------------------------------------------------------------------------- HTTPS upstreams
+
+
+def test_https_upstream_verified_against_a_ca(proxy_factory, tls_backend):
+    """The upstream's certificate is checked against ``ca`` for ``tls_server_name``
+    (the upstream is dialed by IP); requests reuse the pooled TLS connection."""
+    proxy = proxy_factory(
+        upstreams=[f"https://127.0.0.1:{tls_backend.port}"],
+        route={"ca": str(tls_backend.ca_file), "tls_server_name": "backend.test"},
+    )
+    with proxy.conn() as conn:
+        for index in range(3):
+            conn.send(build_request("GET", f"/inspect?n={index}"))
+            resp = conn.read_response()
+            assert resp.status == 200, resp
+            assert resp.json()["target"] == f"/inspect?n={index}"
+    assert "tls_verify" not in proxy.stderr()
+
+
+def test_an_https_upstream_whose_certificate_does_not_match_is_not_used(proxy_factory, tls_backend):
+    """A certificate for another name fails the connection like a refused connect (502
+    here, with holding off) naming the reason; ``tls_verify = false`` accepts it and
+    says so loudly at start."""
+    upstreams = [f"https://127.0.0.1:{tls_backend.port}"]
+    route = {"ca": str(tls_backend.ca_file), "tls_server_name": "other.test", "try_duration": "0s"}
+    proxy = proxy_factory(upstreams=upstreams, route=route)
+    resp = proxy.get("/inspect")
+    assert resp.status == 502, resp
+    assert "certificate verify failed" in resp.text.lower(), resp.text
+
+    lenient = proxy_factory(upstreams=upstreams, route={**route, "tls_verify": False})
+    assert lenient.get("/inspect").status == 200
+    assert "route app: tls_verify = false: the certificates of its https:// upstreams are NOT" in (
+        lenient.stderr()
+    ), lenient.stderr()
+
+
+@pytest.mark.parametrize("name, healthy", [("backend.test", True), ("other.test", False)])
+def test_health_checks_reach_https_upstreams(hold_proxy, tls_backend, name, healthy):
+    """Checks dial the upstream as requests do: a certificate for another name fails
+    them (two in a row: unhealthy), the right one passes (the first pass counts)."""
+    address = f"https://127.0.0.1:{tls_backend.port}"
+    proxy = hold_proxy(
+        upstreams=[address],
+        route={
+            "ca": str(tls_backend.ca_file),
+            "tls_server_name": name,
+            "health_path": "/inspect",
+            "health_interval": "100ms",
+        },
+    )
+    proxy.admin.wait_until(
+        lambda r: (
+            r["upstreams"][0]["address"] == address
+            and r["upstreams"][0]["healthy"] is healthy
+            and (healthy or "certificate" in proxy_output(proxy) + proxy.stderr())
+        ),
+        f"the check to say healthy={healthy}",
+    )
+
+
+def test_ca_errors_name_the_file(tmp_path, pairs):
+    for content, problem in [(None, "cannot read"), (b"not a certificate", "holds no PEM cert")]:
+        ca = tmp_path / "bad-ca.pem"
+        ca.unlink(missing_ok=True)
+        if content is not None:
+            ca.write_bytes(content)
+        config = tmp_path / "upstream.toml"
+        config.write_text(
+            'listen = ["127.0.0.1:8080"]\n[[routes]]\nname = "app"\n'
+            f'upstreams = ["https://127.0.0.1:9443"]\nca = "{ca}"\n'
+        )
+        done = fastpause("validate", str(config))
+        assert done.returncode != 0
+        assert f"{config}: routes[0].ca: {problem}" in done.stderr.replace(f"{ca} ", ""), (
+            done.stderr
+        )

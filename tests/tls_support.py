@@ -5,6 +5,7 @@ HTTPS listener, and clients that verify what they are served (fixtures: ``ca``,
 from __future__ import annotations
 
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +90,31 @@ def served_serial(conn: RawConn) -> int:
 def get(conn: RawConn, target: str, host: str = "app.test"):
     conn.send(build_request("GET", target, host=host))
     return conn.read_response()
+
+
+class TlsBackend:
+    """``tests/backend.py --tls``: the test backend over HTTPS, with a certificate of
+    the test CA for ``backend.test``."""
+
+    def __init__(self, ca: trustme.CA, tmp_path: Path) -> None:
+        from conftest import Process  # the fixtures' process wrapper (conftest is loaded)
+
+        pair = issue(ca, tmp_path, "backend", "backend.test")
+        backend = Path(__file__).resolve().parent / "backend.py"
+        self.process = Process(
+            [sys.executable, str(backend), "--tls", str(pair.cert), str(pair.key)],
+            tmp_path / "tls-backend.stderr",
+            tmp_path,
+        )
+        line = self.process.output.wait_for(lambda s: s.startswith("backend: listening on "))
+        assert line is not None, self.process.describe()
+        self.port = int(line.rsplit(":", 1)[1])
+        self.ca_file = tmp_path / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+
+
+@pytest.fixture
+def tls_backend(ca, tmp_path):
+    backend = TlsBackend(ca, tmp_path)
+    yield backend
+    backend.process.stop()

@@ -195,11 +195,17 @@ cdef class Deadline:
 
 cdef class Upstream:
     cdef readonly str address
+    cdef readonly str authority  # HOST:PORT: the Host of a request that came without one
     cdef bytes address_b
     cdef readonly str host
     cdef readonly int port
     cdef readonly int keepalive
     cdef readonly double keepalive_timeout
+    # an https:// upstream: the client context and the name its certificate is checked
+    # for (None for a plain one); ``tls`` identifies the settings, for reuse on reload
+    cdef readonly object ssl
+    cdef readonly str server_hostname
+    cdef readonly tuple tls
     cdef list idle
     cdef set conns
     cdef public bint healthy

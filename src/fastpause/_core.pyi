@@ -7,6 +7,7 @@ reads files or parses config.
 """
 
 import asyncio
+import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,7 +84,15 @@ class Upstream:
         *,
         keepalive: int = 64,
         keepalive_timeout: float = 60.0,
+        ssl: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        tls: tuple[object, ...] = (),
+        authority: str | None = None,
     ) -> None: ...
+    authority: str  # HOST:PORT, the address without its scheme
+    ssl: ssl.SSLContext | None  # an https:// upstream's client context
+    server_hostname: str | None  # the name its certificate is checked for
+    tls: tuple[object, ...]  # its TLS settings, compared on reload
     healthy: bool  # the active health check's verdict; set it through Engine.set_upstream_health
     draining: bool
     active: int  # exchanges in progress

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from fastpause.config import Address, parse_address, parse_health_path
+from fastpause.config import Address, parse_health_path, parse_url_address
 from fastpause.units import MAX_DURATION, parse_duration, parse_whole_seconds
 
 MAX_MESSAGE = 4096
@@ -219,7 +219,7 @@ def targets(value: Any) -> tuple[Address, ...]:
     for item in value:
         if not isinstance(item, str):
             raise ValueError(f"expected a HOST:PORT string, got {item!r}")
-        target = parse_address(item)
+        target = parse_url_address(item)
         if target in found:
             raise ValueError(f"duplicate target {item!r}")
         found.append(target)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from fastpause._core import LB_POLICIES, normalize_path
 from fastpause.inputs import InputError, parse_toml, read_file
-from fastpause.tls import TLS_VERSIONS, Certificate, CertificateError, read_certificate
+from fastpause.tls import TLS_VERSIONS, Certificate, CertificateError, check_ca, read_certificate
 from fastpause.units import describe, parse_duration, parse_size, parse_whole_seconds
 from fastpause.wire import plain
 
@@ -48,14 +48,21 @@ class Address:
 
     host: str
     port: int
-    tls: bool = False  # a listener's "https://": connections start with a TLS handshake
+    tls: bool = False  # "https://": connections start with a TLS handshake
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        """``HOST:PORT``, ``https://HOST:PORT`` for TLS (as written in the config)."""
+        text = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"https://{text}" if self.tls else text
 
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+    @property
+    def authority(self) -> str:
+        """``HOST:PORT`` without the scheme (a Host header's value)."""
+        return str(replace(self, tls=False))
 
 
 @plain
@@ -115,6 +122,11 @@ class RouteConfig:
     retry_after: int = 5
     redirect_https: bool = False  # plain-HTTP requests get a redirect to HTTPS
     hsts: str | None = None  # Strict-Transport-Security on HTTPS responses
+    # https:// upstreams: verify their certificates (against ``ca``, else the system's
+    # store) for ``tls_server_name``, else the name in the address
+    tls_verify: bool = True
+    ca: str | None = None
+    tls_server_name: str | None = None
 
     def upstream_weights(self) -> list[int]:
         """The weight of each upstream, in order (1 where none was given)."""
@@ -331,8 +343,7 @@ def _check_tls(config: Config) -> None:
         if address.tls and not config.certificates:
             raise _Invalid(
                 f"listen[{index}]",
-                f"https://{address} needs a certificate: add a [[certificates]] table "
-                "with cert and key",
+                f"{address} needs a certificate: add a [[certificates]] table with cert and key",
             )
     for index, route in enumerate(config.routes):
         if route.redirect_https and not redirect_port(config):
@@ -341,6 +352,17 @@ def _check_tls(config: Config) -> None:
                 "no https:// listener with a fixed port to redirect to: add one to listen, "
                 "or set https_port",
             )
+
+
+def unverified_upstreams(config: Config) -> list[str]:
+    """A warning per route that dials https:// upstreams without checking their
+    certificates (``tls_verify = false``): said at every start and reload."""
+    return [
+        f"route {route.name}: tls_verify = false: the certificates of its https:// "
+        "upstreams are NOT checked (anyone on the path can read and change its traffic)"
+        for route in config.routes
+        if not route.tls_verify and any(address.tls for address in route.upstreams)
+    ]
 
 
 def redirect_port(config: Config) -> int:
@@ -382,17 +404,17 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
     return Address(host, int(port_text))
 
 
-def parse_listen_address(text: str) -> Address:
-    """A listener: ``https://HOST:PORT`` (TLS), ``http://HOST:PORT`` or ``HOST:PORT``
-    (plain HTTP); port 0 picks a free port."""
+def parse_url_address(text: str, *, allow_port_zero: bool = False) -> Address:
+    """A listener or an upstream: ``https://HOST:PORT`` (TLS), ``http://HOST:PORT`` or
+    ``HOST:PORT`` (plain HTTP); port 0 ("any free port") only for listeners."""
     scheme, separator, rest = text.partition("://")
     if not separator:
-        return parse_address(text, allow_port_zero=True)
+        return parse_address(text, allow_port_zero=allow_port_zero)
     if scheme not in ("http", "https"):
-        raise ValueError(f"invalid listener {text!r}: the scheme must be http:// or https://")
+        raise ValueError(f"invalid address {text!r}: the scheme must be http:// or https://")
     if "/" in rest:
-        raise ValueError(f"invalid listener {text!r}: a listener has no path")
-    address = parse_address(rest, allow_port_zero=True)
+        raise ValueError(f"invalid address {text!r}: no path here, only the scheme, host and port")
+    address = parse_address(rest, allow_port_zero=allow_port_zero)
     return replace(address, tls=scheme == "https")
 
 
@@ -704,7 +726,7 @@ def _addresses(*, listen: bool) -> Parser:
             with _at(f"[{index}]"):
                 if not isinstance(item, str):
                     raise ValueError(f"expected a HOST:PORT string, got {describe(item)}")
-                address = parse_listen_address(item) if listen else parse_address(item)
+                address = parse_url_address(item, allow_port_zero=listen)
                 same = [a for a in addresses if (a.host, a.port) == (address.host, address.port)]
                 if same and address.port != 0:  # each :0 is its own free port
                     raise ValueError(f"duplicate address '{item}'")
@@ -746,7 +768,7 @@ def _upstreams(value: Any) -> _Upstreams:
 def _upstream(item: Any) -> tuple[Address, int]:
     """One upstream and its weight (1 unless a table gives one)."""
     if isinstance(item, str):
-        return parse_address(item), 1
+        return parse_url_address(item), 1
     if not isinstance(item, dict):
         example = '{ address = "127.0.0.1:3000", weight = 2 }'
         raise ValueError(
@@ -761,7 +783,7 @@ def _upstream(item: Any) -> tuple[Address, int]:
 def _upstream_address(value: Any) -> Address:
     if not isinstance(value, str):
         raise ValueError(f"expected a HOST:PORT string, got {describe(value)}")
-    return parse_address(value)
+    return parse_url_address(value)
 
 
 def _routes(value: Any) -> tuple[RouteConfig, ...]:
@@ -857,6 +879,29 @@ def _tls_version(value: Any) -> str:
     return value
 
 
+def _server_name(value: Any) -> str:
+    """The name an HTTPS upstream's certificate is checked for (and sent as SNI)."""
+    name = _host(value)
+    if name.startswith("*."):
+        raise ValueError(f"invalid name {value!r}: a certificate is checked for one name")
+    return name
+
+
+def _ca_bundle(value: Any) -> str:
+    """PEM certificates the proxy can read now (checked at load and reload)."""
+    path = _path(value)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        check_ca(path)
+    except CertificateError as error:
+        raise ValueError(str(error)) from None
+    return path
+
+
 def _path(value: Any) -> str:
     """A file path, made absolute (a worker or a successor may run elsewhere)."""
     return os.path.abspath(_string(value))
@@ -933,6 +978,9 @@ _ROUTE: dict[str, Parser] = {
     "retry_after": parse_whole_seconds,
     "redirect_https": _boolean,
     "hsts": _hsts,
+    "tls_verify": _boolean,
+    "ca": _ca_bundle,
+    "tls_server_name": _server_name,
 }
 
 _WEIGHTED_UPSTREAM: dict[str, Parser] = {

@@ -34,7 +34,8 @@ from fastpause.config import (
     Overrides,
     RouteConfig,
     load,
-    parse_address,
+    parse_url_address,
+    unverified_upstreams,
 )
 from fastpause.console import complain, plural, say
 from fastpause.deploy import (
@@ -302,6 +303,8 @@ class ControlPlane:
             systemd.ready(f"serving on {', '.join(self.listeners.urls())}")
         for note in reloaded.notes:
             say(note)
+        for warning in unverified_upstreams(self.config):
+            complain(warning)
         say(f"reloaded {reloaded.path}: {plural(reloaded.routes, 'route')}")
         return reloaded
 
@@ -659,6 +662,9 @@ def _check_settings(route: RouteConfig, path: str | None) -> CheckSettings:
         passes=route.health_passes,
         fails=route.health_fails,
         host_header=route.host_header,
+        ca=route.ca,
+        tls_verify=route.tls_verify,
+        tls_server_name=route.tls_server_name,
     )
 
 
@@ -708,7 +714,7 @@ def _strings(addresses: Iterable[Address]) -> tuple[str, ...]:
 
 def _addresses(texts: Iterable[str] | None) -> tuple[Address, ...]:
     """Addresses the state file recorded (``statefile`` checked their syntax)."""
-    return tuple(parse_address(text) for text in texts or ())
+    return tuple(parse_url_address(text) for text in texts or ())
 
 
 def _describe_admin(config: Config) -> str:

@@ -142,7 +142,7 @@ async def check_targets(
 
     async def check(target: Address) -> tuple[Address, str | None]:
         ip = resolved[str(target)]
-        problem = await wait_until_healthy(str(target), ip, target.port, settings, deadline)
+        problem = await wait_until_healthy(target, ip, settings, deadline)
         return target, problem
 
     for finished in asyncio.as_completed([check(target) for target in targets]):

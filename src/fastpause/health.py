@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from fastpause import _core
+from fastpause.config import Address
+from fastpause.tls import client_context
 
 USER_AGENT = "fastpause-health-check"
 # A status line longer than this is not an HTTP server talking.
@@ -30,6 +34,14 @@ class CheckSettings:
     passes: int = 1
     fails: int = 2
     host_header: str | None = None  # the route's host_header; None sends the upstream address
+    # how the route dials https:// upstreams (its ``ca``, ``tls_verify``, ``tls_server_name``)
+    ca: str | None = None
+    tls_verify: bool = True
+    tls_server_name: str | None = None
+
+
+# How to reach an https:// upstream: its client context and the name it is checked for.
+Tls = tuple[ssl.SSLContext, str]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,11 +57,18 @@ class Check:
 Report = Callable[[Check, bool, str | None], None]
 
 
-async def probe(host: str, port: int, path: str, host_header: str, timeout: float) -> str | None:
+async def probe(
+    host: str, port: int, path: str, host_header: str, timeout: float, tls: Tls | None = None
+) -> str | None:
     """One check: None when healthy, else a short reason (for logs and deploy errors)."""
+    dial: dict[str, Any] = {}
+    if tls is not None:
+        dial = {"ssl": tls[0], "server_hostname": tls[1]}
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_STATUS_LINE)
+            reader, writer = await asyncio.open_connection(
+                host, port, limit=MAX_STATUS_LINE, **dial
+            )
             try:
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\n"
@@ -112,10 +131,11 @@ class UpstreamMonitor:
 
     async def _run(self) -> None:
         upstream, settings = self.check.upstream, self.check.settings
-        host_header = settings.host_header or upstream.address
+        host_header = settings.host_header or upstream.authority
+        tls = (upstream.ssl, upstream.server_hostname) if upstream.ssl is not None else None
         while True:
             problem = await probe(
-                upstream.host, upstream.port, settings.path, host_header, settings.timeout
+                upstream.host, upstream.port, settings.path, host_header, settings.timeout, tls
             )
             self.record(problem)
             await asyncio.sleep(settings.interval)
@@ -167,9 +187,8 @@ class HealthChecks:
 
 
 async def wait_until_healthy(
-    address: str,
+    address: Address,
     host: str,
-    port: int,
     settings: CheckSettings,
     deadline: float,
 ) -> str | None:
@@ -180,13 +199,18 @@ async def wait_until_healthy(
     A check cut short by the deadline does not count: its "no answer" would hide
     the real problem of the checks before it.
     """
-    host_header = settings.host_header or address
+    host_header = settings.host_header or address.authority
+    tls = None
+    if address.tls:
+        context = client_context(settings.ca, settings.tls_verify)
+        tls = (context, settings.tls_server_name or address.host)
+    port = address.port
     streak = 0
     problem: str | None = "no answer before the deploy timeout"
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout_at(deadline):
             while True:
-                problem = await probe(host, port, settings.path, host_header, settings.timeout)
+                problem = await probe(host, port, settings.path, host_header, settings.timeout, tls)
                 streak = streak + 1 if problem is None else 0
                 if streak >= settings.passes:
                     return None

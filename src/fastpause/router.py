@@ -11,15 +11,19 @@ same name, so a reload neither resumes a paused route nor drops what it holds.
 
 import ipaddress
 import socket
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from fastpause import _core
 from fastpause.config import Address, Config, ConfigError, RouteConfig, redirect_port
+from fastpause.tls import client_context
 
 # An upstream's identity for reuse: same address as written, same resolved IP,
-# same pool settings. Anything else gets a fresh pool.
-UpstreamKey = tuple[str, str, int, int, float]
+# same pool settings, same TLS settings. Anything else gets a fresh pool.
+UpstreamKey = tuple[str, str, int, int, float, tuple[object, ...]]
+# An https:// upstream's TLS settings: (ca file, verify, name checked); () for plain.
+TlsKey = tuple[object, ...]
 # The IP to dial for each upstream address, keyed by the address as written.
 Resolved = Mapping[str, str]
 
@@ -40,6 +44,7 @@ def build_table(
     reusable = _reusable(previous)
     states = {route.name: route.state for route in previous.routes} if previous else {}
     built: dict[UpstreamKey, _core.Upstream] = {}
+    contexts: dict[TlsKey, ssl.SSLContext] = {}  # one per TLS settings: the CA read once
     routes = []
     for index, route in enumerate(config.routes):
         upstreams = []
@@ -50,9 +55,13 @@ def build_table(
                 address.port,
                 route.upstream_keepalive,
                 route.upstream_keepalive_timeout,
+                _tls_key(route, address),
             )
             if key not in built:
-                built[key] = reusable[key] if key in reusable else _new_upstream(key)
+                if key in reusable:
+                    built[key] = reusable[key]
+                else:
+                    built[key] = _new_upstream(key, address.authority, contexts)
             upstreams.append(built[key])
         state = states.get(route.name) or _core.RouteState(route.name)
         with _refused_by_core(config, f"routes[{index}]"):
@@ -153,19 +162,42 @@ def _reusable(previous: _core.RoutingTable | None) -> dict[UpstreamKey, _core.Up
     if previous is None:
         return {}
     return {
-        (u.address, u.host, u.port, u.keepalive, u.keepalive_timeout): u
+        (u.address, u.host, u.port, u.keepalive, u.keepalive_timeout, u.tls): u
         for route in previous.routes
         for u in route.upstreams
         if not u.draining
     }
 
 
-def _new_upstream(key: UpstreamKey) -> _core.Upstream:
+def _new_upstream(
+    key: UpstreamKey, authority: str, contexts: dict[TlsKey, ssl.SSLContext]
+) -> _core.Upstream:
     """A fresh upstream with an empty keep-alive pool."""
-    address, ip, port, keepalive, keepalive_timeout = key
+    address, ip, port, keepalive, keepalive_timeout, tls = key
+    context, server_name = None, None
+    if tls:
+        if tls not in contexts:
+            contexts[tls] = client_context(ca=tls[0], verify=tls[1])
+        context, server_name = contexts[tls], tls[2]
     return _core.Upstream(
-        address, ip, port, keepalive=keepalive, keepalive_timeout=keepalive_timeout
+        address,
+        ip,
+        port,
+        keepalive=keepalive,
+        keepalive_timeout=keepalive_timeout,
+        ssl=context,
+        server_hostname=server_name,
+        tls=tls,
+        authority=authority,
     )
+
+
+def _tls_key(route: RouteConfig, address: Address) -> TlsKey:
+    """The TLS settings ``route`` dials ``address`` with: the name checked is
+    ``tls_server_name``, else the address's host (a name, or an IP for IP SANs)."""
+    if not address.tls:
+        return ()
+    return (route.ca, route.tls_verify, route.tls_server_name or address.host)
 
 
 def _route(

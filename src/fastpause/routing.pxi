@@ -12,11 +12,16 @@ cdef class Upstream:
     """
 
     def __init__(self, str address, str host, int port, *, int keepalive=64,
-                 double keepalive_timeout=60.0):
+                 double keepalive_timeout=60.0, ssl=None, str server_hostname=None,
+                 tuple tls=(), str authority=None):
         if keepalive < 0:
             raise ValueError("keepalive must be >= 0")
+        self.ssl = ssl
+        self.server_hostname = server_hostname
+        self.tls = tls
         self.address = address
-        self.address_b = address.encode("ascii")
+        self.authority = authority or address
+        self.address_b = self.authority.encode("ascii")
         self.host = host
         self.port = port
         self.keepalive = keepalive

@@ -20,7 +20,7 @@ from fastpause import _core, systemd
 from fastpause.accesslog import AccessLog
 from fastpause.admin import AdminApi, AdminServer, BindError
 from fastpause.commands import LameDuck
-from fastpause.config import Address, Config, ConfigError, Overrides
+from fastpause.config import Address, Config, ConfigError, Overrides, unverified_upstreams
 from fastpause.console import complain, say
 from fastpause.control import ControlPlane, ReloadError, Startup, start_table
 from fastpause.listeners import BIND_ONLY, ListenError, Listeners, reason
@@ -356,6 +356,8 @@ class Server:
         """Print the routes, the admin address, then the bound addresses (real ports)."""
         for route in control.engine.table.routes:
             say(_describe_route(route, control.upstream_weights(route.name)))
+        for warning in unverified_upstreams(control.config):
+            complain(warning)
         if admin is not None:
             say(f"admin on {admin.describe()}")
         for url in control.listeners.urls():

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastpause.config import parse_address
+from fastpause.config import parse_url_address
 from fastpause.inputs import InputError, parse_json, read_file
 from fastpause.units import MAX_DURATION
 
@@ -165,7 +165,7 @@ def _addresses(value: Any, where: str) -> tuple[str, ...] | None:
         raise StateFileError(f"{where}: expected a non-empty list of HOST:PORT strings")
     for text in value:
         try:
-            parse_address(text)
+            parse_url_address(text)
         except ValueError as exc:
             raise StateFileError(f"{where}: {exc}") from None
     return tuple(value)

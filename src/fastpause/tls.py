@@ -215,3 +215,23 @@ def _context(min_version: str) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     context.set_alpn_protocols(ALPN)
     return context
+
+
+def client_context(ca: str | None, verify: bool) -> ssl.SSLContext:
+    """How fastpause dials ``https://`` upstreams: the certificate checked against
+    ``ca`` (a PEM bundle) or else the system's store, for the upstream's name;
+    ``verify`` False checks nothing (the config makes that loud)."""
+    context = ssl.create_default_context(cafile=ca)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(ALPN)
+    return context
+
+
+def check_ca(path: str) -> None:
+    """``CertificateError`` unless ``path`` is a bundle of PEM certificates."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError):
+        raise CertificateError("ca", f"{path} holds no PEM certificate") from None

@@ -41,8 +41,15 @@ cdef class UpstreamProtocol:
         loop = self.engine.loop
         self.upstream.n_connecting += 1
         self.connecting = True
-        self.connect_task = loop.create_task(
-            loop.create_connection(self._self_factory, self.upstream.host, self.upstream.port))
+        if self.upstream.ssl is None:
+            connecting = loop.create_connection(
+                self._self_factory, self.upstream.host, self.upstream.port)
+        else:
+            connecting = loop.create_connection(
+                self._self_factory, self.upstream.host, self.upstream.port,
+                ssl=self.upstream.ssl, server_hostname=self.upstream.server_hostname,
+                ssl_handshake_timeout=timeout)
+        self.connect_task = loop.create_task(connecting)
         self.connect_task.add_done_callback(self._connect_done)
         self.deadline.set(_timeout_clock() + timeout)
 
