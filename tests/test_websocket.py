@@ -19,10 +19,11 @@ import time
 import pytest
 from helpers import build_request, payload, wait_for
 from hold_support import cli
+from tls_support import client_context, https_port, tls_top
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-pytest_plugins = ["ws_support"]  # fixtures: ws_backend, routes_proxy
+pytest_plugins = ["ws_support", "tls_support"]  # ws_backend, routes_proxy; ca, pairs
 
 WAIT = 60.0
 
@@ -540,5 +541,20 @@ def test_tunnel_with_traffic_outlives_tunnel_idle_timeout(setup):
                 assert await asyncio.wait_for(ws.recv(), WAIT) == f"m{i}"
                 await asyncio.sleep(0.25)
             assert await in_thread(in_flight, proxy) == 1
+
+    run(main())
+
+
+def test_a_websocket_over_https(setup, ca, pairs):
+    """``wss://``: the tunnel runs inside the client's TLS connection."""
+    proxy, _backend = setup(top=tls_top(pairs))
+    port = https_port(proxy)
+
+    async def main():
+        options = {"ssl": client_context(ca), "server_hostname": "app.test", "proxy": None}
+        async with connect(f"wss://127.0.0.1:{port}/echo", open_timeout=WAIT, **options) as ws:
+            for message in ("hello over TLS", payload(200_000)):
+                await ws.send(message)
+                assert await ws.recv() == message
 
     run(main())
