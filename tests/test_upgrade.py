@@ -333,6 +333,40 @@ def test_held_requests_keep_their_bodies(hold_proxy, backend, successors):
         assert seen["body_sha256"] == payload_sha256(4096)
 
 
+@pytest.mark.parametrize("cut", ["inside a chunk", "between chunks"])
+def test_held_requests_whose_bodies_are_still_arriving_go_too(hold_proxy, backend, successors, cut):
+    """The part of the body that came goes along; the rest arrives on the socket, now
+    the new process's: one with a length, one chunked and cut inside a chunk's data
+    or right after one."""
+    proxy = hold_proxy()
+    proxy.admin.pause()
+    body = payload(10_000)
+    with_length = build_request("POST", "/inspect?cl", body=body)
+    in_chunks = build_request(
+        "POST",
+        "/inspect?te",
+        [("Transfer-Encoding", "chunked")],
+        chunked(body[:6000], body[6000:]),
+        content_length=False,
+    )
+    at = len(in_chunks) - len(b"\r\n0\r\n\r\n") - (2000 if cut == "inside a chunk" else 4005)
+    sent = [(with_length, len(with_length) - 5000), (in_chunks, at)]
+    conns = [
+        send_held(proxy, proxy.admin, raw[:part], index + 1)
+        for index, (raw, part) in enumerate(sent)
+    ]
+    _, said = upgrade_saying(proxy, successors)
+    assert "2 held requests" in said, said
+    for conn, (raw, part) in zip(conns, sent, strict=True):
+        conn.send(raw[part:])
+    proxy.admin.resume()
+    for conn, target in zip(conns, ("/inspect?cl", "/inspect?te"), strict=True):
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        seen = resp.json()
+        assert (seen["target"], seen["body_sha256"]) == (target, payload_sha256(10_000)), seen
+
+
 def test_with_workers_each_worker_hands_its_held_requests_over(hold_proxy, recorder, successors):
     """2 workers: each old worker's held queue goes whole to one new worker, in order
     (more than the 253 descriptors one message can carry, so in several frames)."""

@@ -536,6 +536,7 @@ cdef class ClientProtocol:
     cdef RouteState releaser
     cdef double hold_until  # an adopted held request's deadline, kept from its old process
     cdef object _hand_over(self, bint held)
+    cdef bint _body_resumable(self)
     cdef bint _give_to_successor(self)
     cdef void _give_away(self, bint relayed)
     cdef void _append(self, object data)

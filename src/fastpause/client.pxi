@@ -946,17 +946,19 @@ cdef class ClientProtocol:
     cdef object _hand_over(self, bint held):
         """This connection for a successor process: (a duplicate of its socket, the
         bytes read from it that the successor must read again, the seconds its held
-        request may still wait and has waited), and forget it here; None when it cannot go (an
-        exchange in progress, a held request whose body is still arriving): it then
-        ends here.
+        request may still wait and has waited), and forget it here; None when it cannot
+        go (an exchange in progress): it then ends here.
 
         A TLS connection goes as the other end of a socket this process relays its
         decrypted bytes to (``Engine.relay_tls``), when an upgrade set one.
 
-        Held (``held``): a whole request waiting in its queue - the successor reads
-        its head, its body as it will be sent (the re-framed chunks, so the head's
-        framing still holds) and any pipelined bytes after it. Otherwise an idle
-        connection, or one with part of its next head.
+        Held (``held``): a request waiting in its queue - the successor reads its
+        head, its body as it will be sent (the re-framed chunks, so the head's framing
+        still holds) and any pipelined bytes after it. A body still arriving goes as
+        far as it came, the rest follows on the socket: a length needs nothing more; a
+        chunk cut short gets a chunk header for what is left of it (the data and the
+        chunk's own CRLF follow). Otherwise an idle connection, or one with part of
+        its next head.
         """
         cdef bytes replay
         cdef double left = 0.0, age = 0.0, now
@@ -965,10 +967,14 @@ cdef class ClientProtocol:
         if self.write_paused or (self.out.queued and self.transport.get_write_buffer_size()):
             return None
         if held:
-            if self.state != C_WAIT or self.spool is not None or self.upstream is not None:
+            if (self.state != C_WAIT and not self._body_resumable()) \
+                    or self.spool is not None or self.upstream is not None:
                 return None
             replay = (bytes(memoryview(self.head_src)[self.head_off:self.head_off + self.head_len])
                       + (bytes(self.pending) if self.pending is not None else b""))
+            if self.state == C_BODY and self.body_kind != BODY_LENGTH \
+                    and self.chunks.state == CS_DATA:
+                replay += chunk_header(<Py_ssize_t>self.chunks.remaining)
             now = _monotonic()
             left = self.hold_deadline - now
             age = now - self.held_since
@@ -986,6 +992,15 @@ cdef class ClientProtocol:
             fd = os.dup(self.transport.get_extra_info("socket").fileno())
         self._give_away(self.https)
         return (fd, replay, left, age, self.https)
+
+    cdef bint _body_resumable(self):
+        """A body still arriving that a successor can read on from the socket: one with
+        a length, or chunks not cut inside a size line or a chunk's closing CRLF."""
+        if self.state != C_BODY:
+            return False
+        if self.body_kind == BODY_LENGTH:
+            return True
+        return self.chunks.state == CS_SIZE_FIRST or self.chunks.state == CS_DATA
 
     cdef bint _give_to_successor(self):
         """After an upgrade handed the connections over, one that goes idle here

@@ -199,7 +199,7 @@ cdef class Engine:
         """Give a successor (``fastpause upgrade``) every connection it can take: the
         held requests, route by route in arrival order, then the idle connections.
         Returns ``[(fd, replay, hold_left, held_age, https)]`` and the number of held
-        requests that stay (their bodies are still arriving): the caller stopped
+        requests that stay (a chunked body cut where it cannot resume): the caller stopped
         accepting first."""
         cdef ClientProtocol c
         cdef Route route

@@ -231,7 +231,7 @@ def hand_over_engine(
     """Give away every connection of ``engine`` a successor can take, now and as more
     go idle, to ``give``, TLS ones through ``relays``; the caller stopped accepting.
     Returns how many held requests and idle connections went, and how many held
-    requests stay (their bodies are still arriving)."""
+    requests stay (their chunked bodies cut inside a size line or a chunk's CRLF)."""
     engine.relay_tls = relays.take
     given, stay = engine.hand_over()
     engine.on_idle = lambda one: give([Connection.given(one, group)])
