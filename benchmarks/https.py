@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from benchmarks import machine, peers, throughput
-from benchmarks.processes import HarnessError, Supervisor, free_port
+from benchmarks.processes import HarnessError, Supervisor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "https.json"
 SCENARIOS = ("small-ka", "small-close")
@@ -84,21 +84,16 @@ def main(argv: list[str] | None = None) -> int:
                 for name, cls in peers.PEERS.items()
             }
             load_before = machine.load_now()
-            backend_port = free_port()
-            backend = peers.Backend(workdir).start(sup, backend_port)
-            for scenario in scenarios:
-                print(f"{scenario} over HTTPS (TLS 1.3, ECDSA P-256)", flush=True)
-                rows += throughput.run_scenario(
-                    sup,
-                    workdir,
-                    backend_port,
-                    scenario,
-                    duration=args.duration,
-                    rounds=args.rounds,
-                    peers=names,
-                    registry=registry,
-                )
-            sup.stop(backend)
+            rows = throughput.run_scenarios(
+                sup,
+                workdir,
+                scenarios,
+                duration=args.duration,
+                rounds=args.rounds,
+                peers=names,
+                registry=registry,
+                label="over HTTPS (TLS 1.3, ECDSA P-256)",
+            )
     except HarnessError as error:
         print(f"benchmarks: {error}", file=sys.stderr)
         return 1

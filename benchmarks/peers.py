@@ -367,12 +367,17 @@ class Haproxy(Peer):
 
     def start(self, sup: Supervisor, port: int, upstream: int, *, hold: bool = False) -> Running:
         conf = self.workdir / f"haproxy-{port}.cfg"
+        conf.write_text(self.config(port, upstream))
+        proc = sup.start(f"haproxy-{port}", ["haproxy", "-db", "-f", str(conf)])
+        wait_for_port(port, proc)
+        return Running(self, proc, port, upstream, conf)
+
+    def config(self, port: int, upstream: int, extra_global: str = "") -> str:
         tls = f" ssl crt {self.tls.combined} ssl-min-ver TLSv1.3" if self.tls else ""
-        conf.write_text(
-            f"""global
+        return f"""global
     nbthread {self.workers}
     maxconn 9000
-
+{extra_global}
 defaults
     mode http
     option http-keep-alive
@@ -389,10 +394,6 @@ frontend fe
 backend be
     server app 127.0.0.1:{upstream}
 """
-        )
-        proc = sup.start(f"haproxy-{port}", ["haproxy", "-db", "-f", str(conf)])
-        wait_for_port(port, proc)
-        return Running(self, proc, port, upstream, conf)
 
     def version(self) -> str:
         out = run(["haproxy", "-v"], timeout=30)

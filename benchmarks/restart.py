@@ -255,29 +255,9 @@ class HaproxyReload(Subject):
     def start(self) -> None:
         self.conf = self.base / "haproxy.cfg"
         self.stats = self.base / "haproxy.sock"
-        self.conf.write_text(
-            f"""global
-    nbthread 1
-    maxconn 9000
-    stats socket {self.stats} mode 600 level admin expose-fd listeners
-
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-keep-alive 300s
-
-frontend fe
-    bind 127.0.0.1:{self.port}
-    default_backend be
-
-backend be
-    server app 127.0.0.1:{self.backend}
-"""
-        )
+        stats = f"    stats socket {self.stats} mode 600 level admin expose-fd listeners\n"
+        haproxy = peers.Haproxy(self.base)
+        self.conf.write_text(haproxy.config(self.port, self.backend, extra_global=stats))
         self._start_process([])
 
     def _start_process(self, extra: list[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import load
-from benchmarks.peers import BODIES, PEERS, Peer, Running
+from benchmarks.peers import BODIES, PEERS, Backend, Peer, Running
 from benchmarks.processes import (
     Supervisor,
     cpu_seconds,
@@ -124,6 +124,38 @@ def summarize(rows: list[dict]) -> dict[str, dict[str, dict]]:
                 figures[f"vs_{ref}"] = {f: statistics.median(v) for f, v in ratios.items() if v}
             out[scenario][proxy] = figures
     return out
+
+
+def run_scenarios(
+    sup: Supervisor,
+    workdir: Path,
+    scenarios: Sequence[str],
+    *,
+    duration: float,
+    rounds: int,
+    peers: list[str],
+    registry: dict[str, type[Peer]],
+    label: str,
+) -> list[dict]:
+    """``run_scenario`` for each of ``scenarios``, one NGINX backend for them all."""
+
+    backend_port = free_port()
+    backend = Backend(workdir).start(sup, backend_port)
+    rows: list[dict] = []
+    for scenario in scenarios:
+        print(f"{scenario} {label}", flush=True)
+        rows += run_scenario(
+            sup,
+            workdir,
+            backend_port,
+            scenario,
+            duration=duration,
+            rounds=rounds,
+            peers=peers,
+            registry=registry,
+        )
+    sup.stop(backend)
+    return rows
 
 
 def print_round_ratios(rows: list[dict], names: list[str], scenarios: Sequence[str]) -> None:

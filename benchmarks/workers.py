@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import holding, machine, peers, throughput
-from benchmarks.processes import HarnessError, Supervisor, free_port
+from benchmarks.processes import HarnessError, Supervisor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "workers.json"
 SCENARIOS = ("small-ka", "small-close")
@@ -57,21 +57,16 @@ def main(argv: list[str] | None = None) -> int:
             load_before = machine.load_now()
             if args.hold:
                 holds = _hold_rounds(sup, workdir, args.hold, args.hold_rounds)
-            backend_port = free_port()
-            backend = peers.Backend(workdir).start(sup, backend_port)
-            for scenario in () if args.only_hold else SCENARIOS:
-                print(f"{scenario} with {WORKERS} workers each", flush=True)
-                rows += throughput.run_scenario(
-                    sup,
-                    workdir,
-                    backend_port,
-                    scenario,
-                    duration=args.duration,
-                    rounds=args.rounds,
-                    peers=names,
-                    registry=REGISTRY,
-                )
-            sup.stop(backend)
+            rows = throughput.run_scenarios(
+                sup,
+                workdir,
+                () if args.only_hold else SCENARIOS,
+                duration=args.duration,
+                rounds=args.rounds,
+                peers=names,
+                registry=REGISTRY,
+                label=f"with {WORKERS} workers each",
+            )
     except HarnessError as error:
         print(f"benchmarks: {error}", file=sys.stderr)
         return 1
