@@ -19,7 +19,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from deploy_support import edit_config, fastpause, proxy_output, wait_for
-from helpers import build_request, free_port, request
+from helpers import RawConn, build_request, free_port, request
 from hold_support import Pending
 from tls_support import client_context, get, https_port, issue, served_serial, tls_conn, tls_top
 
@@ -461,3 +461,21 @@ def test_ca_errors_name_the_file(tmp_path, pairs):
         assert f"{config}: routes[0].ca: {problem}" in done.stderr.replace(f"{ca} ", ""), (
             done.stderr
         )
+
+
+def test_a_returning_client_resumes_its_session(proxy_factory, ca, pairs):
+    """Session tickets: a client that comes back with its ticket skips the full
+    handshake (TLS 1.2 and 1.3). One process: a ticket is sealed with that process's
+    key (see the README about workers)."""
+    proxy = proxy_factory(top=tls_top(pairs))
+    port = https_port(proxy)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = client_context(ca, minimum_version=version, maximum_version=version)
+        with tls_conn(port, context, "app.test") as first:
+            assert get(first, "/inspect").status == 200  # TLS 1.3 tickets come after it
+            session = first.sock.session
+        conn = RawConn(port, timeout=WAIT)
+        conn.sock = context.wrap_socket(conn.sock, server_hostname="app.test", session=session)
+        with conn:
+            assert conn.sock.session_reused, version
+            assert get(conn, "/inspect").status == 200
