@@ -3,6 +3,6 @@
 ``python -m benchmarks`` runs the whole comparison (see ``--help``) and writes
 ``BENCHMARKS.md`` plus plots in ``benchmarks/results/``. ``pytest
 benchmarks/test_micro.py`` runs the pytest-benchmark micro benchmarks. The
-method follows ``BENCHMARKING.md`` of the project notes: same-run ratios,
+method is in BENCHMARKS.md ("How it was measured"): same-run ratios,
 interleaved rounds, medians.
 """

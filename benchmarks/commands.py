@@ -4,8 +4,8 @@
 process) and with 2, and times ``POST /routes/default/pause`` (with
 ``drain_timeout`` 0: nothing is in flight, so the answer comes as soon as every
 process has applied it) over the admin Unix socket, followed each time by a
-resume. The variants run in interleaved rounds, as BENCHMARKING.md asks, and each
-round's median is printed so the spread shows.
+resume. The variants run in interleaved rounds (BENCHMARKS.md, "How it was
+measured"), and each round's median is printed so the spread shows.
 """
 
 from __future__ import annotations

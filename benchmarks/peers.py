@@ -1,4 +1,5 @@
-"""The backend and the four proxies, configured as BENCHMARKING.md says.
+"""The backend and the four proxies, configured as BENCHMARKS.md says ("How it was
+measured").
 
 All on loopback, one worker/thread each, upstream keep-alive on, access logs
 off. Each proxy is a ``Peer`` that writes its config into the run's work

@@ -1,6 +1,6 @@
 """Fault injection: misbehaving upstreams, vanishing peers, restarts, and a leak check.
 
-Response side (DESIGN invariant 7): an upstream that sends an invalid status line,
+Response side (invariant 7): an upstream that sends an invalid status line,
 conflicting framing, a short body, or bytes after its response gets the client a
 ``502`` (before the response head went out) or a cut connection (after), the
 upstream connection is discarded, and the next request (on the same client

@@ -1,4 +1,4 @@
-"""Bounds on holding (DESIGN invariants 4 and 5) and held request bodies: deadlines,
+"""Bounds on holding (invariants 4 and 5) and held request bodies: deadlines,
 the queue cap, the held-body caps, clients that leave while held, and holding turned
 off with ``try_duration = "0s"``.
 

@@ -1,4 +1,4 @@
-"""Request smuggling, end to end and against llhttp (DESIGN invariant 7).
+"""Request smuggling, end to end and against llhttp (invariant 7).
 
 The corpus is ``smuggling_corpus.py``. One backend and one proxy serve the whole
 module. Every attack is sent twice (in one write, and with its head byte by byte)

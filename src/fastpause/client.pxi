@@ -93,7 +93,7 @@ cdef class ClientProtocol:
             return True
         if self.state == C_WAIT and self.held_queue is None:
             return True  # half-closed: still deliver the response, then close
-        # A held request whose client hung up is gone (DESIGN invariant 5): like
+        # A held request whose client hung up is gone (invariant 5): like
         # NGINX, a FIN is taken as the client leaving, and it never reaches a backend.
         self._close()
         return False
@@ -288,7 +288,7 @@ cdef class ClientProtocol:
         self._route_request(p, h, False)
 
     cdef int _route_request(self, const unsigned char* p, RequestHead* h, bint released) except -1:
-        """Dispatch now, hold, or answer for the route (DESIGN: ROUTED -> DISPATCH|HELD).
+        """Dispatch now, hold, or answer for the route (ROUTED -> DISPATCH|HELD).
 
         While requests wait for an unavailable upstream, a new one still tries to
         connect: its success is one of the events that release the queue.
@@ -679,7 +679,7 @@ cdef class ClientProtocol:
                 retryable = retryable and self.unanswered < MAX_SENDS
             may_wait = may_wait and self._may_wait_after()
         if retryable and (failure != F_CONNECT or self.attempts < len(self.route.upstreams)):
-            # nothing usable was sent (DESIGN invariant 2): replay on another connection
+            # nothing usable was sent (invariant 2): replay on another connection
             up = self.route.pick(now, self, NULL, NULL)
             if up is not None and (failure == F_CONNECT or up.available(now) or not may_wait):
                 self.attempts += 1
@@ -897,7 +897,7 @@ cdef class ClientProtocol:
             # The client is not reading what it asked for: the next request waits (it
             # stays unread in the socket) until it does, so a pipelining client that
             # never reads costs the write high-water mark plus one response, not one
-            # buffered response per request it sent (DESIGN invariant 6).
+            # buffered response per request it sent (invariant 6).
             self._pause(P_WRITE)
             self._resume(P_PIPELINE)
             return 0

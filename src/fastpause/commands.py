@@ -3,7 +3,7 @@
 Every control action is a small frozen dataclass applied to a route's
 ``RouteState`` by one function, ``apply``. Commands hold only plain values, so
 the same objects are sent to every worker process (and could be to a fleet of
-proxies) and applied there unchanged (DESIGN.md, "Two planes, one boundary").
+proxies) and applied there unchanged (docs/ARCHITECTURE.md, "Two planes, one boundary").
 
 Each command is also its own declaration for callers: ``verb``, ``help`` and
 ``description`` name it in the admin API (``POST /routes/ROUTE/VERB``) and the

@@ -46,7 +46,7 @@ cdef class Engine:
             self._reroute_held(old)
 
     cdef void _reroute_held(self, RoutingTable old):
-        """Late binding (DESIGN invariant 1): requests held while the snapshot changed
+        """Late binding (invariant 1): requests held while the snapshot changed
         are routed again against the new one, which may name other upstreams."""
         cdef Route route
         cdef RouteState rs

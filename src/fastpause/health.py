@@ -2,7 +2,7 @@
 
 The data plane only learns verdicts (``Engine.set_upstream_health``); a passing
 check on an upstream that was down releases the requests held for it at once,
-so recovery is event-driven, not polled per request (DESIGN invariant 3).
+so recovery is event-driven, not polled per request (invariant 3).
 Healthy means a 2xx or 3xx status, as with Caddy, kamal-proxy and NGINX Plus.
 """
 

@@ -1,6 +1,6 @@
 """Prometheus metrics, read from the data plane's own counters at scrape time.
 
-The hot path counts in C integers (DESIGN.md, "Hot path rules"); nothing in
+The hot path counts in C integers (docs/ARCHITECTURE.md, "Hot path rules"); nothing in
 Python counts per request. A scrape reads every process's counters
 (``fastpause.stats``), sums them and turns them into metric families.
 """

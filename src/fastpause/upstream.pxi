@@ -73,7 +73,7 @@ cdef class UpstreamProtocol:
                                  f"({_describe(exc)})")
 
     cdef void _connect_failed(self, str why):
-        """Nothing was sent: the client may try elsewhere or wait (DESIGN invariant 2)."""
+        """Nothing was sent: the client may try elsewhere or wait (invariant 2)."""
         cdef ClientProtocol c = self.client
         self.client = None
         self.upstream.n_connect_failures += 1
@@ -493,7 +493,7 @@ cdef class UpstreamProtocol:
             else:
                 # a fresh connection reset before any answer: the upstream is in trouble
                 self.upstream.mark_failed(self.engine, _monotonic(), c.route.fail_duration)
-        # RFC 9110 §9.2.2 / DESIGN invariant 2: bytes went out, so only an idempotent
+        # RFC 9110 §9.2.2 / invariant 2: bytes went out, so only an idempotent
         # request without a body that saw no response byte may be replayed.
         retryable = (status == 502 and not self.got_response_bytes and c.idempotent
                      and c.body_kind == BODY_NONE)

@@ -1,6 +1,6 @@
 """Messages between fastpause processes: plain values in length-prefixed frames.
 
-The supervisor and its workers talk over a Unix socketpair (DESIGN.md, "Process
+The supervisor and its workers talk over a Unix socketpair (docs/ARCHITECTURE.md, "Process
 model"). A frame is a 4-byte big-endian length and a JSON document; file
 descriptors (listening sockets) ride along as SCM_RIGHTS ancillary data on the
 frame's first bytes. JSON rather than pickle: a message is data, never code, so

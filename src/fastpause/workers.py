@@ -5,7 +5,7 @@ it binds the listeners, runs the control plane (config, admin API, health checks
 state file, deploys) and N worker processes (``fastpause.worker``) serve the
 data plane on the listening sockets it sends them. Every change is a message to
 every worker, and the caller gets its answer only once each live worker has
-applied it (DESIGN.md, "Process model").
+applied it (docs/ARCHITECTURE.md, "Process model").
 
 A worker that exits is replaced at once with the current snapshot and route
 modes (a paused route stays paused in the new worker); one that does not answer
