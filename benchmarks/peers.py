@@ -245,8 +245,10 @@ class Fastpause(Peer):
                 f'tls_min_version = "1.3"\n\n[[certificates]]\ncert = "{self.tls.cert}"\n'
                 f'key = "{self.tls.key}"\n'
             )
+        # plain: a bare HOST:PORT, which a --compare reference build older than
+        # "http://" listeners reads too
         path.write_text(
-            f"""listen = ["{self.scheme}://127.0.0.1:{port}"]
+            f"""listen = ["{"https://" if self.tls else ""}127.0.0.1:{port}"]
 admin = "{admin}"
 workers = {self.workers}
 {tls}
