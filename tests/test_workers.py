@@ -13,6 +13,8 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -483,3 +485,36 @@ def test_connections_made_while_a_worker_is_replaced_wait_for_it_and_are_served(
     assert answers == {200: 40}, answers
     status = proxy.admin.status()
     assert status["worker_restarts"] == 1 and survivor in status["worker_pids"], status
+
+
+def test_sigterm_to_the_whole_process_group_stops_quietly(tmp_path, backend):
+    """systemd's default KillMode, ``timeout``, ``kill -- -PGID``: every process gets
+    SIGTERM at once. The workers drain without a line of their own (the supervisor
+    says one), and one that exits before the supervisor asks it to stop accepting is
+    not reported lost."""
+    config = tmp_path / "group.toml"
+    config.write_text(
+        f'listen = ["127.0.0.1:0"]\nadmin = "off"\nworkers = {WORKERS}\n'
+        f'[[routes]]\nname = "app"\nupstreams = ["{backend.address}"]\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastpause", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, not the test's
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("fastpause: listening on "):
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    assert "is gone" not in err and "did not answer" not in err, err
+    assert out.count("shutting down: ") == 1, out
+    assert out.rstrip().endswith("fastpause: stopped"), out

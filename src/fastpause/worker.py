@@ -64,8 +64,9 @@ FLUSH_TIMEOUT = 5.0
 class Worker:
     """The data plane of one worker process and the answers to its supervisor."""
 
-    def __init__(self, channel_socket: socket.socket, index: int) -> None:
+    def __init__(self, channel_socket: socket.socket, index: int, parent: int) -> None:
         self.index = index
+        self._parent = parent
         self._channel_socket = channel_socket
         self._channel: Channel | None = None
         self._engine: _core.Engine | None = None
@@ -108,8 +109,10 @@ class Worker:
         await self._stop.wait()
         if self._engine is not None and self._config is not None:
             grace = self._config.shutdown_timeout
-            if not self._told_to_stop:  # a signal: the supervisor is gone
-                say_shutting_down(self._close_listeners(), grace)
+            if not self._told_to_stop:  # a signal
+                left = self._close_listeners()
+                if os.getppid() != self._parent:  # the supervisor is gone: say it here
+                    say_shutting_down(left, grace)
             await drain(self._engine, grace, self._cut)
             self._tell({"event": "drained"})
             await self._relays.wait_closed(self._cut)
@@ -445,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         if not sys.platform.startswith("linux"):
             _watch_parent(runner.get_loop(), parent)
-        return runner.run(Worker(channel, index).serve())
+        return runner.run(Worker(channel, index, parent).serve())
 
 
 if __name__ == "__main__":

@@ -261,7 +261,10 @@ class WorkerPool:
         connections, then drains on its own (``cut`` ends that early). Returns how many
         connections are left to finish; when it returns, no worker accepts."""
         self._stopping = True
-        answers = await self.broadcast("stop_accepting", {})
+        # a worker already gone (a signal to the whole process group reached it
+        # first) accepts nothing any more: not a failure
+        workers = list(self._live.values())
+        answers = await self._broadcast_to(workers, "stop_accepting", {}, quiet=True)
         return sum(answer["connections"] for answer in answers.values)
 
     async def terminate(self) -> None:
@@ -322,7 +325,10 @@ class WorkerPool:
         op: str,
         args: dict[str, Any],
         fds: Callable[[WorkerProcess], list[int]] | None = None,
+        *,
+        quiet: bool = False,
     ) -> Answers:
+        """``broadcast`` to ``workers``; ``quiet``: a worker lost is not complained of."""
         results = await asyncio.gather(
             *(
                 worker.request(op, args, fds(worker) if fds else [], self.timeout)
@@ -333,7 +339,8 @@ class WorkerPool:
         answers = Answers([], [])
         for worker, result in zip(workers, results, strict=True):
             if isinstance(result, WorkerLost):
-                answers.failed.append(str(result))
+                if not quiet:
+                    answers.failed.append(str(result))
                 worker.kill()
             elif isinstance(result, ValueError):
                 answers.failed.append(f"{worker.name}: {result}")
