@@ -212,3 +212,18 @@ def test_a_disk_buffered_body_goes_whole_to_the_next_upstream_after_a_refused_co
         resp = conn.read_response()
     assert resp.status == 200, resp
     assert resp.json()["body_sha256"] == payload_sha256(size)
+
+
+def test_an_early_413_is_read_in_full_while_the_body_keeps_coming(hold_proxy, backend):
+    """The answer goes out before the body came in; the proxy closes only its sending
+    side and reads on (discarding), so the client can finish sending and still read
+    the whole 413 - instead of a reset that fails its send and may eat the answer."""
+    proxy = hold_proxy(route={"request_buffering": "memory", "request_buffer_size": "64KiB"})
+    with proxy.conn() as conn:
+        conn.send(head("/inspect", 10 * 1024 * KiB) + payload(64 * KiB))  # 10 MiB announced
+        resp = conn.read_response()
+        assert resp.status == 413, resp
+        for _ in range(8):
+            conn.send(payload(256 * KiB))  # 2 MiB more: read and dropped, no reset
+        assert conn.sock.recv(1) == b""  # and the proxy's side is closed
+    assert backend.stats()["paths"].get("/inspect", 0) == 0

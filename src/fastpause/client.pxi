@@ -30,6 +30,11 @@ cdef enum:
     MAX_SENDS = 4  # fresh-connection sends of a replayable request left unanswered
 
 
+# After an answer sent before its request's body came in: how long the rest is read
+# and discarded before the connection is cut (NGINX's lingering_timeout).
+cdef double LINGER = 5.0
+
+
 cdef inline bytearray _body_buffer():
     """An empty body buffer, made directly: ``bytearray()`` goes through the type's
     call and argument parsing, a few hundred instructions on every request."""
@@ -890,7 +895,10 @@ cdef class ClientProtocol:
         if self.state == C_CLOSED:
             return 0
         if not self.keep_alive or not self.req_done:
-            self._close()
+            if not self.req_done and not self.eof:
+                self._linger()  # the rest of the body is still coming
+            else:
+                self._close()
             return 0
         self.state = C_IDLE
         if self.write_paused:
@@ -907,6 +915,29 @@ cdef class ClientProtocol:
         self._resume(P_PIPELINE)
         if self.rbuf is not None:
             self._advance()
+
+    cdef void _linger(self):
+        """The answer went out before the request's body came in (413, 400, a failed
+        upstream): close only the sending side, then read on and discard, for at most
+        ``LINGER``. Closing with unread bytes makes the kernel send a reset, which can
+        destroy the answer before the client reads it, and fails the send of a client
+        still sending its body. Until the client closes, or ``LINGER`` passes (then a
+        reset: ``_on_deadline``). TLS cannot close one side: it closes."""
+        cdef UpstreamProtocol up = self.upstream
+        if self.https or not self.transport.can_write_eof():
+            self._close()
+            return
+        self.state = C_CLOSED
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+        self.deadline.set(_timeout_clock() + LINGER)
+        self.out.detach()
+        self.transport.write_eof()  # after what is buffered
+        self.rbuf = None
+        if self.pause_reasons:  # read on: ``data_received`` drops what comes now
+            self.pause_reasons = 0
+            self.transport.resume_reading()
 
     cdef void _close(self):
         """Close after flushing what was written, for at most ``send_timeout`` more.
