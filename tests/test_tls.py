@@ -18,7 +18,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from deploy_support import edit_config, fastpause, proxy_output, wait_for
+from deploy_support import deploy_cli, edit_config, fastpause, proxy_output, wait_for
 from helpers import RawConn, build_request, free_port, request
 from hold_support import Pending
 from tls_support import client_context, get, https_port, issue, served_serial, tls_conn, tls_top
@@ -479,3 +479,27 @@ def test_a_returning_client_resumes_its_session(proxy_factory, ca, pairs):
         with conn:
             assert conn.sock.session_reused, version
             assert get(conn, "/inspect").status == 200
+
+
+def test_a_deploy_sends_held_https_requests_to_the_new_target(
+    hold_proxy, identity_backend, ca, pairs
+):
+    """Pause, hold requests on TLS connections, deploy to B, resume: B answers them,
+    as on plain connections (test_deploy)."""
+    a, b = identity_backend("A"), identity_backend("B")
+    proxy = hold_proxy(upstreams=[a.address], top=tls_top(pairs))
+    port, context = https_port(proxy), client_context(ca)
+    proxy.admin.pause()
+    pending = []
+    for index in range(3):
+        raw = build_request("GET", f"/held/{index}", host="app.test")
+        pending.append(https_request(port, context, raw))
+        proxy.admin.wait_held(index + 1)
+    done = deploy_cli(proxy.admin, "app", b.address, health_path="/health")
+    assert done.returncode == 0, done.stderr
+    proxy.admin.resume()
+    for index, one in enumerate(pending):
+        resp = one.result(timeout=WAIT)
+        assert (resp.status, resp.get("X-Backend")) == (200, "B"), resp
+        assert resp.json()["target"] == f"/held/{index}"
+    assert a.requests() == 0
