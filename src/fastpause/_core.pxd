@@ -582,6 +582,7 @@ cdef class ClientProtocol:
     cdef void _send_plain(self, int status, bytes body)
     cdef void _send_error(self, int status, str why, bint close, int retry_after)
     cdef void _linger(self)
+    cdef void _drop_upstream(self)
     cdef void _redirect_to_https(self, const unsigned char* p, RequestHead* h, bytes port)
     cdef void _send_response(self, int status, bytes head, bytes body, bint close)
     cdef bytes _extra_fields(self)

@@ -104,12 +104,9 @@ cdef class ClientProtocol:
         return False
 
     def connection_lost(self, exc):
-        cdef UpstreamProtocol up = self.upstream
         self.out.detach()
         self.state = C_CLOSED
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         if self.route is not None:
             if not self.resp_started:
                 self.status = 499  # NGINX's "client closed request"
@@ -616,10 +613,7 @@ cdef class ClientProtocol:
 
     cdef void _request_broken(self, int status, str why):
         """The client's body is invalid or too large: the upstream exchange is void."""
-        cdef UpstreamProtocol up = self.upstream
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         self._send_error(status, why, True, 0)
 
     # -- upstream events -----------------------------------------------------------
@@ -834,15 +828,12 @@ cdef class ClientProtocol:
     cdef void _send_response(self, int status, bytes head, bytes body, bint close):
         """Answer from the proxy: ``head`` is the status line and fields, without the end."""
         cdef bytes data
-        cdef UpstreamProtocol up = self.upstream
         if self.state == C_CLOSED:
             return
         if self.resp_started:
             self._abort()
             return
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         if not self.req_done or not self.keep_alive or self.eof or self.engine.shutting_down:
             close = True
         if close:
@@ -916,6 +907,13 @@ cdef class ClientProtocol:
         if self.rbuf is not None:
             self._advance()
 
+    cdef void _drop_upstream(self):
+        """Forget the upstream exchange (the upstream connection is cut, not pooled)."""
+        cdef UpstreamProtocol up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.detach_abort()
+
     cdef void _linger(self):
         """The answer went out before the request's body came in (413, 400, a failed
         upstream): close only the sending side, then read on and discard, for at most
@@ -923,14 +921,11 @@ cdef class ClientProtocol:
         destroy the answer before the client reads it, and fails the send of a client
         still sending its body. Until the client closes, or ``LINGER`` passes (then a
         reset: ``_on_deadline``). TLS cannot close one side: it closes."""
-        cdef UpstreamProtocol up = self.upstream
         if self.https or not self.transport.can_write_eof():
             self._close()
             return
         self.state = C_CLOSED
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         self.deadline.set(_timeout_clock() + LINGER)
         self.out.detach()
         self.transport.write_eof()  # after what is buffered
@@ -945,13 +940,10 @@ cdef class ClientProtocol:
         A transport closes only once its buffer is sent, and a client that stopped
         reading never lets that happen: the deadline then aborts the connection.
         """
-        cdef UpstreamProtocol up = self.upstream
         if self.state == C_CLOSED and self.transport is None:
             return
         self.state = C_CLOSED
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         if self.out.queued and self.transport.get_write_buffer_size():
             self.deadline.set((self.stalled_since if self.write_paused else _timeout_clock())
                               + self.table.send_timeout)
@@ -962,11 +954,8 @@ cdef class ClientProtocol:
 
     cdef void _abort(self):
         """Cut the connection with a reset: whatever it was carrying did not end well."""
-        cdef UpstreamProtocol up = self.upstream
         self.state = C_CLOSED
-        self.upstream = None
-        if up is not None:
-            up.detach_abort()
+        self._drop_upstream()
         self.deadline.clear()
         self.out.detach()
         reset_on_close(self.transport)
